@@ -1,0 +1,41 @@
+//! Loading speed: LIDC-IDRI-0001 (when the shared data is present) and a synthetic
+//! 512x512x300 DICOM series written by lungcad. The peers (SimpleITK, pydicom) are timed
+//! on the same series by benches/compare_load.py; see docs/PERFORMANCE.md.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use lungcad::io::dicom::{write_series, SeriesWriteOptions};
+use lungcad::{load, Geometry, LoadConfig, Volume};
+use std::path::PathBuf;
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("LUNGCAD_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}
+
+fn lidc_series() -> Option<PathBuf> {
+    let root = data_dir().join("lidc/LIDC-IDRI-0001");
+    let study = std::fs::read_dir(&root).ok()?.flatten().next()?.path();
+    Some(std::fs::read_dir(study).ok()?.flatten().next()?.path())
+}
+
+fn bench(c: &mut Criterion) {
+    let config = LoadConfig::default();
+    let mut g = c.benchmark_group("load");
+    g.sample_size(10);
+    match lidc_series() {
+        Some(dir) => {
+            g.bench_function("lidc_idri_0001_133x512x512", |b| b.iter(|| load(&dir, &config).expect("loads")));
+        }
+        None => eprintln!("SKIP: LIDC-IDRI-0001 not found (set LUNGCAD_DATA)"),
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hu = ndarray::Array3::from_shape_fn((300, 512, 512), |(z, y, x)| ((z + y + x) % 2000) as i16 - 1000);
+    let v = Volume::new(hu, Geometry::new([1.0, 0.7, 0.7], [0.0, 0.0, 0.0])).expect("volume");
+    write_series(&v, tmp.path(), &SeriesWriteOptions::default()).expect("write");
+    g.bench_function("synthetic_300x512x512", |b| b.iter(|| load(tmp.path(), &config).expect("loads")));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

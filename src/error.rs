@@ -1,0 +1,147 @@
+//! The one error type of the crate. Variants are grouped by pipeline stage and name
+//! the file or series they concern. No variant ever carries patient identifiers:
+//! series are named by SeriesInstanceUID, files by path.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in lungcad.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing a file failed at the operating-system level.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file could not be parsed as DICOM, or lacks an attribute an image needs.
+    #[error("{}: DICOM: {message}", path.display())]
+    Dicom { path: PathBuf, message: String },
+
+    /// The pixel data of a DICOM file is encoded with a transfer syntax that this build
+    /// cannot decode (no pure-Rust decoder for it is built in).
+    #[error("{}: unsupported transfer syntax {uid} ({name}): lungcad has no pure-Rust decoder for it", path.display())]
+    UnsupportedTransferSyntax {
+        path: PathBuf,
+        uid: String,
+        name: String,
+    },
+
+    /// No DICOM image was found at the given path.
+    #[error("{}: no DICOM image series found ({files_seen} files looked at, {not_dicom} not DICOM images)", path.display())]
+    NoSeries {
+        path: PathBuf,
+        files_seen: usize,
+        not_dicom: usize,
+    },
+
+    /// `--series UID` names a series that is not there.
+    #[error("series {requested} not found; available: {available}")]
+    SeriesNotFound { requested: String, available: String },
+
+    /// A DICOM series cannot be assembled into a volume.
+    #[error("series {series_uid}: {problem}")]
+    Series {
+        series_uid: String,
+        problem: SeriesProblem,
+    },
+
+    /// A MetaImage (`.mhd`/`.mha`) header or data file is invalid.
+    #[error("{}: MetaImage: {message}", path.display())]
+    MetaImage { path: PathBuf, message: String },
+
+    /// A NIfTI file is invalid or unsupported.
+    #[error("{}: NIfTI: {message}", path.display())]
+    Nifti { path: PathBuf, message: String },
+
+    /// The path is not a DICOM folder/file, MetaImage or NIfTI.
+    #[error("{}: unrecognised CT format: {message}", path.display())]
+    UnknownFormat { path: PathBuf, message: String },
+
+    /// Untrusted input asks for more than the configured [`crate::Limits`] allow.
+    #[error("{what} is {value}, over the limit of {limit} (raise it in Limits if the input is trusted)")]
+    Limit {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
+
+    /// Geometry (spacing, origin, direction) is invalid.
+    #[error("geometry: {0}")]
+    Geometry(String),
+
+    /// A CSV file (annotations, predictions, ...) has a malformed row.
+    #[error("{}:{line}: {message}", path.display())]
+    Csv {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    /// Evaluation inputs are inconsistent (e.g. a NaN probability).
+    #[error("evaluation: {0}")]
+    Eval(String),
+
+    /// A caller passed an invalid argument or configuration.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// Why a DICOM series cannot be made into a volume.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SeriesProblem {
+    #[error("modality is {modality:?}, not CT (allow it with --allow-modality)")]
+    Modality { modality: String },
+    #[error("missing slices: a gap of {gap_mm:.3} mm after position {at_mm:.3} mm is over 1.5x the median spacing of {median_mm:.3} mm")]
+    MissingSlices {
+        gap_mm: f64,
+        median_mm: f64,
+        at_mm: f64,
+    },
+    #[error("mixed orientations: ImageOrientationPatient differs between slices ({first:?} vs {other:?})")]
+    MixedOrientation { first: [f64; 6], other: [f64; 6] },
+    #[error("mixed {what} between slices ({first} vs {other})")]
+    MixedDimensions {
+        what: &'static str,
+        first: String,
+        other: String,
+    },
+    #[error("gantry tilt of {angle_deg:.2} degrees: slice positions do not lie along the slice normal")]
+    GantryTilt { angle_deg: f64 },
+    #[error("slices share no distinct positions (all at one position)")]
+    SinglePosition,
+    #[error("{0}")]
+    Attribute(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A short, stable name of the error's category, for the CLI and bindings.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::Dicom { .. }
+            | Error::UnsupportedTransferSyntax { .. }
+            | Error::NoSeries { .. }
+            | Error::SeriesNotFound { .. }
+            | Error::Series { .. } => "dicom",
+            Error::MetaImage { .. } | Error::Nifti { .. } | Error::UnknownFormat { .. } => "format",
+            Error::Limit { .. } => "limit",
+            Error::Geometry(_) => "geometry",
+            Error::Csv { .. } | Error::Eval(_) => "evaluation",
+            Error::InvalidArgument(_) => "argument",
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Series assembly: from unordered slice headers to an ordered stack with exact geometry.
+//! Pure (no I/O), so it is unit-tested and fuzzed directly.
+
+use super::header::SliceHeader;
+use crate::error::{Error, Result, SeriesProblem};
+use crate::volume::{cross, dot, norm, Geometry};
+
+/// Tolerance on ImageOrientationPatient components when comparing slices.
+const ORIENTATION_TOL: f64 = 1e-4;
+/// Two slices closer than this along the normal are at the same position (mm).
+const SAME_POSITION_MM: f64 = 1e-3;
+/// A stack whose positions deviate from the normal by more than this is tilted (degrees).
+const MAX_TILT_DEG: f64 = 0.05;
+/// A gap over this many median spacings means slices are missing.
+const MAX_GAP_RATIO: f64 = 1.5;
+
+/// An ordered slice stack and its geometry.
+#[derive(Debug, Clone)]
+pub struct Assembly {
+    /// Slices in increasing position along the normal; index = z.
+    pub slices: Vec<SliceHeader>,
+    pub geometry: Geometry,
+    pub warnings: Vec<String>,
+}
+
+fn problem(series_uid: &str, problem: SeriesProblem) -> Error {
+    Error::Series {
+        series_uid: display_uid(series_uid),
+        problem,
+    }
+}
+
+/// How a series UID is shown (an empty one is named so).
+pub fn display_uid(uid: &str) -> String {
+    if uid.is_empty() {
+        "(no SeriesInstanceUID)".to_string()
+    } else {
+        uid.to_string()
+    }
+}
+
+fn fmt_spacing(s: Option<[f64; 2]>) -> String {
+    match s {
+        Some([a, b]) => format!("{a}\\{b}"),
+        None => "none".into(),
+    }
+}
+
+/// Orders the slices of one series and computes its geometry, refusing series that do not
+/// form a regular stack (see [`SeriesProblem`]).
+pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assembly> {
+    let mut warnings = Vec::new();
+    let Some(first) = slices.first().cloned() else {
+        return Err(problem(series_uid, SeriesProblem::Attribute("no image slices".into())));
+    };
+    for s in &slices[1..] {
+        if (s.format.rows, s.format.columns) != (first.format.rows, first.format.columns) {
+            return Err(problem(
+                series_uid,
+                SeriesProblem::MixedDimensions {
+                    what: "rows/columns",
+                    first: format!("{}x{}", first.format.rows, first.format.columns),
+                    other: format!("{}x{}", s.format.rows, s.format.columns),
+                },
+            ));
+        }
+        let same_spacing = match (first.pixel_spacing, s.pixel_spacing) {
+            (Some(a), Some(b)) => (0..2).all(|i| (a[i] - b[i]).abs() <= 1e-4 * a[i].abs().max(1.0)),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_spacing {
+            return Err(problem(
+                series_uid,
+                SeriesProblem::MixedDimensions {
+                    what: "pixel spacing",
+                    first: fmt_spacing(first.pixel_spacing),
+                    other: fmt_spacing(s.pixel_spacing),
+                },
+            ));
+        }
+        match (first.orientation, s.orientation) {
+            (Some(a), Some(b)) => {
+                if (0..6).any(|i| (a[i] - b[i]).abs() > ORIENTATION_TOL) {
+                    return Err(problem(series_uid, SeriesProblem::MixedOrientation { first: a, other: b }));
+                }
+            }
+            (None, None) => {}
+            (a, b) => {
+                return Err(problem(
+                    series_uid,
+                    SeriesProblem::MixedOrientation {
+                        first: a.unwrap_or([f64::NAN; 6]),
+                        other: b.unwrap_or([f64::NAN; 6]),
+                    },
+                ))
+            }
+        }
+    }
+
+    let pixel_spacing = match first.pixel_spacing {
+        Some(p) => p,
+        None => {
+            warnings.push("no PixelSpacing: assuming 1 mm".to_string());
+            [1.0, 1.0]
+        }
+    };
+    let (row_dir, col_dir) = match first.orientation {
+        Some(o) => {
+            let r = [o[0], o[1], o[2]];
+            let c = [o[3], o[4], o[5]];
+            let (nr, nc) = (norm(r), norm(c));
+            if !(nr > 0.5 && nc > 0.5) || dot(r, c).abs() / (nr * nc) > 1e-3 {
+                return Err(problem(
+                    series_uid,
+                    SeriesProblem::Attribute(format!("ImageOrientationPatient {o:?} is not two orthogonal unit vectors")),
+                ));
+            }
+            ([r[0] / nr, r[1] / nr, r[2] / nr], [c[0] / nc, c[1] / nc, c[2] / nc])
+        }
+        None => {
+            if slices.len() > 1 {
+                return Err(problem(
+                    series_uid,
+                    SeriesProblem::Attribute("slices lack ImageOrientationPatient".into()),
+                ));
+            }
+            warnings.push("no ImageOrientationPatient: assuming axial identity orientation".to_string());
+            ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
+        }
+    };
+    let normal = cross(row_dir, col_dir);
+
+    if slices.len() > 1 && slices.iter().any(|s| s.position.is_none()) {
+        return Err(problem(
+            series_uid,
+            SeriesProblem::Attribute("slices lack ImagePositionPatient (per-frame positions for multi-frame)".into()),
+        ));
+    }
+    let pos = |s: &SliceHeader| s.position.unwrap_or([0.0; 3]);
+    if slices.len() == 1 && first.position.is_none() {
+        warnings.push("no ImagePositionPatient: origin set to (0, 0, 0)".to_string());
+    }
+
+    // Sort along the normal; ties broken by file and frame so the order is deterministic.
+    slices.sort_by(|a, b| {
+        dot(pos(a), normal)
+            .total_cmp(&dot(pos(b), normal))
+            .then_with(|| a.path.cmp(&b.path))
+            .then_with(|| a.frame.cmp(&b.frame))
+    });
+
+    // Exact duplicate positions: keep the first, warn.
+    let before = slices.len();
+    slices.dedup_by(|b, a| {
+        let (pa, pb) = (pos(a), pos(b));
+        (0..3).all(|i| (pa[i] - pb[i]).abs() < SAME_POSITION_MM)
+    });
+    if slices.len() < before {
+        warnings.push(format!(
+            "{} slice(s) at exactly the same position as another were dropped",
+            before - slices.len()
+        ));
+    }
+    let proj: Vec<f64> = slices.iter().map(|s| dot(pos(s), normal)).collect();
+    if let Some(w) = proj.windows(2).find(|w| (w[1] - w[0]).abs() < SAME_POSITION_MM) {
+        let _ = w;
+        return Err(problem(
+            series_uid,
+            SeriesProblem::Attribute("two slices share a position along the normal but differ in-plane".into()),
+        ));
+    }
+
+    let n = slices.len();
+    let spacing_z = if n == 1 {
+        first
+            .spacing_between_slices
+            .or(first.slice_thickness)
+            .filter(|s| *s > 0.0)
+            .unwrap_or(1.0)
+    } else {
+        let mut diffs: Vec<f64> = proj.windows(2).map(|w| w[1] - w[0]).collect();
+        let gaps = diffs.clone();
+        diffs.sort_by(f64::total_cmp);
+        let median = diffs[diffs.len() / 2];
+        if median <= 0.0 {
+            return Err(problem(series_uid, SeriesProblem::SinglePosition));
+        }
+        for (i, g) in gaps.iter().enumerate() {
+            if *g > MAX_GAP_RATIO * median {
+                return Err(problem(
+                    series_uid,
+                    SeriesProblem::MissingSlices {
+                        gap_mm: *g,
+                        median_mm: median,
+                        at_mm: proj[i],
+                    },
+                ));
+            }
+        }
+        let (lo, hi) = (diffs[0], diffs[diffs.len() - 1]);
+        if hi - lo > 0.01 * median + 0.01 {
+            warnings.push(format!(
+                "slice spacing varies from {lo:.3} to {hi:.3} mm; using the mean spacing"
+            ));
+        }
+        // Gantry tilt: the stack must run along the slice normal.
+        let (p0, p1) = (pos(&slices[0]), pos(&slices[n - 1]));
+        let v = [p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]];
+        let along = dot(v, normal);
+        let perp = [v[0] - along * normal[0], v[1] - along * normal[1], v[2] - along * normal[2]];
+        let angle_deg = norm(perp).atan2(along.abs()).to_degrees();
+        if angle_deg > MAX_TILT_DEG {
+            return Err(problem(series_uid, SeriesProblem::GantryTilt { angle_deg }));
+        }
+        (proj[n - 1] - proj[0]) / (n - 1) as f64
+    };
+
+    let geometry = Geometry {
+        spacing_mm: [spacing_z, pixel_spacing[0], pixel_spacing[1]],
+        origin_mm: pos(&slices[0]),
+        direction: [normal, col_dir, row_dir],
+    };
+    geometry.validate()?;
+    Ok(Assembly {
+        slices,
+        geometry,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::dicom::header::{PixelFormat, Rescale};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    pub(crate) fn slice(name: &str, pos: [f64; 3], ori: [f64; 6]) -> SliceHeader {
+        SliceHeader {
+            path: Arc::from(Path::new(name)),
+            frame: 0,
+            number_of_frames: 1,
+            series_uid: "1.2.3".into(),
+            modality: "CT".into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            position: Some(pos),
+            orientation: Some(ori),
+            pixel_spacing: Some([0.7, 0.6]),
+            slice_thickness: Some(2.5),
+            spacing_between_slices: None,
+            format: PixelFormat {
+                rows: 4,
+                columns: 5,
+                bits_allocated: 16,
+                bits_stored: 16,
+                signed: true,
+                samples_per_pixel: 1,
+            },
+            photometric: "MONOCHROME2".into(),
+            rescale: Rescale::default(),
+            padding: None,
+            instance_number: None,
+        }
+    }
+
+    const AXIAL: [f64; 6] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+
+    #[test]
+    fn sorts_by_position_not_name() {
+        let s = vec![
+            slice("a", [0.0, 0.0, 5.0], AXIAL),
+            slice("b", [0.0, 0.0, -5.0], AXIAL),
+            slice("c", [0.0, 0.0, 0.0], AXIAL),
+        ];
+        let a = assemble("1.2.3", s).unwrap();
+        let names: Vec<_> = a.slices.iter().map(|s| s.path.to_str().unwrap().to_string()).collect();
+        assert_eq!(names, ["b", "c", "a"]);
+        assert_eq!(a.geometry.spacing_mm, [5.0, 0.7, 0.6]);
+        assert_eq!(a.geometry.origin_mm, [0.0, 0.0, -5.0]);
+        assert_eq!(a.geometry.direction[0], [0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn missing_slice_is_refused() {
+        let s = (0..6)
+            .filter(|i| *i != 3)
+            .map(|i| slice(&i.to_string(), [0.0, 0.0, i as f64 * 2.0], AXIAL))
+            .collect();
+        match assemble("1.2.3", s) {
+            Err(Error::Series {
+                series_uid,
+                problem: SeriesProblem::MissingSlices { gap_mm, .. },
+            }) => {
+                assert_eq!(series_uid, "1.2.3");
+                assert!((gap_mm - 4.0).abs() < 1e-9);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicates_dropped_with_warning() {
+        let s = vec![
+            slice("a", [0.0, 0.0, 0.0], AXIAL),
+            slice("b", [0.0, 0.0, 0.0], AXIAL),
+            slice("c", [0.0, 0.0, 1.0], AXIAL),
+        ];
+        let a = assemble("1.2.3", s).unwrap();
+        assert_eq!(a.slices.len(), 2);
+        assert_eq!(a.warnings.len(), 1);
+    }
+
+    #[test]
+    fn mixed_orientation_and_dimensions_refused() {
+        let s = vec![
+            slice("a", [0.0, 0.0, 0.0], AXIAL),
+            slice("b", [0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
+        ];
+        assert!(matches!(
+            assemble("x", s),
+            Err(Error::Series { problem: SeriesProblem::MixedOrientation { .. }, .. })
+        ));
+        let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
+        b.format.rows = 8;
+        assert!(matches!(
+            assemble("x", vec![slice("a", [0.0; 3], AXIAL), b]),
+            Err(Error::Series { problem: SeriesProblem::MixedDimensions { what: "rows/columns", .. }, .. })
+        ));
+        let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
+        b.pixel_spacing = Some([0.8, 0.6]);
+        assert!(matches!(
+            assemble("x", vec![slice("a", [0.0; 3], AXIAL), b]),
+            Err(Error::Series { problem: SeriesProblem::MixedDimensions { what: "pixel spacing", .. }, .. })
+        ));
+    }
+
+    #[test]
+    fn gantry_tilt_refused() {
+        // positions shift in y by 0.2 mm per 1 mm step along z: about 11 degrees of tilt
+        let s = (0..5)
+            .map(|i| slice(&i.to_string(), [0.0, 0.2 * i as f64, i as f64], AXIAL))
+            .collect();
+        match assemble("t", s) {
+            Err(Error::Series { problem: SeriesProblem::GantryTilt { angle_deg }, .. }) => {
+                assert!((angle_deg - 0.2f64.atan().to_degrees()).abs() < 1e-6)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn oblique_negative_direction_geometry() {
+        // Sagittal-ish oblique: rows along y, columns along -z rotated; positions decrease in file order.
+        let r = [0.0, 0.8, 0.6];
+        let c = [0.0, -0.6, 0.8];
+        let n = cross(r, c);
+        let ori = [r[0], r[1], r[2], c[0], c[1], c[2]];
+        let s = (0..4)
+            .map(|i| {
+                let t = -1.5 * i as f64;
+                slice(&format!("{i}"), [10.0 + t * n[0], 20.0 + t * n[1], 30.0 + t * n[2]], ori)
+            })
+            .collect();
+        let a = assemble("o", s).unwrap();
+        assert!((a.geometry.spacing_mm[0] - 1.5).abs() < 1e-9);
+        assert_eq!(a.slices[0].path.to_str(), Some("3"));
+        let w = a.geometry.voxel_to_world([3.0, 0.0, 0.0]);
+        assert!((0..3).all(|k| (w[k] - [10.0, 20.0, 30.0][k]).abs() < 1e-9), "{w:?}");
+    }
+}

@@ -1,0 +1,269 @@
+//! Pass 2 of series loading: pixel data to HU, written straight into the output volume.
+
+use super::header::{dicom_error, Padding, PixelFormat, Rescale, SliceHeader};
+use crate::error::{Error, Result};
+use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex as _;
+use dicom_object::OpenFileOptions;
+use dicom_pixeldata::PixelDecoder;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+
+/// Converts one frame of stored samples (little-endian bytes) to HU.
+///
+/// Samples are masked to BitsStored and sign-extended when signed; padding values
+/// (compared as stored values) become -1024 HU; everything else becomes
+/// `round(stored * slope + intercept)` clamped to the i16 range.
+pub fn frame_to_hu(raw: &[u8], format: &PixelFormat, rescale: Rescale, padding: Option<Padding>, out: &mut [i16]) {
+    let bits = format.bits_stored as u32;
+    let shift = 64 - bits;
+    let to_stored = |v: u64| -> i64 {
+        if format.signed {
+            ((v << shift) as i64) >> shift
+        } else {
+            ((v << shift) >> shift) as i64
+        }
+    };
+    let integer = rescale.slope == 1.0 && rescale.intercept.fract() == 0.0 && rescale.intercept.abs() < 1e9;
+    let icpt = rescale.intercept as i64;
+    let (lo, hi) = padding.map(|p| (p.lo, p.hi)).unwrap_or((1, 0));
+    let map = |s: i64| -> i16 {
+        if s >= lo && s <= hi {
+            return -1024;
+        }
+        if integer {
+            (s + icpt).clamp(i16::MIN as i64, i16::MAX as i64) as i16
+        } else {
+            (s as f64 * rescale.slope + rescale.intercept)
+                .round()
+                .clamp(i16::MIN as f64, i16::MAX as f64) as i16
+        }
+    };
+    match format.bits_allocated {
+        8 => {
+            for (o, &b) in out.iter_mut().zip(raw) {
+                *o = map(to_stored(b as u64));
+            }
+        }
+        16 => {
+            for (o, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                *o = map(to_stored(u16::from_le_bytes([c[0], c[1]]) as u64));
+            }
+        }
+        _ => {
+            for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                *o = map(to_stored(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64));
+            }
+        }
+    }
+}
+
+fn frame_bytes(f: &PixelFormat) -> usize {
+    f.rows as usize * f.columns as usize * (f.bits_allocated as usize / 8) * f.samples_per_pixel as usize
+}
+
+/// Fast path for uncompressed little-endian single-frame files: the pixel data element is
+/// the file's tail, so its bytes are read directly. Returns `None` when the tail does not
+/// have exactly the expected PixelData header (the caller then parses the whole file).
+fn read_native_tail(path: &Path, h: &SliceHeader) -> Option<Vec<u8>> {
+    if h.number_of_frames != 1 || !(h.transfer_syntax == EXPLICIT_VR_LE || h.transfer_syntax == IMPLICIT_VR_LE) {
+        return None;
+    }
+    let len = frame_bytes(&h.format);
+    let padded = len + (len & 1);
+    let mut file = File::open(path).ok()?;
+    let file_len = file.metadata().ok()?.len() as usize;
+    let explicit = h.transfer_syntax == EXPLICIT_VR_LE;
+    let head_len = if explicit { 12 } else { 8 };
+    let start = file_len.checked_sub(padded + head_len)?;
+    file.seek(SeekFrom::Start(start as u64)).ok()?;
+    let mut buf = vec![0u8; padded + head_len];
+    file.read_exact(&mut buf).ok()?;
+    let (head, data) = buf.split_at(head_len);
+    if head[0..4] != [0xE0, 0x7F, 0x10, 0x00] {
+        return None;
+    }
+    let declared = if explicit {
+        if !(&head[4..6] == b"OW" || &head[4..6] == b"OB") || head[6..8] != [0, 0] {
+            return None;
+        }
+        u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize
+    } else {
+        u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize
+    };
+    if declared != padded {
+        return None;
+    }
+    let _ = data;
+    buf.drain(..head_len);
+    buf.truncate(len);
+    Some(buf)
+}
+
+fn ts_name(uid: &str) -> String {
+    TransferSyntaxRegistry
+        .get(uid)
+        .map(|ts| ts.name().to_string())
+        .unwrap_or_else(|| "unknown transfer syntax".to_string())
+}
+
+/// Decodes the frames of one file that the volume uses into their output slices.
+/// `frames` pairs each frame index with its slice header and output plane.
+pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Result<()> {
+    let Some((first, _)) = frames.first() else {
+        return Ok(());
+    };
+    let first: &SliceHeader = first;
+    if first.format.samples_per_pixel != 1 {
+        return Err(dicom_error(
+            path,
+            format!("SamplesPerPixel is {}: colour images are not CT", first.format.samples_per_pixel),
+        ));
+    }
+    if frames.len() == 1 {
+        if let Some(bytes) = read_native_tail(path, first) {
+            let (h, out) = frames.into_iter().next().expect("one frame");
+            frame_to_hu(&bytes, &h.format, h.rescale, h.padding, out);
+            return Ok(());
+        }
+    }
+
+    let ts_uid = first.transfer_syntax.as_str();
+    let ts = TransferSyntaxRegistry.get(ts_uid);
+    let supported = ts.map(|t| t.can_decode_all()).unwrap_or(false);
+    if !supported {
+        return Err(Error::UnsupportedTransferSyntax {
+            path: path.to_path_buf(),
+            uid: ts_uid.to_string(),
+            name: ts_name(ts_uid),
+        });
+    }
+    let obj = OpenFileOptions::new()
+        .open_file(path)
+        .map_err(|e| dicom_error(path, e.to_string()))?;
+    let pixel = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .ok_or_else(|| dicom_error(path, "no PixelData"))?;
+    let need = frame_bytes(&first.format) * first.number_of_frames as usize;
+    let (data, bits_allocated): (Cow<[u8]>, u16) = match pixel.value() {
+        dicom_core::DicomValue::Primitive(p) => (p.to_bytes(), first.format.bits_allocated),
+        dicom_core::DicomValue::PixelSequence(_) => {
+            let decoded = obj.decode_pixel_data().map_err(|e| {
+                let msg = e.to_string();
+                if msg.to_ascii_lowercase().contains("unsupported") {
+                    Error::UnsupportedTransferSyntax {
+                        path: path.to_path_buf(),
+                        uid: ts_uid.to_string(),
+                        name: ts_name(ts_uid),
+                    }
+                } else {
+                    dicom_error(path, format!("cannot decode pixel data ({}): {msg}", ts_name(ts_uid)))
+                }
+            })?;
+            let ba = decoded.bits_allocated();
+            (Cow::Owned(decoded.into_data()), ba)
+        }
+        dicom_core::DicomValue::Sequence(_) => return Err(dicom_error(path, "PixelData is a sequence")),
+    };
+    let mut format = first.format;
+    if bits_allocated != format.bits_allocated {
+        if !matches!(bits_allocated, 8 | 16 | 32) {
+            return Err(dicom_error(path, format!("decoded to {bits_allocated} bits per sample")));
+        }
+        format.bits_allocated = bits_allocated;
+        format.bits_stored = format.bits_stored.min(bits_allocated);
+    }
+    let per_frame = frame_bytes(&format);
+    let need_decoded = per_frame * first.number_of_frames as usize;
+    if data.len() < need_decoded {
+        return Err(dicom_error(
+            path,
+            format!(
+                "pixel data is shorter than declared: {} bytes, {} expected for {} frame(s) of {}x{} at {} bits",
+                data.len(),
+                need_decoded.max(need),
+                first.number_of_frames,
+                format.rows,
+                format.columns,
+                format.bits_allocated
+            ),
+        ));
+    }
+    for (h, out) in frames {
+        let start = per_frame * h.frame as usize;
+        let raw = data
+            .get(start..start + per_frame)
+            .ok_or_else(|| dicom_error(path, format!("frame {} out of range", h.frame)))?;
+        frame_to_hu(raw, &format, h.rescale, h.padding, out);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(bits_allocated: u16, bits_stored: u16, signed: bool) -> PixelFormat {
+        PixelFormat {
+            rows: 1,
+            columns: 4,
+            bits_allocated,
+            bits_stored,
+            signed,
+            samples_per_pixel: 1,
+        }
+    }
+
+    #[test]
+    fn twelve_bit_signed_and_unsigned() {
+        // 12-bit signed: 0x0FFF is -1; high garbage bits are masked away.
+        let raw: Vec<u8> = [0x0FFFu16, 0xF7FF, 0x0800, 0x0005].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = [0i16; 4];
+        frame_to_hu(&raw, &fmt(16, 12, true), Rescale::default(), None, &mut out);
+        assert_eq!(out, [-1, 2047, -2048, 5]);
+        frame_to_hu(
+            &raw,
+            &fmt(16, 12, false),
+            Rescale { slope: 1.0, intercept: -1024.0 },
+            None,
+            &mut out,
+        );
+        assert_eq!(out, [4095 - 1024, 2047 - 1024, 2048 - 1024, 5 - 1024]);
+    }
+
+    #[test]
+    fn rescale_padding_and_clamp() {
+        let raw: Vec<u8> = [-2000i16, 0, 100, 32767].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = [0i16; 4];
+        frame_to_hu(
+            &raw,
+            &fmt(16, 16, true),
+            Rescale { slope: 0.5, intercept: -1000.0 },
+            Some(Padding { lo: -2000, hi: -2000 }),
+            &mut out,
+        );
+        assert_eq!(out, [-1024, -1000, -950, (32767.0f64 * 0.5 - 1000.0).round() as i16]);
+        frame_to_hu(&raw, &fmt(16, 16, true), Rescale { slope: 1.0, intercept: 1000.0 }, None, &mut out);
+        assert_eq!(out, [-1000, 1000, 1100, i16::MAX]);
+    }
+
+    #[test]
+    fn eight_and_thirty_two_bit() {
+        let mut out = [0i16; 4];
+        frame_to_hu(&[0, 1, 255, 128], &fmt(8, 8, false), Rescale::default(), None, &mut out);
+        assert_eq!(out, [0, 1, 255, 128]);
+        frame_to_hu(&[0, 1, 255, 128], &fmt(8, 8, true), Rescale::default(), None, &mut out);
+        assert_eq!(out, [0, 1, -1, -128]);
+        let raw: Vec<u8> = [-5i32, 70000, 3, -70000].iter().flat_map(|v| v.to_le_bytes()).collect();
+        frame_to_hu(&raw, &fmt(32, 32, true), Rescale::default(), None, &mut out);
+        assert_eq!(out, [-5, i16::MAX, 3, i16::MIN]);
+    }
+}

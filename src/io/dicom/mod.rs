@@ -1,0 +1,294 @@
+//! DICOM series loading.
+//!
+//! Loading runs in two parallel passes: pass 1 reads every file's header (up to, not
+//! including, PixelData) and groups image planes by SeriesInstanceUID; one series is
+//! chosen and assembled ([`assemble`]): sorted by ImagePositionPatient projected on the
+//! slice normal (never by file name or InstanceNumber), with its slice spacing taken from
+//! the positions. Pass 2 decodes each file's pixel data straight into its plane of the
+//! output volume.
+//!
+//! Stored values are masked to BitsStored (sign-extended when PixelRepresentation is 1),
+//! PixelPaddingValue (up to PixelPaddingRangeLimit) becomes -1024 HU, and everything else
+//! `round(stored * RescaleSlope + RescaleIntercept)`. Enhanced multi-frame CT is read from
+//! its per-frame and shared functional groups.
+
+pub mod assemble;
+pub mod decode;
+pub mod header;
+pub mod write;
+
+pub use assemble::{assemble, display_uid, Assembly};
+pub use header::{read_slice_headers, SliceHeader};
+pub use write::{write_series, SeriesWriteOptions, StoredFormat};
+
+use crate::error::{Error, Result, SeriesProblem};
+use crate::io::LoadConfig;
+use crate::volume::{Volume, VolumeInfo};
+use ndarray::Array3;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One series found by [`scan`].
+#[derive(Debug, Clone)]
+pub struct SeriesSummary {
+    pub series_uid: String,
+    pub modality: String,
+    /// Image planes (frames) in the series.
+    pub slices: usize,
+}
+
+/// The image planes found under a path, grouped by series.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub series: BTreeMap<String, Vec<SliceHeader>>,
+    pub files_seen: usize,
+    /// Files that are not DICOM or hold no image, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl Scan {
+    pub fn summaries(&self) -> Vec<SeriesSummary> {
+        self.series
+            .iter()
+            .map(|(uid, s)| SeriesSummary {
+                series_uid: uid.clone(),
+                modality: s.first().map(|h| h.modality.clone()).unwrap_or_default(),
+                slices: s.len(),
+            })
+            .collect()
+    }
+}
+
+fn collect_files(path: &Path, config: &LoadConfig, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(path, e))?;
+        let p = entry.path();
+        let ft = entry.file_type().map_err(|e| Error::io(&p, e))?;
+        if ft.is_dir() {
+            collect_files(&p, config, out)?;
+        } else if ft.is_file() || (ft.is_symlink() && p.is_file()) {
+            out.push(p);
+            config.limits.check_files(out.len() as u64)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the headers of every file at `path` (a file, or a folder searched recursively).
+pub fn scan(path: &Path, config: &LoadConfig) -> Result<Scan> {
+    let mut files = Vec::new();
+    if path.is_dir() {
+        collect_files(path, config, &mut files)?;
+    } else {
+        files.push(path.to_path_buf());
+    }
+    files.sort();
+    let single = !path.is_dir();
+    let results: Vec<(PathBuf, std::result::Result<Vec<SliceHeader>, String>)> = files
+        .into_par_iter()
+        .map(|p| {
+            let r = match std::fs::metadata(&p) {
+                Err(e) => Err(e.to_string()),
+                Ok(m) if m.len() > config.limits.max_file_bytes => Err(format!(
+                    "file of {} bytes is over the limit of {}",
+                    m.len(),
+                    config.limits.max_file_bytes
+                )),
+                Ok(_) => read_slice_headers(&p),
+            };
+            (p, r)
+        })
+        .collect();
+    let mut scan = Scan {
+        files_seen: results.len(),
+        ..Scan::default()
+    };
+    for (p, r) in results {
+        match r {
+            Ok(headers) if headers.is_empty() => scan.skipped.push((p, "no image (no Rows/Columns)".into())),
+            Ok(headers) => {
+                for h in headers {
+                    scan.series.entry(h.series_uid.clone()).or_default().push(h);
+                }
+            }
+            Err(msg) => {
+                if single {
+                    return Err(Error::Dicom { path: p, message: msg });
+                }
+                tracing::debug!("skipping {}: {msg}", p.display());
+                scan.skipped.push((p, msg));
+            }
+        }
+    }
+    Ok(scan)
+}
+
+/// Picks the series to load: `config.series_uid`, or the CT series with the most planes.
+fn select(scan: &mut Scan, path: &Path, config: &LoadConfig) -> Result<(String, Vec<SliceHeader>, Vec<String>)> {
+    if scan.series.is_empty() {
+        return Err(Error::NoSeries {
+            path: path.to_path_buf(),
+            files_seen: scan.files_seen,
+            not_dicom: scan.skipped.len(),
+        });
+    }
+    let summaries = scan.summaries();
+    let describe = |s: &SeriesSummary| format!("{} ({} slices, {})", display_uid(&s.series_uid), s.slices, s.modality);
+    let uid = match &config.series_uid {
+        Some(want) => {
+            let want = want.trim();
+            if !scan.series.contains_key(want) {
+                return Err(Error::SeriesNotFound {
+                    requested: want.to_string(),
+                    available: summaries.iter().map(describe).collect::<Vec<_>>().join(", "),
+                });
+            }
+            want.to_string()
+        }
+        None => {
+            // most slices first, then CT before others, then smallest UID for determinism
+            let best = summaries
+                .iter()
+                .filter(|s| config.allow_modality || s.modality == "CT")
+                .max_by(|a, b| a.slices.cmp(&b.slices).then_with(|| b.series_uid.cmp(&a.series_uid)));
+            match best {
+                Some(s) => s.series_uid.clone(),
+                None => {
+                    let s = summaries
+                        .iter()
+                        .max_by(|a, b| a.slices.cmp(&b.slices).then_with(|| b.series_uid.cmp(&a.series_uid)))
+                        .expect("non-empty");
+                    return Err(Error::Series {
+                        series_uid: display_uid(&s.series_uid),
+                        problem: SeriesProblem::Modality {
+                            modality: s.modality.clone(),
+                        },
+                    });
+                }
+            }
+        }
+    };
+    let slices = scan.series.remove(&uid).unwrap_or_default();
+    let modality = slices.first().map(|h| h.modality.clone()).unwrap_or_default();
+    if modality != "CT" && !config.allow_modality {
+        return Err(Error::Series {
+            series_uid: display_uid(&uid),
+            problem: SeriesProblem::Modality { modality },
+        });
+    }
+    let mut warnings = Vec::new();
+    let others: Vec<String> = summaries.iter().filter(|s| s.series_uid != uid).map(describe).collect();
+    if !others.is_empty() {
+        warnings.push(format!("other series not loaded: {}", others.join(", ")));
+    }
+    Ok((uid, slices, warnings))
+}
+
+/// Loads one DICOM series from a file or a folder (searched recursively).
+pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
+    let mut scan = scan(path, config)?;
+    let (uid, slices, mut warnings) = select(&mut scan, path, config)?;
+    config.limits.check_slices(slices.len() as u64)?;
+    let assembly = assemble(&uid, slices)?;
+    warnings.extend(assembly.warnings.iter().cloned());
+    let first = &assembly.slices[0];
+    let (rows, cols) = (first.format.rows as usize, first.format.columns as usize);
+    let n = assembly.slices.len();
+    config.limits.check_shape([n as u64, rows as u64, cols as u64])?;
+    if first.photometric == "MONOCHROME1" {
+        warnings.push("MONOCHROME1 data: values are used as stored, not inverted".into());
+    }
+    if assembly.slices.iter().any(|s| s.rescale != first.rescale) {
+        warnings.push("RescaleSlope/Intercept vary between slices (applied per slice)".into());
+    }
+    let mut hu = Array3::<i16>::zeros((n, rows, cols));
+    decode_into(&assembly.slices, hu.as_slice_mut().expect("standard layout"), rows * cols)?;
+
+    let transfer_syntaxes: BTreeSet<String> = assembly.slices.iter().map(|s| s.transfer_syntax.clone()).collect();
+    for w in &warnings {
+        tracing::warn!("series {}: {w}", display_uid(&uid));
+    }
+    Ok(Volume {
+        hu,
+        geometry: assembly.geometry,
+        info: VolumeInfo {
+            series_uid: Some(uid),
+            modality: Some(first.modality.clone()),
+            format: "dicom".into(),
+            slice_count: n,
+            transfer_syntaxes: transfer_syntaxes.into_iter().collect(),
+            warnings,
+        },
+    })
+}
+
+/// Decodes every slice into its plane of `data` (z-major planes of `plane` voxels), one
+/// parallel job per file.
+fn decode_into(slices: &[SliceHeader], data: &mut [i16], plane: usize) -> Result<()> {
+    let mut planes: Vec<Option<&mut [i16]>> = data.chunks_mut(plane.max(1)).map(Some).collect();
+    let mut index: HashMap<Arc<Path>, usize> = HashMap::new();
+    let mut jobs: Vec<(Arc<Path>, Vec<(&SliceHeader, &mut [i16])>)> = Vec::new();
+    for (z, s) in slices.iter().enumerate() {
+        let out = planes[z].take().expect("each plane once");
+        let j = *index.entry(s.path.clone()).or_insert_with(|| {
+            jobs.push((s.path.clone(), Vec::new()));
+            jobs.len() - 1
+        });
+        jobs[j].1.push((s, out));
+    }
+    let results: Vec<Result<()>> = jobs
+        .into_par_iter()
+        .map(|(path, frames)| decode::decode_file(&path, frames))
+        .collect();
+    results.into_iter().collect()
+}
+
+/// Fuzzing entry point for header parsing and series assembly: `data` is parsed as a
+/// DICOM stream, and also read as a list of synthetic slice headers that are assembled.
+/// Never panics on any input.
+pub fn assemble_fuzz(data: &[u8]) {
+    use dicom_dictionary_std::tags;
+    if let Ok(obj) = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(data)
+    {
+        let _ = header::headers_of_object(&obj, Arc::from(Path::new("fuzz")), String::new());
+    }
+    let f = |c: &[u8], i: usize| i16::from_le_bytes([c[i], c[i + 1]]) as f64 / 64.0;
+    let slices: Vec<SliceHeader> = data
+        .chunks_exact(24)
+        .take(1024)
+        .enumerate()
+        .map(|(i, c)| SliceHeader {
+            path: Arc::from(Path::new(if i % 2 == 0 { "a" } else { "b" })),
+            frame: c[20] as u32,
+            number_of_frames: 1 + c[20] as u32,
+            series_uid: "fuzz".into(),
+            modality: "CT".into(),
+            transfer_syntax: String::new(),
+            position: (c[21] & 1 == 0).then(|| [f(c, 0), f(c, 2), f(c, 4)]),
+            orientation: (c[21] & 2 == 0).then(|| [f(c, 6), f(c, 8), f(c, 10), f(c, 12), f(c, 14), f(c, 16)]),
+            pixel_spacing: (c[21] & 4 == 0).then(|| [f(c, 18).abs(), 0.5]),
+            slice_thickness: None,
+            spacing_between_slices: None,
+            format: header::PixelFormat {
+                rows: 1 + (c[22] & 3) as u32,
+                columns: 1 + (c[23] & 3) as u32,
+                bits_allocated: 16,
+                bits_stored: 16,
+                signed: true,
+                samples_per_pixel: 1,
+            },
+            photometric: String::new(),
+            rescale: header::Rescale::default(),
+            padding: None,
+            instance_number: None,
+        })
+        .collect();
+    if let Ok(a) = assemble(&"fuzz".to_string(), slices) {
+        let _ = a.geometry.world_to_voxel([0.0; 3]);
+    }
+}

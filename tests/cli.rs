@@ -1,0 +1,100 @@
+//! The `lungcad` binary: exit codes, one-line errors, `info`, `convert`.
+
+mod common;
+
+use lungcad::io::dicom::{write_series, SeriesWriteOptions};
+use lungcad::{Geometry, Volume};
+use std::process::Command;
+
+fn lungcad() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lungcad"))
+}
+
+fn small_series(dir: &std::path::Path) -> Volume {
+    let hu = ndarray::Array3::from_shape_fn((4, 6, 5), |(z, y, x)| (z * 100 + y * 10 + x) as i16 - 500);
+    let v = Volume::new(hu, Geometry::new([2.0, 0.8, 0.8], [-10.0, 5.0, 100.0])).unwrap();
+    write_series(&v, dir, &SeriesWriteOptions { series_uid: Some("1.2.826.0.1.77".into()), ..Default::default() }).unwrap();
+    v
+}
+
+#[test]
+fn info_json_describes_the_series() {
+    let dir = tempfile::tempdir().unwrap();
+    small_series(dir.path());
+    let out = lungcad().args(["info", "--json"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["series_uid"], "1.2.826.0.1.77");
+    assert_eq!(j["modality"], "CT");
+    assert_eq!(j["shape_zyx"], serde_json::json!([4, 6, 5]));
+    assert_eq!(j["spacing_mm_zyx"], serde_json::json!([2.0, 0.8, 0.8]));
+    assert_eq!(j["origin_mm_xyz"], serde_json::json!([-10.0, 5.0, 100.0]));
+    assert_eq!(j["hu_min"], -500);
+    assert_eq!(j["hu_max"], 300 + 50 + 4 - 500);
+    assert_eq!(j["slice_count"], 4);
+}
+
+#[test]
+fn convert_round_trips_through_metaimage_and_nifti() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = small_series(&dir.path().join("dcm"));
+    for name in ["out.mhd", "out.mha", "out.nii.gz"] {
+        let dst = dir.path().join(name);
+        let st = lungcad().arg("convert").arg(dir.path().join("dcm")).arg(&dst).status().unwrap();
+        assert!(st.success(), "{name}");
+        let back = lungcad::load(&dst, &lungcad::LoadConfig::default()).unwrap();
+        assert_eq!(back.hu, v.hu, "{name}");
+        for k in 0..3 {
+            assert!((back.geometry.origin_mm[k] - v.geometry.origin_mm[k]).abs() < 1e-4, "{name}");
+            assert!((back.geometry.spacing_mm[k] - v.geometry.spacing_mm[k]).abs() < 1e-4, "{name}");
+        }
+    }
+}
+
+#[test]
+fn failures_exit_non_zero_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.mhd"), "NDims = 3\nDimSize = 100000 100000 100000\nElementType = MET_SHORT\nElementDataFile = x.raw\n").unwrap();
+    for args in [
+        vec!["info".to_string(), dir.path().join("absent").display().to_string()],
+        vec!["info".to_string(), dir.path().join("x.mhd").display().to_string()],
+        vec!["info".to_string(), dir.path().display().to_string()],
+        vec!["convert".to_string(), dir.path().join("x.mhd").display().to_string(), "out.png".into()],
+    ] {
+        let out = lungcad().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+}
+
+#[test]
+fn lidc_info_has_no_patient_identifiers_and_convert_matches_pydicom() {
+    let Some(dir) = common::lidc_0001() else { return };
+    let out = lungcad().args(["info", "--json"]).arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    // PatientID and PatientName of this series are both "LIDC-IDRI-0001"
+    assert!(!text.contains("LIDC-IDRI-0001"), "{text}");
+    let j: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(j["shape_zyx"], serde_json::json!([133, 512, 512]));
+
+    let have_peers = Command::new("python3")
+        .args(["-c", "import SimpleITK, pydicom, numpy"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have_peers {
+        eprintln!("SKIP: SimpleITK/pydicom not installed (pip install -r tests/requirements.txt)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("lidc.mha");
+    assert!(lungcad().arg("convert").arg(&dir).arg(&dst).status().unwrap().success());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/check_convert_against_pydicom.py");
+    let out = Command::new("python3").arg(script).arg(&dst).arg(&dir).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    println!("{report}");
+}

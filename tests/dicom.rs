@@ -1,0 +1,279 @@
+//! DICOM series loading through the public API: real LIDC-IDRI data (when present) and
+//! synthetic series written by lungcad itself.
+
+mod common;
+
+use lungcad::io::dicom::{write_series, SeriesWriteOptions, StoredFormat};
+use lungcad::{load, Error, Geometry, LoadConfig, SeriesProblem, Volume};
+use ndarray::Array3;
+use std::path::Path;
+
+fn cfg() -> LoadConfig {
+    LoadConfig::default()
+}
+
+/// A small volume with distinct values everywhere, in HU range.
+fn phantom(shape: [usize; 3], geometry: Geometry) -> Volume {
+    let hu = Array3::from_shape_fn((shape[0], shape[1], shape[2]), |(z, y, x)| {
+        ((z * 331 + y * 37 + x * 7) % 3000) as i16 - 1024
+    });
+    Volume::new(hu, geometry).unwrap()
+}
+
+/// Every voxel of `a` is found, with the same HU, at the same world position in `b`.
+fn assert_same_world_content(a: &Volume, b: &Volume) {
+    assert_eq!(a.hu.len(), b.hu.len());
+    for ((z, y, x), v) in a.hu.indexed_iter() {
+        let w = a.voxel_to_world([z as f64, y as f64, x as f64]);
+        let idx = b.world_to_voxel(w);
+        for k in 0..3 {
+            assert!((idx[k] - idx[k].round()).abs() < 1e-3, "{idx:?} not on the grid");
+        }
+        let got = b.hu[[idx[0].round() as usize, idx[1].round() as usize, idx[2].round() as usize]];
+        assert_eq!(got, *v, "voxel {:?}", (z, y, x));
+    }
+}
+
+fn geometry_close(a: &Geometry, b: &Geometry, tol: f64) {
+    for k in 0..3 {
+        assert!((a.spacing_mm[k] - b.spacing_mm[k]).abs() < tol, "{a:?} vs {b:?}");
+        assert!((a.origin_mm[k] - b.origin_mm[k]).abs() < tol, "{a:?} vs {b:?}");
+        for w in 0..3 {
+            assert!((a.direction[k][w] - b.direction[k][w]).abs() < tol, "{a:?} vs {b:?}");
+        }
+    }
+}
+
+#[test]
+fn synthetic_axial_series_round_trips_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new([1.25, 0.75, 0.7], [-120.5, 30.25, -200.0]);
+    let v = phantom([9, 12, 10], g);
+    let opts = SeriesWriteOptions {
+        shuffle_names_seed: Some(7),
+        reverse_instance_numbers: true,
+        ..SeriesWriteOptions::default()
+    };
+    write_series(&v, dir.path(), &opts).unwrap();
+    let back = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(back.hu, v.hu, "voxels in (z, y, x) order");
+    geometry_close(&back.geometry, &v.geometry, 1e-9);
+    assert_eq!(back.info.slice_count, 9);
+    assert_eq!(back.info.modality.as_deref(), Some("CT"));
+    assert_eq!(back.info.transfer_syntaxes, ["1.2.840.10008.1.2.1"]);
+}
+
+#[test]
+fn unsigned_12_bit_implicit_vr_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = phantom([5, 8, 6], Geometry::new([2.0, 0.5, 0.5], [0.0, 0.0, 0.0]));
+    let opts = SeriesWriteOptions {
+        explicit_vr: false,
+        stored: StoredFormat::Unsigned12,
+        ..SeriesWriteOptions::default()
+    };
+    write_series(&v, dir.path(), &opts).unwrap();
+    let back = load(dir.path(), &cfg()).unwrap();
+    let expect = v.hu.mapv(|h| h.clamp(-1024, 3071));
+    assert_eq!(back.hu, expect);
+    assert_eq!(back.info.transfer_syntaxes, ["1.2.840.10008.1.2"]);
+}
+
+#[test]
+fn negative_slice_direction_is_sorted_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // slices run towards the feet: direction[0] = -z
+    let g = Geometry {
+        spacing_mm: [2.5, 0.7, 0.7],
+        origin_mm: [-100.0, -50.0, 40.0],
+        direction: [[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]],
+    };
+    let v = phantom([6, 7, 5], g);
+    write_series(&v, dir.path(), &SeriesWriteOptions::default()).unwrap();
+    let back = load(dir.path(), &cfg()).unwrap();
+    // Loaded stacks always increase along the slice normal (+z here): z is reversed.
+    assert_eq!(back.geometry.direction[0], [0.0, 0.0, 1.0]);
+    assert!((back.geometry.origin_mm[2] - (40.0 - 5.0 * 2.5)).abs() < 1e-9);
+    assert_same_world_content(&v, &back);
+}
+
+#[test]
+fn oblique_series_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c) = (25f64.to_radians().sin(), 25f64.to_radians().cos());
+    let row = [c, s, 0.0];
+    let col = [-s * 0.6, c * 0.6, -0.8];
+    let normal = [
+        row[1] * col[2] - row[2] * col[1],
+        row[2] * col[0] - row[0] * col[2],
+        row[0] * col[1] - row[1] * col[0],
+    ];
+    let g = Geometry {
+        spacing_mm: [1.5, 0.8, 0.9],
+        origin_mm: [12.5, -30.0, 100.0],
+        direction: [normal, col, row],
+    };
+    let v = phantom([5, 6, 7], g);
+    write_series(&v, dir.path(), &SeriesWriteOptions { shuffle_names_seed: Some(3), ..Default::default() }).unwrap();
+    let back = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(back.hu, v.hu);
+    // DICOM decimal strings carry about 1e-6 relative precision
+    geometry_close(&back.geometry, &v.geometry, 1e-5);
+}
+
+fn series_in(dir: &Path, shape: [usize; 3], uid: &str) -> Volume {
+    let v = phantom(shape, Geometry::new([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]));
+    let opts = SeriesWriteOptions { series_uid: Some(uid.into()), ..Default::default() };
+    write_series(&v, dir, &opts).unwrap();
+    v
+}
+
+#[test]
+fn missing_slice_is_refused_with_series_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    series_in(dir.path(), [6, 4, 4], "1.2.826.0.1.1");
+    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    std::fs::remove_file(&files[3]).unwrap(); // names follow z without shuffling
+    match load(dir.path(), &cfg()) {
+        Err(e @ Error::Series { problem: SeriesProblem::MissingSlices { .. }, .. }) => {
+            assert!(e.to_string().contains("1.2.826.0.1.1"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn duplicate_slice_kept_once_with_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = series_in(dir.path(), [4, 3, 3], "1.2.826.0.1.2");
+    std::fs::copy(dir.path().join("IM00002.dcm"), dir.path().join("copy.dcm")).unwrap();
+    let back = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(back.hu, v.hu);
+    assert!(back.info.warnings.iter().any(|w| w.contains("same position")), "{:?}", back.info.warnings);
+}
+
+#[test]
+fn series_selection_default_and_by_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = series_in(&dir.path().join("a"), [5, 3, 3], "1.2.826.0.1.10");
+    let small = series_in(&dir.path().join("b/c"), [3, 3, 3], "1.2.826.0.1.11");
+    let v = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(v.hu, big.hu);
+    assert!(v.info.warnings.iter().any(|w| w.contains("1.2.826.0.1.11")));
+    let v = load(dir.path(), &LoadConfig { series_uid: Some("1.2.826.0.1.11".into()), ..cfg() }).unwrap();
+    assert_eq!(v.hu, small.hu);
+    match load(dir.path(), &LoadConfig { series_uid: Some("9.9".into()), ..cfg() }) {
+        Err(Error::SeriesNotFound { requested, available }) => {
+            assert_eq!(requested, "9.9");
+            assert!(available.contains("1.2.826.0.1.10"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn mixed_orientation_in_one_series_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = phantom([3, 4, 4], Geometry::new([1.0; 3], [0.0; 3]));
+    let b = phantom(
+        [3, 4, 4],
+        Geometry {
+            spacing_mm: [1.0; 3],
+            origin_mm: [0.0, 0.0, 10.0],
+            direction: [[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]],
+        },
+    );
+    let opts = SeriesWriteOptions { series_uid: Some("1.2.826.0.1.3".into()), ..Default::default() };
+    write_series(&a, &dir.path().join("a"), &opts).unwrap();
+    write_series(&b, &dir.path().join("b"), &opts).unwrap();
+    assert!(matches!(
+        load(dir.path(), &cfg()),
+        Err(Error::Series { problem: SeriesProblem::MixedOrientation { .. }, .. })
+    ));
+}
+
+#[test]
+fn non_ct_modality_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = phantom([3, 4, 4], Geometry::new([1.0; 3], [0.0; 3]));
+    let opts = SeriesWriteOptions { modality: "MR".into(), ..Default::default() };
+    write_series(&v, dir.path(), &opts).unwrap();
+    assert!(matches!(
+        load(dir.path(), &cfg()),
+        Err(Error::Series { problem: SeriesProblem::Modality { .. }, .. })
+    ));
+    let back = load(dir.path(), &LoadConfig { allow_modality: true, ..cfg() }).unwrap();
+    assert_eq!(back.hu, v.hu);
+}
+
+#[test]
+fn truncated_pixel_data_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    series_in(dir.path(), [3, 16, 16], "1.2.826.0.1.4");
+    let f = dir.path().join("IM00001.dcm");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
+    let e = load(dir.path(), &cfg()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("IM00001.dcm"), "{msg}");
+}
+
+#[test]
+fn voxel_limit_refuses_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    series_in(dir.path(), [4, 8, 8], "1.2.826.0.1.5");
+    let mut c = cfg();
+    c.limits.max_voxels = 100;
+    assert!(matches!(load(dir.path(), &c), Err(Error::Limit { what: "voxel count", .. })));
+}
+
+#[test]
+fn empty_folder_and_non_dicom_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+    assert!(matches!(load(dir.path(), &cfg()), Err(Error::NoSeries { files_seen: 1, .. })));
+    assert!(matches!(load(dir.path().join("notes.txt"), &cfg()), Err(Error::Dicom { .. })));
+    assert!(matches!(load(dir.path().join("absent"), &cfg()), Err(Error::Io { .. })));
+}
+
+#[test]
+fn lidc_idri_0001_geometry_and_nodule() {
+    let Some(dir) = common::lidc_0001() else { return };
+    let v = load(&dir, &cfg()).unwrap();
+    assert_eq!(v.info.series_uid.as_deref(), Some(common::LIDC_0001_UID));
+    assert_eq!(v.shape(), [133, 512, 512]);
+    geometry_close(
+        &v.geometry,
+        &Geometry::new([2.5, 0.703125, 0.703125], [-166.0, -171.699997, -340.0]),
+        1e-4,
+    );
+    let (centre, _) = common::LIDC_0001_NODULE;
+    let idx = v.world_to_voxel(centre);
+    let [z, y, x] = [idx[0].round() as usize, idx[1].round() as usize, idx[2].round() as usize];
+    // mean over a 3x3x3 neighbourhood: soft tissue, not lung air
+    let mut sum = 0i64;
+    for dz in 0..3 {
+        for dy in 0..3 {
+            for dx in 0..3 {
+                sum += v.hu[[z + dz - 1, y + dy - 1, x + dx - 1]] as i64;
+            }
+        }
+    }
+    let mean = sum as f64 / 27.0;
+    assert!((-300.0..200.0).contains(&mean), "nodule centre mean HU {mean}");
+    // and the lungs around it are air
+    assert!(v.hu[[z, y, 60]] < -500 || v.hu[[z, 100, x]] < -500);
+}
+
+#[test]
+fn lung_pet_ct_dx_series_load() {
+    for (name, slices, spacing_z) in [("lung-pet-ct-dx/A0001-5mm", 64, 5.0), ("lung-pet-ct-dx/A0002-8mm-B40f", 30, 8.0)] {
+        let Some(dir) = common::data_dir(name) else { continue };
+        let v = load(&dir, &cfg()).unwrap();
+        assert_eq!(v.shape(), [slices, 512, 512], "{name}");
+        assert!((v.spacing_mm()[0] - spacing_z).abs() < 1e-3, "{name}: {:?}", v.spacing_mm());
+        let (lo, hi) = v.hu_range();
+        assert!(lo >= -3024 && hi > 300, "{name}: HU {lo}..{hi}");
+    }
+}

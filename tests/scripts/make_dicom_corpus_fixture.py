@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Decode every file of the shared DICOM corpus with pydicom and record what lungcad must
+reproduce: for each image file, its frame count, size and order-independent statistics of
+the HU values (sum, sum of squares, min, max), computed with the rule lungcad documents:
+
+    stored value == PixelPaddingValue (.. PixelPaddingRangeLimit)  ->  -1024 HU
+    otherwise  round(stored * RescaleSlope + RescaleIntercept), clamped to int16
+
+Rescale attributes are taken per frame from the functional groups for enhanced
+multi-frame files. Usage (writes tests/fixtures/dicom_corpus.json):
+
+    pip install pydicom numpy pillow pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg
+    python3 tests/scripts/make_dicom_corpus_fixture.py [$LUNGCAD_DATA/dicom-corpus]
+"""
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import pydicom
+
+warnings.filterwarnings("ignore")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+
+
+def fg_value(ds, frame, seq_name, attr):
+    """Value of attr from the per-frame functional group, the shared one, or the top level."""
+    for fg_name, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        fgs = ds.get(fg_name)
+        if fgs is not None and len(fgs) > idx:
+            item = fgs[idx].get(seq_name)
+            if item is not None and len(item) > 0 and attr in item[0]:
+                return item[0][attr].value
+    return ds.get(attr)
+
+
+def as_stored(ds, v):
+    v = int(v)
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        bits = int(ds.BitsAllocated)
+        if bits == 16 and v > 32767:
+            v -= 65536
+        elif bits == 8 and v > 127:
+            v -= 256
+    return v
+
+
+def describe(path):
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # noqa: BLE001 - we record any failure
+        return {"pydicom": "unreadable", "reason": f"{type(e).__name__}: {e}"[:200]}
+    if "PixelData" not in ds or "Rows" not in ds:
+        return {"pydicom": "no-image"}
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        return {"pydicom": "colour", "samples_per_pixel": int(ds.SamplesPerPixel)}
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # noqa: BLE001
+        return {"pydicom": "undecodable", "reason": f"{type(e).__name__}: {e}"[:200]}
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames == 1:
+        arr = arr[np.newaxis]
+    pad = ds.get("PixelPaddingValue")
+    pad_hi = ds.get("PixelPaddingRangeLimit", pad)
+    hu_frames = []
+    for f in range(arr.shape[0]):
+        slope = fg_value(ds, f, "PixelValueTransformationSequence", "RescaleSlope")
+        icpt = fg_value(ds, f, "PixelValueTransformationSequence", "RescaleIntercept")
+        slope = float(slope.value if hasattr(slope, "value") else (slope if slope is not None else 1.0))
+        icpt = float(icpt.value if hasattr(icpt, "value") else (icpt if icpt is not None else 0.0))
+        stored = arr[f].astype(np.int64)
+        hu = np.clip(np.round(stored * slope + icpt), -32768, 32767)
+        if pad is not None:
+            lo, hi = sorted((as_stored(ds, pad), as_stored(ds, pad_hi)))
+            hu[(stored >= lo) & (stored <= hi)] = -1024
+        hu_frames.append(hu.astype(np.int64))
+    hu = np.stack(hu_frames)
+    return {
+        "pydicom": "image",
+        "modality": str(ds.get("Modality", "")),
+        "frames": int(hu.shape[0]),
+        "rows": int(hu.shape[1]),
+        "columns": int(hu.shape[2]),
+        "sum": int(hu.sum()),
+        "sum_sq": int((hu * hu).sum()),
+        "min": int(hu.min()),
+        "max": int(hu.max()),
+        "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
+    }
+
+
+def main():
+    data = os.environ.get("LUNGCAD_DATA", os.path.join(ROOT, "..", "shared", "data"))
+    corpus = sys.argv[1] if len(sys.argv) > 1 else os.path.join(data, "dicom-corpus")
+    out = {}
+    for dirpath, _, names in os.walk(corpus):
+        for n in sorted(names):
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, corpus).replace(os.sep, "/")
+            out[rel] = describe(p)
+    out = dict(sorted(out.items()))
+    dst = os.path.join(ROOT, "tests", "fixtures", "dicom_corpus.json")
+    with open(dst, "w") as fh:
+        json.dump({"pydicom_version": pydicom.__version__, "files": out}, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+    counts = {}
+    for v in out.values():
+        counts[v["pydicom"]] = counts.get(v["pydicom"], 0) + 1
+    print(f"wrote {dst}: {counts}")
+
+
+if __name__ == "__main__":
+    main()
