@@ -32,6 +32,33 @@ enum Command {
         /// Output file: .mhd (+ .raw), .mha, .nii or .nii.gz.
         output: PathBuf,
     },
+    /// LUNA16 FROC/CPM evaluation of a detection CSV, as the official protocol defines it.
+    Eval {
+        /// Reference nodules: seriesuid,coordX,coordY,coordZ,diameter_mm (LUNA16 annotations.csv).
+        #[arg(long)]
+        annotations: PathBuf,
+        /// Irrelevant findings, ignored when hit (LUNA16 annotations_excluded.csv).
+        #[arg(long)]
+        excluded: PathBuf,
+        /// The scans evaluated, one SeriesInstanceUID per line (LUNA16 seriesuids.csv).
+        #[arg(long)]
+        seriesuids: PathBuf,
+        /// Detections: seriesuid,coordX,coordY,coordZ,probability.
+        #[arg(long)]
+        predictions: PathBuf,
+        /// Print one JSON object (sensitivities, cpm, cpm_ci, tp, fp, fn, ...).
+        #[arg(long)]
+        json: bool,
+        /// Write the FROC curve with its bootstrap confidence band to this PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Bootstrap resamples over scans for the confidence intervals (0: none).
+        #[arg(long, default_value_t = lungcad::eval::EvalConfig::default().bootstrap_resamples)]
+        bootstrap: usize,
+        /// Seed of the bootstrap.
+        #[arg(long, default_value_t = lungcad::eval::EvalConfig::default().seed)]
+        seed: u64,
+    },
 }
 
 /// Where the CT comes from and how to read it.
@@ -120,6 +147,34 @@ fn run(cli: Cli) -> Result<(), Error> {
             let v = input.load()?;
             lungcad::save(&v, &output)?;
             eprintln!("wrote {}", output.display());
+        }
+        Command::Eval {
+            annotations,
+            excluded,
+            seriesuids,
+            predictions,
+            json,
+            plot,
+            bootstrap,
+            seed,
+        } => {
+            use lungcad::eval;
+            let inputs = eval::EvalInputs::from_csv(&annotations, &excluded, &seriesuids, &predictions)?;
+            let config = eval::EvalConfig {
+                bootstrap_resamples: bootstrap,
+                seed,
+                ..eval::EvalConfig::default()
+            };
+            let r = eval::evaluate(&inputs, &config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&eval::report_json(&r)).expect("json"));
+            } else {
+                print!("{}", eval::report_text(&r));
+            }
+            if let Some(png) = plot {
+                eval::plot_froc_png(&r, &png, &eval::PlotOptions::default())?;
+                eprintln!("wrote {}", png.display());
+            }
         }
     }
     Ok(())

@@ -98,3 +98,50 @@ fn lidc_info_has_no_patient_identifiers_and_convert_matches_pydicom() {
     assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
     println!("{report}");
 }
+
+#[test]
+fn eval_json_and_malformed_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    std::fs::write(p("a.csv"), "seriesuid,coordX,coordY,coordZ,diameter_mm\ns1,0,0,0,10\ns2,5,5,5,6\n").unwrap();
+    std::fs::write(p("e.csv"), "seriesuid,coordX,coordY,coordZ,diameter_mm\ns1,50,50,50,-1\n").unwrap();
+    std::fs::write(p("s.csv"), "s1\ns2\n").unwrap();
+    // one hit on s1's nodule, one candidate on the excluded finding (ignored), one FP on s2
+    std::fs::write(
+        p("p.csv"),
+        "seriesuid,coordX,coordY,coordZ,probability\ns1,1,1,1,0.9\ns1,50,51,50,0.8\ns2,100,100,100,0.7\n",
+    )
+    .unwrap();
+    let run = |pred: &str| {
+        lungcad()
+            .arg("eval")
+            .arg("--annotations")
+            .arg(p("a.csv"))
+            .arg("--excluded")
+            .arg(p("e.csv"))
+            .arg("--seriesuids")
+            .arg(p("s.csv"))
+            .arg("--predictions")
+            .arg(p(pred))
+            .args(["--json", "--plot"])
+            .arg(p("froc.png"))
+            .output()
+            .unwrap()
+    };
+    let out = run("p.csv");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((j["tp"].as_u64(), j["fp"].as_u64(), j["fn"].as_u64()), (Some(1), Some(1), Some(1)));
+    assert_eq!(j["sensitivities"].as_array().unwrap().len(), 7);
+    assert!(j["cpm"].as_f64().unwrap() > 0.0 && j["cpm"].as_f64().unwrap() <= 0.5);
+    assert_eq!(j["cpm_ci"].as_array().unwrap().len(), 2);
+    assert!(std::fs::metadata(p("froc.png")).unwrap().len() > 1000);
+
+    std::fs::write(p("bad.csv"), "seriesuid,coordX,coordY,coordZ,probability\ns1,1,1,1,0.9\ns1,abc,1,1,0.5\n").unwrap();
+    let out = run("bad.csv");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.csv:3"), "{err}");
+    std::fs::write(p("nan.csv"), "seriesuid,coordX,coordY,coordZ,probability\ns1,1,1,1,NaN\n").unwrap();
+    assert_eq!(run("nan.csv").status.code(), Some(1));
+}

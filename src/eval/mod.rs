@@ -113,7 +113,7 @@ impl Finding {
     /// it is missing or negative (the official `if diameter < 0.0: diameter = 10.0`).
     pub fn effective_diameter_mm(&self) -> f64 {
         match self.diameter_mm {
-            Some(d) if !(d < 0.0) => d,
+            Some(d) if d >= 0.0 => d,
             _ => DEFAULT_DIAMETER_MM,
         }
     }
@@ -409,7 +409,8 @@ pub fn evaluate(inputs: &EvalInputs, config: &EvalConfig) -> Result<FrocResult> 
     let unit = vec![1u32; n_scans];
     let mut buffers = froc::CurveBuffers::default();
     let curve = scored.curve(&unit, n_scans, true, &mut buffers);
-    let sensitivities = OPERATING_POINTS.map(|x| froc::interp(x, &curve.fps_per_scan, &curve.sensitivity));
+    let sensitivities =
+        OPERATING_POINTS.map(|x| froc::interp(x, &curve.fps_per_scan, &curve.sensitivity));
     let cpm = froc::mean7(&sensitivities);
 
     let boot = bootstrap::run(&scored, n_scans, config);

@@ -68,42 +68,92 @@ fn frame_bytes(f: &PixelFormat) -> usize {
     f.rows as usize * f.columns as usize * (f.bits_allocated as usize / 8) * f.samples_per_pixel as usize
 }
 
-/// Fast path for uncompressed little-endian single-frame files: the pixel data element is
-/// the file's tail, so its bytes are read directly. Returns `None` when the tail does not
-/// have exactly the expected PixelData header (the caller then parses the whole file).
-fn read_native_tail(path: &Path, h: &SliceHeader) -> Option<Vec<u8>> {
-    if h.number_of_frames != 1 || !(h.transfer_syntax == EXPLICIT_VR_LE || h.transfer_syntax == IMPLICIT_VR_LE) {
-        return None;
+/// Fast path for uncompressed little-endian single-frame 16-bit files: the pixel data
+/// element is the file's tail, so its bytes are read straight into the output plane and
+/// converted in place. Returns `false` (leaving `out` to be overwritten) when the tail does
+/// not carry exactly the expected PixelData header; the caller then parses the whole file.
+fn read_native_tail_into(path: &Path, h: &SliceHeader, out: &mut [i16]) -> bool {
+    if cfg!(target_endian = "big")
+        || h.number_of_frames != 1
+        || h.format.bits_allocated != 16
+        || h.format.samples_per_pixel != 1
+        || !(h.transfer_syntax == EXPLICIT_VR_LE || h.transfer_syntax == IMPLICIT_VR_LE)
+    {
+        return false;
     }
     let len = frame_bytes(&h.format);
-    let padded = len + (len & 1);
-    let mut file = File::open(path).ok()?;
-    let file_len = file.metadata().ok()?.len() as usize;
+    if out.len() * 2 != len {
+        return false;
+    }
     let explicit = h.transfer_syntax == EXPLICIT_VR_LE;
     let head_len = if explicit { 12 } else { 8 };
-    let start = file_len.checked_sub(padded + head_len)?;
-    file.seek(SeekFrom::Start(start as u64)).ok()?;
-    let mut buf = vec![0u8; padded + head_len];
-    file.read_exact(&mut buf).ok()?;
-    let (head, data) = buf.split_at(head_len);
+    let Ok(mut file) = File::open(path) else { return false };
+    let Ok(meta) = file.metadata() else { return false };
+    let Some(start) = (meta.len() as usize).checked_sub(len + head_len) else {
+        return false;
+    };
+    let mut head = [0u8; 12];
+    if file.seek(SeekFrom::Start(start as u64)).is_err() || file.read_exact(&mut head[..head_len]).is_err() {
+        return false;
+    }
     if head[0..4] != [0xE0, 0x7F, 0x10, 0x00] {
-        return None;
+        return false;
     }
     let declared = if explicit {
         if !(&head[4..6] == b"OW" || &head[4..6] == b"OB") || head[6..8] != [0, 0] {
-            return None;
+            return false;
         }
         u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize
     } else {
         u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize
     };
-    if declared != padded {
-        return None;
+    if declared != len {
+        return false;
     }
-    let _ = data;
-    buf.drain(..head_len);
-    buf.truncate(len);
-    Some(buf)
+    // SAFETY: i16 has no invalid bit patterns and u8 has alignment 1; the byte view covers
+    // exactly the memory of `out`, which stays borrowed mutably for its whole lifetime.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 2) };
+    if file.read_exact(bytes).is_err() {
+        return false;
+    }
+    stored16_to_hu_in_place(out, &h.format, h.rescale, h.padding);
+    true
+}
+
+/// In-place version of [`frame_to_hu`] for 16-bit samples already in `out` (host order =
+/// little endian). Written as branch-free loops (mask or sign-extend, padding select,
+/// saturating add) that the compiler vectorises.
+fn stored16_to_hu_in_place(out: &mut [i16], format: &PixelFormat, rescale: Rescale, padding: Option<Padding>) {
+    let sh = 32 - format.bits_stored.clamp(1, 16) as u32;
+    let (lo, hi) = padding
+        .map(|p| (p.lo.clamp(i32::MIN as i64, i32::MAX as i64) as i32, p.hi.clamp(i32::MIN as i64, i32::MAX as i64) as i32))
+        .unwrap_or((1, 0));
+    let integer = rescale.slope == 1.0 && rescale.intercept.fract() == 0.0 && rescale.intercept.abs() < 65536.0;
+    let icpt = rescale.intercept as i32;
+    let signed = format.signed;
+    let stored = move |v: i16| -> i32 {
+        let u = (v as u16 as i32) << sh;
+        if signed {
+            u >> sh
+        } else {
+            ((u as u32) >> sh) as i32
+        }
+    };
+    if integer {
+        for v in out.iter_mut() {
+            let s = stored(*v);
+            let hu = (s + icpt).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+            *v = if s >= lo && s <= hi { -1024 } else { hu };
+        }
+    } else {
+        for v in out.iter_mut() {
+            let s = stored(*v);
+            let hu = (s as f64 * rescale.slope + rescale.intercept)
+                .round()
+                .clamp(i16::MIN as f64, i16::MAX as f64) as i16;
+            *v = if s >= lo && s <= hi { -1024 } else { hu };
+        }
+    }
 }
 
 fn ts_name(uid: &str) -> String {
@@ -126,10 +176,10 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
             format!("SamplesPerPixel is {}: colour images are not CT", first.format.samples_per_pixel),
         ));
     }
+    let mut frames = frames;
     if frames.len() == 1 {
-        if let Some(bytes) = read_native_tail(path, first) {
-            let (h, out) = frames.into_iter().next().expect("one frame");
-            frame_to_hu(&bytes, &h.format, h.rescale, h.padding, out);
+        let (h, out) = &mut frames[0];
+        if read_native_tail_into(path, h, out) {
             return Ok(());
         }
     }
@@ -253,6 +303,25 @@ mod tests {
         assert_eq!(out, [-1024, -1000, -950, (32767.0f64 * 0.5 - 1000.0).round() as i16]);
         frame_to_hu(&raw, &fmt(16, 16, true), Rescale { slope: 1.0, intercept: 1000.0 }, None, &mut out);
         assert_eq!(out, [-1000, 1000, 1100, i16::MAX]);
+    }
+
+    #[test]
+    fn in_place_16_bit_matches_bytewise() {
+        let values: Vec<i16> = vec![-2000, -1024, 0, 5, 4095, 32767, -32768, 100];
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (f, r, p) in [
+            (fmt(16, 16, true), Rescale { slope: 1.0, intercept: -1024.0 }, None),
+            (fmt(16, 16, false), Rescale { slope: 1.0, intercept: -1024.0 }, None),
+            (fmt(16, 12, true), Rescale::default(), None),
+            (fmt(16, 16, true), Rescale { slope: 1.0, intercept: 0.0 }, Some(Padding { lo: -2000, hi: -2000 })),
+            (fmt(16, 16, true), Rescale { slope: 2.5, intercept: 3.0 }, None),
+        ] {
+            let mut a = vec![0i16; values.len()];
+            frame_to_hu(&raw, &PixelFormat { columns: values.len() as u32, ..f }, r, p, &mut a);
+            let mut b = values.clone();
+            stored16_to_hu_in_place(&mut b, &f, r, p);
+            assert_eq!(a, b, "{f:?} {r:?} {p:?}");
+        }
     }
 
     #[test]
