@@ -277,3 +277,10 @@ fn lung_pet_ct_dx_series_load() {
         assert!(lo >= -3024 && hi > 300, "{name}: HU {lo}..{hi}");
     }
 }
+
+#[test]
+fn fuzz_entry_survives_small_inputs() {
+    for data in [&b""[..], b"DICM", &[0u8; 200][..], &[0xFFu8; 300][..]] {
+        lungcad::io::dicom::assemble_fuzz(data);
+    }
+}
