@@ -194,6 +194,7 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
             name: ts_name(ts_uid),
         });
     }
+    super::guard::check_file(path, true).map_err(|m| dicom_error(path, m))?;
     let obj = OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| dicom_error(path, e.to_string()))?;

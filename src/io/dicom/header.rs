@@ -151,6 +151,7 @@ pub(crate) fn open_header(path: &Path) -> std::result::Result<DefaultDicomObject
 /// Reads the slice headers of one file; `Ok(vec![])` for a DICOM file that holds no image
 /// (structured reports, RT structures, ...).
 pub fn read_slice_headers(path: &Path) -> std::result::Result<Vec<SliceHeader>, String> {
+    super::guard::check_file(path, false)?;
     let obj = open_header(path)?;
     let ts = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
     headers_of_object(&obj, Arc::from(path), ts)

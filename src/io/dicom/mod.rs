@@ -14,6 +14,7 @@
 
 pub mod assemble;
 pub mod decode;
+pub mod guard;
 pub mod header;
 pub mod write;
 
@@ -260,10 +261,12 @@ fn decode_into(slices: &[SliceHeader], data: &mut [i16], plane: usize) -> Result
 /// Never panics on any input.
 pub fn assemble_fuzz(data: &[u8]) {
     use dicom_dictionary_std::tags;
-    if let Ok(obj) = dicom_object::OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(data)
-    {
+    let fits = guard::check_declared_lengths(data, data.len(), false).is_ok();
+    if let Some(Ok(obj)) = fits.then(|| {
+        dicom_object::OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .from_reader(data)
+    }) {
         let _ = header::headers_of_object(&obj, Arc::from(Path::new("fuzz")), String::new());
     }
     let f = |c: &[u8], i: usize| i16::from_le_bytes([c[i], c[i + 1]]) as f64 / 64.0;

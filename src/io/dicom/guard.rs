@@ -1,0 +1,271 @@
+//! A pre-parse guard: checks that no element of a DICOM file declares more bytes than the
+//! file holds, before dicom-object parses it. dicom-object allocates (and zero-fills) the
+//! declared length of a value before reading it, so a few hundred malformed bytes could
+//! otherwise cost gigabytes of memory and seconds of time.
+//!
+//! The walk is conservative: where it cannot follow the encoding it stops and lets the
+//! parser decide; it refuses only a length that exceeds the bytes left in the file.
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+fn long_length_vr(vr: &[u8]) -> bool {
+    matches!(
+        vr,
+        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+    )
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    /// Size of the whole file (the bytes may be a prefix of it).
+    file_len: usize,
+}
+
+impl Cursor<'_> {
+    fn u16(&self, at: usize, big: bool) -> Option<u16> {
+        let b = self.bytes.get(at..at + 2)?;
+        Some(if big { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) })
+    }
+    fn u32(&self, at: usize, big: bool) -> Option<u32> {
+        let b = self.bytes.get(at..at + 4)?;
+        Some(if big {
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        })
+    }
+    fn remaining(&self) -> usize {
+        self.file_len.saturating_sub(self.pos)
+    }
+    fn check(&self, group: u16, element: u16, len: u32) -> Result<(), String> {
+        if len as usize > self.remaining() {
+            return Err(format!(
+                "element ({group:04X},{element:04X}) declares {len} bytes but only {} remain in the file",
+                self.remaining()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of a walk over a prefix of the file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Walk {
+    /// Every declared length that was seen fits in the file.
+    Fits,
+    /// The prefix ended before the walk did: walk again with more of the file.
+    NeedMore,
+}
+
+/// Walks the elements of a DICOM file (`bytes` is the file or a prefix of it, `file_len`
+/// its full size). With `through_pixel_data` the fragments of encapsulated pixel data are
+/// checked too; otherwise the walk ends at the top-level PixelData element.
+pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data: bool) -> Result<Walk, String> {
+    let start = if bytes.get(128..132) == Some(b"DICM") {
+        132
+    } else if bytes.get(0..4) == Some(b"DICM") {
+        4
+    } else {
+        return Ok(Walk::Fits); // not Part 10: the parser refuses it without allocating
+    };
+    let mut c = Cursor { bytes, pos: start, file_len };
+    // File meta group: explicit VR little endian.
+    let mut ts = String::new();
+    loop {
+        let (Some(group), Some(element)) = (c.u16(c.pos, false), c.u16(c.pos + 2, false)) else {
+            return Ok(if c.pos + 8 > bytes.len() && bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
+        };
+        if group != 0x0002 {
+            break;
+        }
+        let Some(vr) = bytes.get(c.pos + 4..c.pos + 6) else { return Ok(Walk::NeedMore) };
+        let (len, header) = if long_length_vr(vr) {
+            match c.u32(c.pos + 8, false) {
+                Some(l) => (l, 12),
+                None => return Ok(Walk::NeedMore),
+            }
+        } else {
+            match c.u16(c.pos + 6, false) {
+                Some(l) => (l as u32, 8),
+                None => return Ok(Walk::NeedMore),
+            }
+        };
+        c.pos += header;
+        if len == UNDEFINED {
+            return Ok(Walk::Fits); // not valid in the meta group: leave it to the parser
+        }
+        c.check(group, element, len)?;
+        if element == 0x0010 {
+            match bytes.get(c.pos..c.pos + len as usize) {
+                Some(v) => ts = String::from_utf8_lossy(v).trim_end_matches(['\0', ' ']).to_string(),
+                None => return Ok(Walk::NeedMore),
+            }
+        }
+        c.pos += len as usize;
+    }
+    let (base_implicit, big) = match ts.as_str() {
+        "1.2.840.10008.1.2" => (true, false),
+        "1.2.840.10008.1.2.2" => (false, true),
+        "1.2.840.10008.1.2.1.99" => return Ok(Walk::Fits), // deflated: the rest is compressed
+        _ => (false, false),
+    };
+    // Encoding of each open undefined-length sequence.
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let mut first = true;
+    loop {
+        let (implicit, big) = stack.last().copied().unwrap_or((base_implicit, big));
+        if c.pos + 8 > bytes.len() {
+            return Ok(if bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
+        }
+        let (Some(group), Some(element)) = (c.u16(c.pos, big), c.u16(c.pos + 2, big)) else {
+            return Ok(Walk::NeedMore);
+        };
+        if group == 0xFFFE {
+            let len = c.u32(c.pos + 4, big).unwrap_or(0);
+            c.pos += 8;
+            match element {
+                0xE000 => {
+                    if len != UNDEFINED {
+                        c.check(group, element, len)?;
+                    }
+                }
+                0xE00D => {}
+                0xE0DD => {
+                    stack.pop();
+                }
+                _ => return Ok(Walk::Fits),
+            }
+            continue;
+        }
+        let (vr, len, header): (Option<&[u8]>, u32, usize) = if implicit {
+            (None, c.u32(c.pos + 4, big).unwrap_or(0), 8)
+        } else {
+            let vr = &bytes[c.pos + 4..c.pos + 6];
+            if !vr.iter().all(u8::is_ascii_uppercase) {
+                if first {
+                    // dicom-object would read it as explicit VR anyway and misparse it
+                    return Err(format!(
+                        "the data set is not encoded as its transfer syntax {ts} says: element \
+                         ({group:04X},{element:04X}) has no explicit VR"
+                    ));
+                }
+                return Ok(Walk::Fits); // lost track of the encoding
+            }
+            if long_length_vr(vr) {
+                match c.u32(c.pos + 8, big) {
+                    Some(l) => (Some(vr), l, 12),
+                    None => return Ok(Walk::NeedMore),
+                }
+            } else {
+                (Some(vr), c.u16(c.pos + 6, big).unwrap_or(0) as u32, 8)
+            }
+        };
+        c.pos += header;
+        first = false;
+        let pixel_data = stack.is_empty() && group == 0x7FE0 && element == 0x0010;
+        if pixel_data && !through_pixel_data {
+            return Ok(Walk::Fits);
+        }
+        if len == UNDEFINED {
+            if pixel_data {
+                // encapsulated fragments: items of raw bytes up to the sequence delimiter
+                loop {
+                    if c.pos + 8 > bytes.len() {
+                        return Ok(if bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
+                    }
+                    let (g, e, l) = (c.u16(c.pos, big), c.u16(c.pos + 2, big), c.u32(c.pos + 4, big));
+                    let (Some(g), Some(e), Some(l)) = (g, e, l) else { return Ok(Walk::NeedMore) };
+                    c.pos += 8;
+                    if (g, e) != (0xFFFE, 0xE000) {
+                        return Ok(Walk::Fits);
+                    }
+                    c.check(g, e, l)?;
+                    c.pos += l as usize;
+                }
+            }
+            if vr == Some(b"UN") {
+                // Its items are implicit VR little endian; dicom-object 0.10 would read them in
+                // the outer explicit encoding, misparse them and allocate for garbage lengths.
+                return Err(format!(
+                    "element ({group:04X},{element:04X}) is UN of undefined length (an implicit VR \
+                     sequence inside an explicit VR file), which lungcad's DICOM parser cannot read"
+                ));
+            }
+            // SQ, or an implicit VR element of undefined length: a sequence in the same encoding
+            stack.push((implicit, big));
+            continue;
+        }
+        c.check(group, element, len)?;
+        if vr == Some(b"SQ") {
+            continue; // defined-length sequence: its items follow
+        }
+        c.pos += len as usize;
+    }
+}
+
+/// Reads as much of `path` as the guard needs and checks it. Returns the bytes read when
+/// they are the whole file.
+pub fn check_file(path: &std::path::Path, through_pixel_data: bool) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file_len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
+    let mut prefix = Vec::with_capacity(file_len.min(64 << 10));
+    (&mut f).take(64 << 10).read_to_end(&mut prefix).map_err(|e| e.to_string())?;
+    if !through_pixel_data && check_declared_lengths(&prefix, file_len, false)? == Walk::Fits {
+        return Ok(if prefix.len() == file_len { Some(prefix) } else { None });
+    }
+    f.read_to_end(&mut prefix).map_err(|e| e.to_string())?;
+    check_declared_lengths(&prefix, prefix.len(), through_pixel_data)?;
+    Ok(Some(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part10(ts: &str, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; 128];
+        v.extend_from_slice(b"DICM");
+        let mut ts_bytes = ts.as_bytes().to_vec();
+        if ts_bytes.len() % 2 == 1 {
+            ts_bytes.push(0);
+        }
+        v.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        v.extend_from_slice(&(ts_bytes.len() as u16).to_le_bytes());
+        v.extend_from_slice(&ts_bytes);
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn accepts_consistent_and_refuses_oversized_lengths() {
+        // (0028,0010) US 2 bytes, then (0010,0010) PN declaring 0x4000 bytes
+        let mut ok = vec![0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 0, 2];
+        let f = part10("1.2.840.10008.1.2.1", &ok);
+        assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
+        ok.extend_from_slice(&[0x08, 0x00, 0x16, 0x00, b'U', b'N', 0, 0, 0xF0, 0xFF, 0xFF, 0x7F]);
+        let f = part10("1.2.840.10008.1.2.1", &ok);
+        let e = check_declared_lengths(&f, f.len(), true).unwrap_err();
+        assert!(e.contains("(0008,0016)"), "{e}");
+        // implicit VR
+        let body = [0x08, 0x00, 0x16, 0x00, 0x00, 0x00, 0x00, 0x10];
+        let f = part10("1.2.840.10008.1.2", &body);
+        assert!(check_declared_lengths(&f, f.len(), true).is_err());
+        // a prefix asks for more
+        let f = part10("1.2.840.10008.1.2.1", &[0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 0, 2]);
+        assert_eq!(check_declared_lengths(&f[..f.len() - 4], f.len(), true), Ok(Walk::NeedMore));
+        // not part 10: left to the parser
+        assert_eq!(check_declared_lengths(b"hello", 5, true), Ok(Walk::Fits));
+    }
+
+    #[test]
+    fn encapsulated_fragments_are_checked() {
+        let mut body = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]); // empty offset table
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0x00, 0x00]); // 65535-byte fragment
+        let f = part10("1.2.840.10008.1.2.4.50", &body);
+        assert_eq!(check_declared_lengths(&f, f.len(), false), Ok(Walk::Fits));
+        assert!(check_declared_lengths(&f, f.len(), true).is_err());
+    }
+}
