@@ -15,6 +15,14 @@ fn long_length_vr(vr: &[u8]) -> bool {
     )
 }
 
+fn short_length_vr(vr: &[u8]) -> bool {
+    matches!(
+        vr,
+        b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FL" | b"FD" | b"IS" | b"LO" | b"LT" | b"PN"
+            | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US"
+    )
+}
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -70,16 +78,41 @@ pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data:
         return Ok(Walk::Fits); // not Part 10: the parser refuses it without allocating
     };
     let mut c = Cursor { bytes, pos: start, file_len };
-    // File meta group: explicit VR little endian.
+    // File meta group: explicit VR little endian. dicom-object reads the group length
+    // first, then elements (of any group) until that many bytes are consumed.
     let mut ts = String::new();
-    loop {
+    let (Some(g0), Some(e0), Some(vr0)) = (c.u16(c.pos, false), c.u16(c.pos + 2, false), bytes.get(c.pos + 4..c.pos + 6)) else {
+        return Ok(if bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
+    };
+    if (g0, e0) != (0x0002, 0x0000) {
+        return Ok(Walk::Fits); // the parser refuses it at once
+    }
+    // dicom-object checks the tag and a length of 4, not the VR
+    let (len0, header0) = if short_length_vr(vr0) {
+        (c.u16(c.pos + 6, false).map(u32::from), 8)
+    } else {
+        (c.u32(c.pos + 8, false), 12)
+    };
+    match len0 {
+        Some(4) => {}
+        Some(_) => return Ok(Walk::Fits),
+        None => return Ok(Walk::NeedMore),
+    }
+    let Some(group_length) = c.u32(c.pos + header0, false) else { return Ok(Walk::NeedMore) };
+    let group_length = group_length as usize;
+    c.pos += header0 + 4;
+    let meta_start = c.pos;
+    while c.pos - meta_start < group_length {
         let (Some(group), Some(element)) = (c.u16(c.pos, false), c.u16(c.pos + 2, false)) else {
-            return Ok(if c.pos + 8 > bytes.len() && bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
+            return Ok(if bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
         };
-        if group != 0x0002 {
-            break;
-        }
         let Some(vr) = bytes.get(c.pos + 4..c.pos + 6) else { return Ok(Walk::NeedMore) };
+        if !long_length_vr(vr) && !short_length_vr(vr) {
+            return Err(format!(
+                "file meta element ({group:04X},{element:04X}) has an invalid VR {:?}",
+                String::from_utf8_lossy(vr)
+            ));
+        }
         let (len, header) = if long_length_vr(vr) {
             match c.u32(c.pos + 8, false) {
                 Some(l) => (l, 12),
@@ -93,10 +126,10 @@ pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data:
         };
         c.pos += header;
         if len == UNDEFINED {
-            return Ok(Walk::Fits); // not valid in the meta group: leave it to the parser
+            return Ok(Walk::Fits); // the parser refuses undefined lengths in the meta group
         }
         c.check(group, element, len)?;
-        if element == 0x0010 {
+        if (group, element) == (0x0002, 0x0010) {
             match bytes.get(c.pos..c.pos + len as usize) {
                 Some(v) => ts = String::from_utf8_lossy(v).trim_end_matches(['\0', ' ']).to_string(),
                 None => return Ok(Walk::NeedMore),
@@ -152,7 +185,8 @@ pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data:
                 }
                 return Ok(Walk::Fits); // lost track of the encoding
             }
-            if long_length_vr(vr) {
+            if long_length_vr(vr) || !short_length_vr(vr) {
+                // unknown VRs are checked with a 4-byte length, the larger reading
                 match c.u32(c.pos + 8, big) {
                     Some(l) => (Some(vr), l, 12),
                     None => return Ok(Walk::NeedMore),
@@ -231,6 +265,8 @@ mod tests {
         if ts_bytes.len() % 2 == 1 {
             ts_bytes.push(0);
         }
+        v.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        v.extend_from_slice(&(8 + ts_bytes.len() as u32).to_le_bytes());
         v.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
         v.extend_from_slice(&(ts_bytes.len() as u16).to_le_bytes());
         v.extend_from_slice(&ts_bytes);
@@ -257,6 +293,10 @@ mod tests {
         assert_eq!(check_declared_lengths(&f[..f.len() - 4], f.len(), true), Ok(Walk::NeedMore));
         // not part 10: left to the parser
         assert_eq!(check_declared_lengths(b"hello", 5, true), Ok(Walk::Fits));
+        // found by fuzzing: a group length read from an AE element, then an element of a
+        // 1.2 GB declared length that dicom-object's meta reader would allocate
+        let f = b"DICM\x02\x00\x00\x00AE\x04\x00\x00\x00\xfaMx\x00\x00\x00AE\x04\x00\x00\x92CM\x02\x00\x00\x00AE\x04\x00DICM\x02\x00\x02\x00E\x00\x00A\x00%DICMD";
+        assert!(check_declared_lengths(f, f.len(), false).is_err());
     }
 
     #[test]
