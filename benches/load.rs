@@ -25,20 +25,29 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     match lidc_series() {
         Some(dir) => {
-            g.bench_function("lidc_idri_0001_133x512x512", |b| b.iter(|| load(&dir, &config).expect("loads")));
+            g.bench_function("lidc_idri_0001_133x512x512", |b| {
+                b.iter(|| load(&dir, &config).expect("loads"))
+            });
         }
         None => eprintln!("SKIP: LIDC-IDRI-0001 not found (set LUNGCAD_DATA)"),
     }
     // Kept in cargo's target tmp dir so benches/compare_load.py can time the peers on it.
     let synth = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_300x512x512");
-    if load(&synth, &config).map(|v| v.shape() != [300, 512, 512]).unwrap_or(true) {
+    if load(&synth, &config)
+        .map(|v| v.shape() != [300, 512, 512])
+        .unwrap_or(true)
+    {
         let _ = std::fs::remove_dir_all(&synth);
-        let hu = ndarray::Array3::from_shape_fn((300, 512, 512), |(z, y, x)| ((z + y + x) % 2000) as i16 - 1000);
+        let hu = ndarray::Array3::from_shape_fn((300, 512, 512), |(z, y, x)| {
+            ((z + y + x) % 2000) as i16 - 1000
+        });
         let v = Volume::new(hu, Geometry::new([1.0, 0.7, 0.7], [0.0, 0.0, 0.0])).expect("volume");
         write_series(&v, &synth, &SeriesWriteOptions::default()).expect("write");
     }
     eprintln!("synthetic series: {}", synth.display());
-    g.bench_function("synthetic_300x512x512", |b| b.iter(|| load(&synth, &config).expect("loads")));
+    g.bench_function("synthetic_300x512x512", |b| {
+        b.iter(|| load(&synth, &config).expect("loads"))
+    });
     g.finish();
 }
 

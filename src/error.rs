@@ -42,7 +42,10 @@ pub enum Error {
 
     /// `--series UID` names a series that is not there.
     #[error("series {requested} not found; available: {available}")]
-    SeriesNotFound { requested: String, available: String },
+    SeriesNotFound {
+        requested: String,
+        available: String,
+    },
 
     /// A DICOM series cannot be assembled into a volume.
     #[error("series {series_uid}: {problem}")]
@@ -64,7 +67,9 @@ pub enum Error {
     UnknownFormat { path: PathBuf, message: String },
 
     /// Untrusted input asks for more than the configured [`crate::Limits`] allow.
-    #[error("{what} is {value}, over the limit of {limit} (raise it in Limits if the input is trusted)")]
+    #[error(
+        "{what} is {value}, over the limit of {limit} (raise it in Limits if the input is trusted)"
+    )]
     Limit {
         what: &'static str,
         value: u64,
@@ -112,7 +117,9 @@ pub enum SeriesProblem {
         first: String,
         other: String,
     },
-    #[error("gantry tilt of {angle_deg:.2} degrees: slice positions do not lie along the slice normal")]
+    #[error(
+        "gantry tilt of {angle_deg:.2} degrees: slice positions do not lie along the slice normal"
+    )]
     GantryTilt { angle_deg: f64 },
     #[error("slices share no distinct positions (all at one position)")]
     SinglePosition,

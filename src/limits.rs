@@ -81,7 +81,10 @@ mod tests {
         assert!(l.check_shape([300, 512, 512]).is_ok());
         assert!(matches!(
             l.check_shape([u64::MAX, 2, 2]),
-            Err(Error::Limit { what: "voxel count", .. })
+            Err(Error::Limit {
+                what: "voxel count",
+                ..
+            })
         ));
         assert!(l.check_shape([2048, 1024, 1025]).is_err());
         assert!(Limits::none().check_shape([2048, 1024, 1025]).is_ok());

@@ -1,7 +1,7 @@
 //! The `lungcad` command-line tool.
 
 use clap::{Args, Parser, Subcommand};
-use lungcad::{Error, LoadConfig, Limits, Volume};
+use lungcad::{Error, Limits, LoadConfig, Volume};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -113,19 +113,33 @@ fn info_text(v: &Volume) -> String {
     let (lo, hi) = v.hu_range();
     let f3 = |a: [f64; 3]| format!("({:.6}, {:.6}, {:.6})", a[0], a[1], a[2]);
     let mut s = String::new();
-    s += &format!("series_uid:   {}\n", v.info.series_uid.as_deref().unwrap_or("-"));
-    s += &format!("modality:     {}\n", v.info.modality.as_deref().unwrap_or("-"));
+    s += &format!(
+        "series_uid:   {}\n",
+        v.info.series_uid.as_deref().unwrap_or("-")
+    );
+    s += &format!(
+        "modality:     {}\n",
+        v.info.modality.as_deref().unwrap_or("-")
+    );
     s += &format!("format:       {}\n", v.info.format);
     let [z, y, x] = v.shape();
     s += &format!("shape:        {z} x {y} x {x} (z, y, x)\n");
     s += &format!("spacing_mm:   {} (z, y, x)\n", f3(v.spacing_mm()));
     s += &format!("origin_mm:    {} (world x, y, z; LPS)\n", f3(v.origin_mm()));
     let d = v.direction();
-    s += &format!("direction:    z axis {}, y axis {}, x axis {} (world LPS unit vectors)\n", f3(d[0]), f3(d[1]), f3(d[2]));
+    s += &format!(
+        "direction:    z axis {}, y axis {}, x axis {} (world LPS unit vectors)\n",
+        f3(d[0]),
+        f3(d[1]),
+        f3(d[2])
+    );
     s += &format!("hu_range:     {lo} .. {hi}\n");
     s += &format!("slice_count:  {}\n", v.info.slice_count);
     if !v.info.transfer_syntaxes.is_empty() {
-        s += &format!("transfer_syntaxes: {}\n", v.info.transfer_syntaxes.join(", "));
+        s += &format!(
+            "transfer_syntaxes: {}\n",
+            v.info.transfer_syntaxes.join(", ")
+        );
     }
     for w in &v.info.warnings {
         s += &format!("warning:      {w}\n");
@@ -138,7 +152,10 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Info { input, json } => {
             let v = input.load()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&info_json(&v)).expect("json"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info_json(&v)).expect("json")
+                );
             } else {
                 print!("{}", info_text(&v));
             }
@@ -159,7 +176,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             seed,
         } => {
             use lungcad::eval;
-            let inputs = eval::EvalInputs::from_csv(&annotations, &excluded, &seriesuids, &predictions)?;
+            let inputs =
+                eval::EvalInputs::from_csv(&annotations, &excluded, &seriesuids, &predictions)?;
             let config = eval::EvalConfig {
                 bootstrap_resamples: bootstrap,
                 seed,
@@ -167,7 +185,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let r = eval::evaluate(&inputs, &config)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&eval::report_json(&r)).expect("json"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&eval::report_json(&r)).expect("json")
+                );
             } else {
                 print!("{}", eval::report_text(&r));
             }

@@ -47,7 +47,10 @@ impl Geometry {
             )));
         }
         if self.origin_mm.iter().any(|o| !o.is_finite()) {
-            return Err(Error::Geometry(format!("origin is not finite: {:?}", self.origin_mm)));
+            return Err(Error::Geometry(format!(
+                "origin is not finite: {:?}",
+                self.origin_mm
+            )));
         }
         let det = det3(&self.direction);
         if !det.is_finite() || det.abs() < 1e-6 {
@@ -113,7 +116,11 @@ impl Geometry {
     }
 
     /// Inverse of [`Geometry::itk_direction`].
-    pub fn from_itk(spacing_xyz: [f64; 3], origin_xyz: [f64; 3], itk_direction: [[f64; 3]; 3]) -> Self {
+    pub fn from_itk(
+        spacing_xyz: [f64; 3],
+        origin_xyz: [f64; 3],
+        itk_direction: [[f64; 3]; 3],
+    ) -> Self {
         let mut direction = [[0.0; 3]; 3];
         for c in 0..3 {
             for r in 0..3 {
@@ -221,20 +228,29 @@ impl Volume {
         use rayon::prelude::*;
         let slice = match self.hu.as_slice() {
             Some(s) => s,
-            None => return self.hu.iter().fold((i16::MAX, i16::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v))),
+            None => {
+                return self
+                    .hu
+                    .iter()
+                    .fold((i16::MAX, i16::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+            }
         };
         if slice.is_empty() {
             return (0, 0);
         }
         slice
             .par_chunks(1 << 16)
-            .map(|c| c.iter().fold((i16::MAX, i16::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v))))
+            .map(|c| {
+                c.iter()
+                    .fold((i16::MAX, i16::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+            })
             .reduce(|| (i16::MAX, i16::MIN), |a, b| (a.0.min(b.0), a.1.max(b.1)))
     }
 }
 
 pub(crate) fn det3(m: &[[f64; 3]; 3]) -> f64 {
-    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
         + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
 }
 
@@ -294,7 +310,11 @@ mod tests {
             let g = Geometry {
                 spacing_mm: [1.25, 0.8, 0.6],
                 origin_mm: [12.0, -40.5, 7.0],
-                direction: [[normal[0] * flip, normal[1] * flip, normal[2] * flip], col, row],
+                direction: [
+                    [normal[0] * flip, normal[1] * flip, normal[2] * flip],
+                    col,
+                    row,
+                ],
             };
             g.validate().unwrap();
             for p in [[0.0, 0.0, 0.0], [10.0, 100.5, 3.25], [-4.0, 511.0, 0.5]] {
@@ -305,7 +325,11 @@ mod tests {
             // Moving one voxel along x moves spacing_x mm along the row direction.
             let a = g.voxel_to_world([0.0, 0.0, 0.0]);
             let b = g.voxel_to_world([0.0, 0.0, 1.0]);
-            assert!(close([b[0] - a[0], b[1] - a[1], b[2] - a[2]], [row[0] * 0.6, row[1] * 0.6, row[2] * 0.6], 1e-12));
+            assert!(close(
+                [b[0] - a[0], b[1] - a[1], b[2] - a[2]],
+                [row[0] * 0.6, row[1] * 0.6, row[2] * 0.6],
+                1e-12
+            ));
         }
     }
 

@@ -11,9 +11,18 @@ fn lungcad() -> Command {
 }
 
 fn small_series(dir: &std::path::Path) -> Volume {
-    let hu = ndarray::Array3::from_shape_fn((4, 6, 5), |(z, y, x)| (z * 100 + y * 10 + x) as i16 - 500);
+    let hu =
+        ndarray::Array3::from_shape_fn((4, 6, 5), |(z, y, x)| (z * 100 + y * 10 + x) as i16 - 500);
     let v = Volume::new(hu, Geometry::new([2.0, 0.8, 0.8], [-10.0, 5.0, 100.0])).unwrap();
-    write_series(&v, dir, &SeriesWriteOptions { series_uid: Some("1.2.826.0.1.77".into()), ..Default::default() }).unwrap();
+    write_series(
+        &v,
+        dir,
+        &SeriesWriteOptions {
+            series_uid: Some("1.2.826.0.1.77".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     v
 }
 
@@ -21,8 +30,16 @@ fn small_series(dir: &std::path::Path) -> Volume {
 fn info_json_describes_the_series() {
     let dir = tempfile::tempdir().unwrap();
     small_series(dir.path());
-    let out = lungcad().args(["info", "--json"]).arg(dir.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lungcad()
+        .args(["info", "--json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["series_uid"], "1.2.826.0.1.77");
     assert_eq!(j["modality"], "CT");
@@ -40,13 +57,24 @@ fn convert_round_trips_through_metaimage_and_nifti() {
     let v = small_series(&dir.path().join("dcm"));
     for name in ["out.mhd", "out.mha", "out.nii.gz"] {
         let dst = dir.path().join(name);
-        let st = lungcad().arg("convert").arg(dir.path().join("dcm")).arg(&dst).status().unwrap();
+        let st = lungcad()
+            .arg("convert")
+            .arg(dir.path().join("dcm"))
+            .arg(&dst)
+            .status()
+            .unwrap();
         assert!(st.success(), "{name}");
         let back = lungcad::load(&dst, &lungcad::LoadConfig::default()).unwrap();
         assert_eq!(back.hu, v.hu, "{name}");
         for k in 0..3 {
-            assert!((back.geometry.origin_mm[k] - v.geometry.origin_mm[k]).abs() < 1e-4, "{name}");
-            assert!((back.geometry.spacing_mm[k] - v.geometry.spacing_mm[k]).abs() < 1e-4, "{name}");
+            assert!(
+                (back.geometry.origin_mm[k] - v.geometry.origin_mm[k]).abs() < 1e-4,
+                "{name}"
+            );
+            assert!(
+                (back.geometry.spacing_mm[k] - v.geometry.spacing_mm[k]).abs() < 1e-4,
+                "{name}"
+            );
         }
     }
 }
@@ -56,10 +84,20 @@ fn failures_exit_non_zero_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("x.mhd"), "NDims = 3\nDimSize = 100000 100000 100000\nElementType = MET_SHORT\nElementDataFile = x.raw\n").unwrap();
     for args in [
-        vec!["info".to_string(), dir.path().join("absent").display().to_string()],
-        vec!["info".to_string(), dir.path().join("x.mhd").display().to_string()],
+        vec![
+            "info".to_string(),
+            dir.path().join("absent").display().to_string(),
+        ],
+        vec![
+            "info".to_string(),
+            dir.path().join("x.mhd").display().to_string(),
+        ],
         vec!["info".to_string(), dir.path().display().to_string()],
-        vec!["convert".to_string(), dir.path().join("x.mhd").display().to_string(), "out.png".into()],
+        vec![
+            "convert".to_string(),
+            dir.path().join("x.mhd").display().to_string(),
+            "out.png".into(),
+        ],
     ] {
         let out = lungcad().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -71,10 +109,17 @@ fn failures_exit_non_zero_with_one_line() {
 
 #[test]
 fn lidc_info_has_no_patient_identifiers_and_convert_matches_pydicom() {
-    let Some(dir) = common::lidc_0001() else { return };
-    let out = lungcad().args(["info", "--json"]).arg(&dir).output().unwrap();
+    let Some(dir) = common::lidc_0001() else {
+        return;
+    };
+    let out = lungcad()
+        .args(["info", "--json"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     // PatientID and PatientName of this series are both "LIDC-IDRI-0001"
     assert!(!text.contains("LIDC-IDRI-0001"), "{text}");
     let j: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
@@ -91,11 +136,29 @@ fn lidc_info_has_no_patient_identifiers_and_convert_matches_pydicom() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("lidc.mha");
-    assert!(lungcad().arg("convert").arg(&dir).arg(&dst).status().unwrap().success());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/check_convert_against_pydicom.py");
-    let out = Command::new("python3").arg(script).arg(&dst).arg(&dir).output().unwrap();
+    assert!(lungcad()
+        .arg("convert")
+        .arg(&dir)
+        .arg(&dst)
+        .status()
+        .unwrap()
+        .success());
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/scripts/check_convert_against_pydicom.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&dst)
+        .arg(&dir)
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("{report}");
 }
 
@@ -103,8 +166,16 @@ fn lidc_info_has_no_patient_identifiers_and_convert_matches_pydicom() {
 fn eval_json_and_malformed_rows() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
-    std::fs::write(p("a.csv"), "seriesuid,coordX,coordY,coordZ,diameter_mm\ns1,0,0,0,10\ns2,5,5,5,6\n").unwrap();
-    std::fs::write(p("e.csv"), "seriesuid,coordX,coordY,coordZ,diameter_mm\ns1,50,50,50,-1\n").unwrap();
+    std::fs::write(
+        p("a.csv"),
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\ns1,0,0,0,10\ns2,5,5,5,6\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p("e.csv"),
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\ns1,50,50,50,-1\n",
+    )
+    .unwrap();
     std::fs::write(p("s.csv"), "s1\ns2\n").unwrap();
     // one hit on s1's nodule, one candidate on the excluded finding (ignored), one FP on s2
     std::fs::write(
@@ -129,19 +200,34 @@ fn eval_json_and_malformed_rows() {
             .unwrap()
     };
     let out = run("p.csv");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((j["tp"].as_u64(), j["fp"].as_u64(), j["fn"].as_u64()), (Some(1), Some(1), Some(1)));
+    assert_eq!(
+        (j["tp"].as_u64(), j["fp"].as_u64(), j["fn"].as_u64()),
+        (Some(1), Some(1), Some(1))
+    );
     assert_eq!(j["sensitivities"].as_array().unwrap().len(), 7);
     assert!(j["cpm"].as_f64().unwrap() > 0.0 && j["cpm"].as_f64().unwrap() <= 0.5);
     assert_eq!(j["cpm_ci"].as_array().unwrap().len(), 2);
     assert!(std::fs::metadata(p("froc.png")).unwrap().len() > 1000);
 
-    std::fs::write(p("bad.csv"), "seriesuid,coordX,coordY,coordZ,probability\ns1,1,1,1,0.9\ns1,abc,1,1,0.5\n").unwrap();
+    std::fs::write(
+        p("bad.csv"),
+        "seriesuid,coordX,coordY,coordZ,probability\ns1,1,1,1,0.9\ns1,abc,1,1,0.5\n",
+    )
+    .unwrap();
     let out = run("bad.csv");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.csv:3"), "{err}");
-    std::fs::write(p("nan.csv"), "seriesuid,coordX,coordY,coordZ,probability\ns1,1,1,1,NaN\n").unwrap();
+    std::fs::write(
+        p("nan.csv"),
+        "seriesuid,coordX,coordY,coordZ,probability\ns1,1,1,1,NaN\n",
+    )
+    .unwrap();
     assert_eq!(run("nan.csv").status.code(), Some(1));
 }

@@ -27,19 +27,35 @@ fn assert_same_world_content(a: &Volume, b: &Volume) {
         let w = a.voxel_to_world([z as f64, y as f64, x as f64]);
         let idx = b.world_to_voxel(w);
         for k in 0..3 {
-            assert!((idx[k] - idx[k].round()).abs() < 1e-3, "{idx:?} not on the grid");
+            assert!(
+                (idx[k] - idx[k].round()).abs() < 1e-3,
+                "{idx:?} not on the grid"
+            );
         }
-        let got = b.hu[[idx[0].round() as usize, idx[1].round() as usize, idx[2].round() as usize]];
+        let got = b.hu[[
+            idx[0].round() as usize,
+            idx[1].round() as usize,
+            idx[2].round() as usize,
+        ]];
         assert_eq!(got, *v, "voxel {:?}", (z, y, x));
     }
 }
 
 fn geometry_close(a: &Geometry, b: &Geometry, tol: f64) {
     for k in 0..3 {
-        assert!((a.spacing_mm[k] - b.spacing_mm[k]).abs() < tol, "{a:?} vs {b:?}");
-        assert!((a.origin_mm[k] - b.origin_mm[k]).abs() < tol, "{a:?} vs {b:?}");
+        assert!(
+            (a.spacing_mm[k] - b.spacing_mm[k]).abs() < tol,
+            "{a:?} vs {b:?}"
+        );
+        assert!(
+            (a.origin_mm[k] - b.origin_mm[k]).abs() < tol,
+            "{a:?} vs {b:?}"
+        );
         for w in 0..3 {
-            assert!((a.direction[k][w] - b.direction[k][w]).abs() < tol, "{a:?} vs {b:?}");
+            assert!(
+                (a.direction[k][w] - b.direction[k][w]).abs() < tol,
+                "{a:?} vs {b:?}"
+            );
         }
     }
 }
@@ -114,7 +130,15 @@ fn oblique_series_round_trips() {
         direction: [normal, col, row],
     };
     let v = phantom([5, 6, 7], g);
-    write_series(&v, dir.path(), &SeriesWriteOptions { shuffle_names_seed: Some(3), ..Default::default() }).unwrap();
+    write_series(
+        &v,
+        dir.path(),
+        &SeriesWriteOptions {
+            shuffle_names_seed: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let back = load(dir.path(), &cfg()).unwrap();
     assert_eq!(back.hu, v.hu);
     // DICOM decimal strings carry about 1e-6 relative precision
@@ -123,7 +147,10 @@ fn oblique_series_round_trips() {
 
 fn series_in(dir: &Path, shape: [usize; 3], uid: &str) -> Volume {
     let v = phantom(shape, Geometry::new([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]));
-    let opts = SeriesWriteOptions { series_uid: Some(uid.into()), ..Default::default() };
+    let opts = SeriesWriteOptions {
+        series_uid: Some(uid.into()),
+        ..Default::default()
+    };
     write_series(&v, dir, &opts).unwrap();
     v
 }
@@ -132,11 +159,19 @@ fn series_in(dir: &Path, shape: [usize; 3], uid: &str) -> Volume {
 fn missing_slice_is_refused_with_series_uid() {
     let dir = tempfile::tempdir().unwrap();
     series_in(dir.path(), [6, 4, 4], "1.2.826.0.1.1");
-    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     std::fs::remove_file(&files[3]).unwrap(); // names follow z without shuffling
     match load(dir.path(), &cfg()) {
-        Err(e @ Error::Series { problem: SeriesProblem::MissingSlices { .. }, .. }) => {
+        Err(
+            e @ Error::Series {
+                problem: SeriesProblem::MissingSlices { .. },
+                ..
+            },
+        ) => {
             assert!(e.to_string().contains("1.2.826.0.1.1"), "{e}");
         }
         other => panic!("{other:?}"),
@@ -150,7 +185,14 @@ fn duplicate_slice_kept_once_with_warning() {
     std::fs::copy(dir.path().join("IM00002.dcm"), dir.path().join("copy.dcm")).unwrap();
     let back = load(dir.path(), &cfg()).unwrap();
     assert_eq!(back.hu, v.hu);
-    assert!(back.info.warnings.iter().any(|w| w.contains("same position")), "{:?}", back.info.warnings);
+    assert!(
+        back.info
+            .warnings
+            .iter()
+            .any(|w| w.contains("same position")),
+        "{:?}",
+        back.info.warnings
+    );
 }
 
 #[test]
@@ -161,10 +203,26 @@ fn series_selection_default_and_by_uid() {
     let v = load(dir.path(), &cfg()).unwrap();
     assert_eq!(v.hu, big.hu);
     assert!(v.info.warnings.iter().any(|w| w.contains("1.2.826.0.1.11")));
-    let v = load(dir.path(), &LoadConfig { series_uid: Some("1.2.826.0.1.11".into()), ..cfg() }).unwrap();
+    let v = load(
+        dir.path(),
+        &LoadConfig {
+            series_uid: Some("1.2.826.0.1.11".into()),
+            ..cfg()
+        },
+    )
+    .unwrap();
     assert_eq!(v.hu, small.hu);
-    match load(dir.path(), &LoadConfig { series_uid: Some("9.9".into()), ..cfg() }) {
-        Err(Error::SeriesNotFound { requested, available }) => {
+    match load(
+        dir.path(),
+        &LoadConfig {
+            series_uid: Some("9.9".into()),
+            ..cfg()
+        },
+    ) {
+        Err(Error::SeriesNotFound {
+            requested,
+            available,
+        }) => {
             assert_eq!(requested, "9.9");
             assert!(available.contains("1.2.826.0.1.10"));
         }
@@ -184,12 +242,18 @@ fn mixed_orientation_in_one_series_is_refused() {
             direction: [[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]],
         },
     );
-    let opts = SeriesWriteOptions { series_uid: Some("1.2.826.0.1.3".into()), ..Default::default() };
+    let opts = SeriesWriteOptions {
+        series_uid: Some("1.2.826.0.1.3".into()),
+        ..Default::default()
+    };
     write_series(&a, &dir.path().join("a"), &opts).unwrap();
     write_series(&b, &dir.path().join("b"), &opts).unwrap();
     assert!(matches!(
         load(dir.path(), &cfg()),
-        Err(Error::Series { problem: SeriesProblem::MixedOrientation { .. }, .. })
+        Err(Error::Series {
+            problem: SeriesProblem::MixedOrientation { .. },
+            ..
+        })
     ));
 }
 
@@ -197,13 +261,26 @@ fn mixed_orientation_in_one_series_is_refused() {
 fn non_ct_modality_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let v = phantom([3, 4, 4], Geometry::new([1.0; 3], [0.0; 3]));
-    let opts = SeriesWriteOptions { modality: "MR".into(), ..Default::default() };
+    let opts = SeriesWriteOptions {
+        modality: "MR".into(),
+        ..Default::default()
+    };
     write_series(&v, dir.path(), &opts).unwrap();
     assert!(matches!(
         load(dir.path(), &cfg()),
-        Err(Error::Series { problem: SeriesProblem::Modality { .. }, .. })
+        Err(Error::Series {
+            problem: SeriesProblem::Modality { .. },
+            ..
+        })
     ));
-    let back = load(dir.path(), &LoadConfig { allow_modality: true, ..cfg() }).unwrap();
+    let back = load(
+        dir.path(),
+        &LoadConfig {
+            allow_modality: true,
+            ..cfg()
+        },
+    )
+    .unwrap();
     assert_eq!(back.hu, v.hu);
 }
 
@@ -225,21 +302,38 @@ fn voxel_limit_refuses_before_allocating() {
     series_in(dir.path(), [4, 8, 8], "1.2.826.0.1.5");
     let mut c = cfg();
     c.limits.max_voxels = 100;
-    assert!(matches!(load(dir.path(), &c), Err(Error::Limit { what: "voxel count", .. })));
+    assert!(matches!(
+        load(dir.path(), &c),
+        Err(Error::Limit {
+            what: "voxel count",
+            ..
+        })
+    ));
 }
 
 #[test]
 fn empty_folder_and_non_dicom_files() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
-    assert!(matches!(load(dir.path(), &cfg()), Err(Error::NoSeries { files_seen: 1, .. })));
-    assert!(matches!(load(dir.path().join("notes.txt"), &cfg()), Err(Error::Dicom { .. })));
-    assert!(matches!(load(dir.path().join("absent"), &cfg()), Err(Error::Io { .. })));
+    assert!(matches!(
+        load(dir.path(), &cfg()),
+        Err(Error::NoSeries { files_seen: 1, .. })
+    ));
+    assert!(matches!(
+        load(dir.path().join("notes.txt"), &cfg()),
+        Err(Error::Dicom { .. })
+    ));
+    assert!(matches!(
+        load(dir.path().join("absent"), &cfg()),
+        Err(Error::Io { .. })
+    ));
 }
 
 #[test]
 fn lidc_idri_0001_geometry_and_nodule() {
-    let Some(dir) = common::lidc_0001() else { return };
+    let Some(dir) = common::lidc_0001() else {
+        return;
+    };
     let v = load(&dir, &cfg()).unwrap();
     assert_eq!(v.info.series_uid.as_deref(), Some(common::LIDC_0001_UID));
     assert_eq!(v.shape(), [133, 512, 512]);
@@ -250,7 +344,11 @@ fn lidc_idri_0001_geometry_and_nodule() {
     );
     let (centre, _) = common::LIDC_0001_NODULE;
     let idx = v.world_to_voxel(centre);
-    let [z, y, x] = [idx[0].round() as usize, idx[1].round() as usize, idx[2].round() as usize];
+    let [z, y, x] = [
+        idx[0].round() as usize,
+        idx[1].round() as usize,
+        idx[2].round() as usize,
+    ];
     // mean over a 3x3x3 neighbourhood: soft tissue, not lung air
     let mut sum = 0i64;
     for dz in 0..3 {
@@ -261,18 +359,30 @@ fn lidc_idri_0001_geometry_and_nodule() {
         }
     }
     let mean = sum as f64 / 27.0;
-    assert!((-300.0..200.0).contains(&mean), "nodule centre mean HU {mean}");
+    assert!(
+        (-300.0..200.0).contains(&mean),
+        "nodule centre mean HU {mean}"
+    );
     // and the lungs around it are air
     assert!(v.hu[[z, y, 60]] < -500 || v.hu[[z, 100, x]] < -500);
 }
 
 #[test]
 fn lung_pet_ct_dx_series_load() {
-    for (name, slices, spacing_z) in [("lung-pet-ct-dx/A0001-5mm", 64, 5.0), ("lung-pet-ct-dx/A0002-8mm-B40f", 30, 8.0)] {
-        let Some(dir) = common::data_dir(name) else { continue };
+    for (name, slices, spacing_z) in [
+        ("lung-pet-ct-dx/A0001-5mm", 64, 5.0),
+        ("lung-pet-ct-dx/A0002-8mm-B40f", 30, 8.0),
+    ] {
+        let Some(dir) = common::data_dir(name) else {
+            continue;
+        };
         let v = load(&dir, &cfg()).unwrap();
         assert_eq!(v.shape(), [slices, 512, 512], "{name}");
-        assert!((v.spacing_mm()[0] - spacing_z).abs() < 1e-3, "{name}: {:?}", v.spacing_mm());
+        assert!(
+            (v.spacing_mm()[0] - spacing_z).abs() < 1e-3,
+            "{name}: {:?}",
+            v.spacing_mm()
+        );
         let (lo, hi) = v.hu_range();
         assert!(lo >= -3024 && hi > 300, "{name}: HU {lo}..{hi}");
     }

@@ -22,7 +22,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn every_corpus_file_loads_correctly_or_is_refused() {
-    let Some(corpus) = common::data_dir("dicom-corpus") else { return };
+    let Some(corpus) = common::data_dir("dicom-corpus") else {
+        return;
+    };
     let fixture: Value =
         serde_json::from_str(include_str!("fixtures/dicom_corpus.json")).expect("fixture parses");
     let files_fx = &fixture["files"];
@@ -36,7 +38,11 @@ fn every_corpus_file_loads_correctly_or_is_refused() {
     let (mut verified, mut refused, mut failures) = (0, 0, Vec::new());
     let mut table = String::new();
     for f in &files {
-        let rel = f.strip_prefix(&corpus).unwrap().to_string_lossy().replace('\\', "/");
+        let rel = f
+            .strip_prefix(&corpus)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
         if !rel.ends_with(".dcm") && !rel.contains("covid19") {
             continue; // licences, READMEs and the NIfTI file are covered elsewhere
         }
@@ -61,7 +67,9 @@ fn every_corpus_file_loads_correctly_or_is_refused() {
                 let sum: i64 = v.hu.iter().map(|&h| h as i64).sum();
                 let sum_sq: i64 = v.hu.iter().map(|&h| (h as i64) * (h as i64)).sum();
                 let (lo, hi) = v.hu_range();
-                let expect_n = fx["frames"].as_i64().unwrap() * fx["rows"].as_i64().unwrap() * fx["columns"].as_i64().unwrap();
+                let expect_n = fx["frames"].as_i64().unwrap()
+                    * fx["rows"].as_i64().unwrap()
+                    * fx["columns"].as_i64().unwrap();
                 let ok = n == expect_n
                     && sum == fx["sum"].as_i64().unwrap()
                     && sum_sq == fx["sum_sq"].as_i64().unwrap()
@@ -69,7 +77,11 @@ fn every_corpus_file_loads_correctly_or_is_refused() {
                     && hi as i64 == fx["max"].as_i64().unwrap();
                 if ok {
                     verified += 1;
-                    table += &format!("verified {rel} ({ms} ms): {:?} {:?}\n", v.shape(), v.info.transfer_syntaxes);
+                    table += &format!(
+                        "verified {rel} ({ms} ms): {:?} {:?}\n",
+                        v.shape(),
+                        v.info.transfer_syntaxes
+                    );
                 } else {
                     failures.push(format!(
                         "{rel}: differs from pydicom: n {n} vs {expect_n}, sum {sum} vs {}, min {lo} vs {}, max {hi} vs {}",
@@ -80,7 +92,10 @@ fn every_corpus_file_loads_correctly_or_is_refused() {
         }
     }
     println!("{table}");
-    println!("corpus: {verified} verified against pydicom, {refused} refused with an error, {} failures", failures.len());
+    println!(
+        "corpus: {verified} verified against pydicom, {refused} refused with an error, {} failures",
+        failures.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(verified >= 36, "only {verified} corpus files loaded");
 }

@@ -13,7 +13,10 @@ pub fn data_dir(what: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: {} not found (set LUNGCAD_DATA to the shared data folder)", p.display());
+        eprintln!(
+            "SKIP: {} not found (set LUNGCAD_DATA to the shared data folder)",
+            p.display()
+        );
         None
     }
 }

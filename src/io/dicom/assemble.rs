@@ -51,7 +51,10 @@ fn fmt_spacing(s: Option<[f64; 2]>) -> String {
 pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assembly> {
     let mut warnings = Vec::new();
     let Some(first) = slices.first().cloned() else {
-        return Err(problem(series_uid, SeriesProblem::Attribute("no image slices".into())));
+        return Err(problem(
+            series_uid,
+            SeriesProblem::Attribute("no image slices".into()),
+        ));
     };
     for s in &slices[1..] {
         if (s.format.rows, s.format.columns) != (first.format.rows, first.format.columns) {
@@ -82,7 +85,10 @@ pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assemb
         match (first.orientation, s.orientation) {
             (Some(a), Some(b)) => {
                 if (0..6).any(|i| (a[i] - b[i]).abs() > ORIENTATION_TOL) {
-                    return Err(problem(series_uid, SeriesProblem::MixedOrientation { first: a, other: b }));
+                    return Err(problem(
+                        series_uid,
+                        SeriesProblem::MixedOrientation { first: a, other: b },
+                    ));
                 }
             }
             (None, None) => {}
@@ -113,10 +119,15 @@ pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assemb
             if !(nr > 0.5 && nc > 0.5) || dot(r, c).abs() / (nr * nc) > 1e-3 {
                 return Err(problem(
                     series_uid,
-                    SeriesProblem::Attribute(format!("ImageOrientationPatient {o:?} is not two orthogonal unit vectors")),
+                    SeriesProblem::Attribute(format!(
+                        "ImageOrientationPatient {o:?} is not two orthogonal unit vectors"
+                    )),
                 ));
             }
-            ([r[0] / nr, r[1] / nr, r[2] / nr], [c[0] / nc, c[1] / nc, c[2] / nc])
+            (
+                [r[0] / nr, r[1] / nr, r[2] / nr],
+                [c[0] / nc, c[1] / nc, c[2] / nc],
+            )
         }
         None => {
             if slices.len() > 1 {
@@ -125,7 +136,9 @@ pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assemb
                     SeriesProblem::Attribute("slices lack ImageOrientationPatient".into()),
                 ));
             }
-            warnings.push("no ImageOrientationPatient: assuming axial identity orientation".to_string());
+            warnings.push(
+                "no ImageOrientationPatient: assuming axial identity orientation".to_string(),
+            );
             ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
         }
     };
@@ -134,7 +147,9 @@ pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assemb
     if slices.len() > 1 && slices.iter().any(|s| s.position.is_none()) {
         return Err(problem(
             series_uid,
-            SeriesProblem::Attribute("slices lack ImagePositionPatient (per-frame positions for multi-frame)".into()),
+            SeriesProblem::Attribute(
+                "slices lack ImagePositionPatient (per-frame positions for multi-frame)".into(),
+            ),
         ));
     }
     let pos = |s: &SliceHeader| s.position.unwrap_or([0.0; 3]);
@@ -163,11 +178,16 @@ pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assemb
         ));
     }
     let proj: Vec<f64> = slices.iter().map(|s| dot(pos(s), normal)).collect();
-    if let Some(w) = proj.windows(2).find(|w| (w[1] - w[0]).abs() < SAME_POSITION_MM) {
+    if let Some(w) = proj
+        .windows(2)
+        .find(|w| (w[1] - w[0]).abs() < SAME_POSITION_MM)
+    {
         let _ = w;
         return Err(problem(
             series_uid,
-            SeriesProblem::Attribute("two slices share a position along the normal but differ in-plane".into()),
+            SeriesProblem::Attribute(
+                "two slices share a position along the normal but differ in-plane".into(),
+            ),
         ));
     }
 
@@ -208,7 +228,11 @@ pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assemb
         let (p0, p1) = (pos(&slices[0]), pos(&slices[n - 1]));
         let v = [p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]];
         let along = dot(v, normal);
-        let perp = [v[0] - along * normal[0], v[1] - along * normal[1], v[2] - along * normal[2]];
+        let perp = [
+            v[0] - along * normal[0],
+            v[1] - along * normal[1],
+            v[2] - along * normal[2],
+        ];
         let angle_deg = norm(perp).atan2(along.abs()).to_degrees();
         if angle_deg > MAX_TILT_DEG {
             return Err(problem(series_uid, SeriesProblem::GantryTilt { angle_deg }));
@@ -274,7 +298,11 @@ mod tests {
             slice("c", [0.0, 0.0, 0.0], AXIAL),
         ];
         let a = assemble("1.2.3", s).unwrap();
-        let names: Vec<_> = a.slices.iter().map(|s| s.path.to_str().unwrap().to_string()).collect();
+        let names: Vec<_> = a
+            .slices
+            .iter()
+            .map(|s| s.path.to_str().unwrap().to_string())
+            .collect();
         assert_eq!(names, ["b", "c", "a"]);
         assert_eq!(a.geometry.spacing_mm, [5.0, 0.7, 0.6]);
         assert_eq!(a.geometry.origin_mm, [0.0, 0.0, -5.0]);
@@ -319,19 +347,34 @@ mod tests {
         ];
         assert!(matches!(
             assemble("x", s),
-            Err(Error::Series { problem: SeriesProblem::MixedOrientation { .. }, .. })
+            Err(Error::Series {
+                problem: SeriesProblem::MixedOrientation { .. },
+                ..
+            })
         ));
         let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
         b.format.rows = 8;
         assert!(matches!(
             assemble("x", vec![slice("a", [0.0; 3], AXIAL), b]),
-            Err(Error::Series { problem: SeriesProblem::MixedDimensions { what: "rows/columns", .. }, .. })
+            Err(Error::Series {
+                problem: SeriesProblem::MixedDimensions {
+                    what: "rows/columns",
+                    ..
+                },
+                ..
+            })
         ));
         let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
         b.pixel_spacing = Some([0.8, 0.6]);
         assert!(matches!(
             assemble("x", vec![slice("a", [0.0; 3], AXIAL), b]),
-            Err(Error::Series { problem: SeriesProblem::MixedDimensions { what: "pixel spacing", .. }, .. })
+            Err(Error::Series {
+                problem: SeriesProblem::MixedDimensions {
+                    what: "pixel spacing",
+                    ..
+                },
+                ..
+            })
         ));
     }
 
@@ -342,7 +385,10 @@ mod tests {
             .map(|i| slice(&i.to_string(), [0.0, 0.2 * i as f64, i as f64], AXIAL))
             .collect();
         match assemble("t", s) {
-            Err(Error::Series { problem: SeriesProblem::GantryTilt { angle_deg }, .. }) => {
+            Err(Error::Series {
+                problem: SeriesProblem::GantryTilt { angle_deg },
+                ..
+            }) => {
                 assert!((angle_deg - 0.2f64.atan().to_degrees()).abs() < 1e-6)
             }
             other => panic!("{other:?}"),
@@ -359,13 +405,20 @@ mod tests {
         let s = (0..4)
             .map(|i| {
                 let t = -1.5 * i as f64;
-                slice(&format!("{i}"), [10.0 + t * n[0], 20.0 + t * n[1], 30.0 + t * n[2]], ori)
+                slice(
+                    &format!("{i}"),
+                    [10.0 + t * n[0], 20.0 + t * n[1], 30.0 + t * n[2]],
+                    ori,
+                )
             })
             .collect();
         let a = assemble("o", s).unwrap();
         assert!((a.geometry.spacing_mm[0] - 1.5).abs() < 1e-9);
         assert_eq!(a.slices[0].path.to_str(), Some("3"));
         let w = a.geometry.voxel_to_world([3.0, 0.0, 0.0]);
-        assert!((0..3).all(|k| (w[k] - [10.0, 20.0, 30.0][k]).abs() < 1e-9), "{w:?}");
+        assert!(
+            (0..3).all(|k| (w[k] - [10.0, 20.0, 30.0][k]).abs() < 1e-9),
+            "{w:?}"
+        );
     }
 }

@@ -20,7 +20,13 @@ const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 /// Samples are masked to BitsStored and sign-extended when signed; padding values
 /// (compared as stored values) become -1024 HU; everything else becomes
 /// `round(stored * slope + intercept)` clamped to the i16 range.
-pub fn frame_to_hu(raw: &[u8], format: &PixelFormat, rescale: Rescale, padding: Option<Padding>, out: &mut [i16]) {
+pub fn frame_to_hu(
+    raw: &[u8],
+    format: &PixelFormat,
+    rescale: Rescale,
+    padding: Option<Padding>,
+    out: &mut [i16],
+) {
     let bits = format.bits_stored as u32;
     let shift = 64 - bits;
     let to_stored = |v: u64| -> i64 {
@@ -30,7 +36,8 @@ pub fn frame_to_hu(raw: &[u8], format: &PixelFormat, rescale: Rescale, padding: 
             ((v << shift) >> shift) as i64
         }
     };
-    let integer = rescale.slope == 1.0 && rescale.intercept.fract() == 0.0 && rescale.intercept.abs() < 1e9;
+    let integer =
+        rescale.slope == 1.0 && rescale.intercept.fract() == 0.0 && rescale.intercept.abs() < 1e9;
     let icpt = rescale.intercept as i64;
     let (lo, hi) = padding.map(|p| (p.lo, p.hi)).unwrap_or((1, 0));
     let map = |s: i64| -> i16 {
@@ -58,14 +65,19 @@ pub fn frame_to_hu(raw: &[u8], format: &PixelFormat, rescale: Rescale, padding: 
         }
         _ => {
             for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
-                *o = map(to_stored(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64));
+                *o = map(to_stored(
+                    u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64
+                ));
             }
         }
     }
 }
 
 fn frame_bytes(f: &PixelFormat) -> usize {
-    f.rows as usize * f.columns as usize * (f.bits_allocated as usize / 8) * f.samples_per_pixel as usize
+    f.rows as usize
+        * f.columns as usize
+        * (f.bits_allocated as usize / 8)
+        * f.samples_per_pixel as usize
 }
 
 /// Fast path for uncompressed little-endian single-frame 16-bit files: the pixel data
@@ -87,13 +99,19 @@ fn read_native_tail_into(path: &Path, h: &SliceHeader, out: &mut [i16]) -> bool 
     }
     let explicit = h.transfer_syntax == EXPLICIT_VR_LE;
     let head_len = if explicit { 12 } else { 8 };
-    let Ok(mut file) = File::open(path) else { return false };
-    let Ok(meta) = file.metadata() else { return false };
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
     let Some(start) = (meta.len() as usize).checked_sub(len + head_len) else {
         return false;
     };
     let mut head = [0u8; 12];
-    if file.seek(SeekFrom::Start(start as u64)).is_err() || file.read_exact(&mut head[..head_len]).is_err() {
+    if file.seek(SeekFrom::Start(start as u64)).is_err()
+        || file.read_exact(&mut head[..head_len]).is_err()
+    {
         return false;
     }
     if head[0..4] != [0xE0, 0x7F, 0x10, 0x00] {
@@ -112,7 +130,8 @@ fn read_native_tail_into(path: &Path, h: &SliceHeader, out: &mut [i16]) -> bool 
     }
     // SAFETY: i16 has no invalid bit patterns and u8 has alignment 1; the byte view covers
     // exactly the memory of `out`, which stays borrowed mutably for its whole lifetime.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 2) };
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 2) };
     if file.read_exact(bytes).is_err() {
         return false;
     }
@@ -123,12 +142,24 @@ fn read_native_tail_into(path: &Path, h: &SliceHeader, out: &mut [i16]) -> bool 
 /// In-place version of [`frame_to_hu`] for 16-bit samples already in `out` (host order =
 /// little endian). Written as branch-free loops (mask or sign-extend, padding select,
 /// saturating add) that the compiler vectorises.
-fn stored16_to_hu_in_place(out: &mut [i16], format: &PixelFormat, rescale: Rescale, padding: Option<Padding>) {
+fn stored16_to_hu_in_place(
+    out: &mut [i16],
+    format: &PixelFormat,
+    rescale: Rescale,
+    padding: Option<Padding>,
+) {
     let sh = 32 - format.bits_stored.clamp(1, 16) as u32;
     let (lo, hi) = padding
-        .map(|p| (p.lo.clamp(i32::MIN as i64, i32::MAX as i64) as i32, p.hi.clamp(i32::MIN as i64, i32::MAX as i64) as i32))
+        .map(|p| {
+            (
+                p.lo.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+                p.hi.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+            )
+        })
         .unwrap_or((1, 0));
-    let integer = rescale.slope == 1.0 && rescale.intercept.fract() == 0.0 && rescale.intercept.abs() < 65536.0;
+    let integer = rescale.slope == 1.0
+        && rescale.intercept.fract() == 0.0
+        && rescale.intercept.abs() < 65536.0;
     let icpt = rescale.intercept as i32;
     let signed = format.signed;
     let stored = move |v: i16| -> i32 {
@@ -173,7 +204,10 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
     if first.format.samples_per_pixel != 1 {
         return Err(dicom_error(
             path,
-            format!("SamplesPerPixel is {}: colour images are not CT", first.format.samples_per_pixel),
+            format!(
+                "SamplesPerPixel is {}: colour images are not CT",
+                first.format.samples_per_pixel
+            ),
         ));
     }
     let mut frames = frames;
@@ -216,18 +250,26 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
                         name: ts_name(ts_uid),
                     }
                 } else {
-                    dicom_error(path, format!("cannot decode pixel data ({}): {msg}", ts_name(ts_uid)))
+                    dicom_error(
+                        path,
+                        format!("cannot decode pixel data ({}): {msg}", ts_name(ts_uid)),
+                    )
                 }
             })?;
             let ba = decoded.bits_allocated();
             (Cow::Owned(decoded.into_data()), ba)
         }
-        dicom_core::DicomValue::Sequence(_) => return Err(dicom_error(path, "PixelData is a sequence")),
+        dicom_core::DicomValue::Sequence(_) => {
+            return Err(dicom_error(path, "PixelData is a sequence"))
+        }
     };
     let mut format = first.format;
     if bits_allocated != format.bits_allocated {
         if !matches!(bits_allocated, 8 | 16 | 32) {
-            return Err(dicom_error(path, format!("decoded to {bits_allocated} bits per sample")));
+            return Err(dicom_error(
+                path,
+                format!("decoded to {bits_allocated} bits per sample"),
+            ));
         }
         format.bits_allocated = bits_allocated;
         format.bits_stored = format.bits_stored.min(bits_allocated);
@@ -276,14 +318,20 @@ mod tests {
     #[test]
     fn twelve_bit_signed_and_unsigned() {
         // 12-bit signed: 0x0FFF is -1; high garbage bits are masked away.
-        let raw: Vec<u8> = [0x0FFFu16, 0xF7FF, 0x0800, 0x0005].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw: Vec<u8> = [0x0FFFu16, 0xF7FF, 0x0800, 0x0005]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let mut out = [0i16; 4];
         frame_to_hu(&raw, &fmt(16, 12, true), Rescale::default(), None, &mut out);
         assert_eq!(out, [-1, 2047, -2048, 5]);
         frame_to_hu(
             &raw,
             &fmt(16, 12, false),
-            Rescale { slope: 1.0, intercept: -1024.0 },
+            Rescale {
+                slope: 1.0,
+                intercept: -1024.0,
+            },
             None,
             &mut out,
         );
@@ -292,17 +340,43 @@ mod tests {
 
     #[test]
     fn rescale_padding_and_clamp() {
-        let raw: Vec<u8> = [-2000i16, 0, 100, 32767].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw: Vec<u8> = [-2000i16, 0, 100, 32767]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let mut out = [0i16; 4];
         frame_to_hu(
             &raw,
             &fmt(16, 16, true),
-            Rescale { slope: 0.5, intercept: -1000.0 },
-            Some(Padding { lo: -2000, hi: -2000 }),
+            Rescale {
+                slope: 0.5,
+                intercept: -1000.0,
+            },
+            Some(Padding {
+                lo: -2000,
+                hi: -2000,
+            }),
             &mut out,
         );
-        assert_eq!(out, [-1024, -1000, -950, (32767.0f64 * 0.5 - 1000.0).round() as i16]);
-        frame_to_hu(&raw, &fmt(16, 16, true), Rescale { slope: 1.0, intercept: 1000.0 }, None, &mut out);
+        assert_eq!(
+            out,
+            [
+                -1024,
+                -1000,
+                -950,
+                (32767.0f64 * 0.5 - 1000.0).round() as i16
+            ]
+        );
+        frame_to_hu(
+            &raw,
+            &fmt(16, 16, true),
+            Rescale {
+                slope: 1.0,
+                intercept: 1000.0,
+            },
+            None,
+            &mut out,
+        );
         assert_eq!(out, [-1000, 1000, 1100, i16::MAX]);
     }
 
@@ -311,14 +385,54 @@ mod tests {
         let values: Vec<i16> = vec![-2000, -1024, 0, 5, 4095, 32767, -32768, 100];
         let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         for (f, r, p) in [
-            (fmt(16, 16, true), Rescale { slope: 1.0, intercept: -1024.0 }, None),
-            (fmt(16, 16, false), Rescale { slope: 1.0, intercept: -1024.0 }, None),
+            (
+                fmt(16, 16, true),
+                Rescale {
+                    slope: 1.0,
+                    intercept: -1024.0,
+                },
+                None,
+            ),
+            (
+                fmt(16, 16, false),
+                Rescale {
+                    slope: 1.0,
+                    intercept: -1024.0,
+                },
+                None,
+            ),
             (fmt(16, 12, true), Rescale::default(), None),
-            (fmt(16, 16, true), Rescale { slope: 1.0, intercept: 0.0 }, Some(Padding { lo: -2000, hi: -2000 })),
-            (fmt(16, 16, true), Rescale { slope: 2.5, intercept: 3.0 }, None),
+            (
+                fmt(16, 16, true),
+                Rescale {
+                    slope: 1.0,
+                    intercept: 0.0,
+                },
+                Some(Padding {
+                    lo: -2000,
+                    hi: -2000,
+                }),
+            ),
+            (
+                fmt(16, 16, true),
+                Rescale {
+                    slope: 2.5,
+                    intercept: 3.0,
+                },
+                None,
+            ),
         ] {
             let mut a = vec![0i16; values.len()];
-            frame_to_hu(&raw, &PixelFormat { columns: values.len() as u32, ..f }, r, p, &mut a);
+            frame_to_hu(
+                &raw,
+                &PixelFormat {
+                    columns: values.len() as u32,
+                    ..f
+                },
+                r,
+                p,
+                &mut a,
+            );
             let mut b = values.clone();
             stored16_to_hu_in_place(&mut b, &f, r, p);
             assert_eq!(a, b, "{f:?} {r:?} {p:?}");
@@ -328,11 +442,26 @@ mod tests {
     #[test]
     fn eight_and_thirty_two_bit() {
         let mut out = [0i16; 4];
-        frame_to_hu(&[0, 1, 255, 128], &fmt(8, 8, false), Rescale::default(), None, &mut out);
+        frame_to_hu(
+            &[0, 1, 255, 128],
+            &fmt(8, 8, false),
+            Rescale::default(),
+            None,
+            &mut out,
+        );
         assert_eq!(out, [0, 1, 255, 128]);
-        frame_to_hu(&[0, 1, 255, 128], &fmt(8, 8, true), Rescale::default(), None, &mut out);
+        frame_to_hu(
+            &[0, 1, 255, 128],
+            &fmt(8, 8, true),
+            Rescale::default(),
+            None,
+            &mut out,
+        );
         assert_eq!(out, [0, 1, -1, -128]);
-        let raw: Vec<u8> = [-5i32, 70000, 3, -70000].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw: Vec<u8> = [-5i32, 70000, 3, -70000]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         frame_to_hu(&raw, &fmt(32, 32, true), Rescale::default(), None, &mut out);
         assert_eq!(out, [-5, i16::MAX, 3, i16::MIN]);
     }

@@ -11,15 +11,46 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 fn long_length_vr(vr: &[u8]) -> bool {
     matches!(
         vr,
-        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
     )
 }
 
 fn short_length_vr(vr: &[u8]) -> bool {
     matches!(
         vr,
-        b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FL" | b"FD" | b"IS" | b"LO" | b"LT" | b"PN"
-            | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US"
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
     )
 }
 
@@ -33,7 +64,11 @@ struct Cursor<'a> {
 impl Cursor<'_> {
     fn u16(&self, at: usize, big: bool) -> Option<u16> {
         let b = self.bytes.get(at..at + 2)?;
-        Some(if big { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) })
+        Some(if big {
+            u16::from_be_bytes([b[0], b[1]])
+        } else {
+            u16::from_le_bytes([b[0], b[1]])
+        })
     }
     fn u32(&self, at: usize, big: bool) -> Option<u32> {
         let b = self.bytes.get(at..at + 4)?;
@@ -69,7 +104,11 @@ pub enum Walk {
 /// Walks the elements of a DICOM file (`bytes` is the file or a prefix of it, `file_len`
 /// its full size). With `through_pixel_data` the fragments of encapsulated pixel data are
 /// checked too; otherwise the walk ends at the top-level PixelData element.
-pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data: bool) -> Result<Walk, String> {
+pub fn check_declared_lengths(
+    bytes: &[u8],
+    file_len: usize,
+    through_pixel_data: bool,
+) -> Result<Walk, String> {
     let start = if bytes.get(128..132) == Some(b"DICM") {
         132
     } else if bytes.get(0..4) == Some(b"DICM") {
@@ -77,12 +116,24 @@ pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data:
     } else {
         return Ok(Walk::Fits); // not Part 10: the parser refuses it without allocating
     };
-    let mut c = Cursor { bytes, pos: start, file_len };
+    let mut c = Cursor {
+        bytes,
+        pos: start,
+        file_len,
+    };
     // File meta group: explicit VR little endian. dicom-object reads the group length
     // first, then elements (of any group) until that many bytes are consumed.
     let mut ts = String::new();
-    let (Some(g0), Some(e0), Some(vr0)) = (c.u16(c.pos, false), c.u16(c.pos + 2, false), bytes.get(c.pos + 4..c.pos + 6)) else {
-        return Ok(if bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
+    let (Some(g0), Some(e0), Some(vr0)) = (
+        c.u16(c.pos, false),
+        c.u16(c.pos + 2, false),
+        bytes.get(c.pos + 4..c.pos + 6),
+    ) else {
+        return Ok(if bytes.len() < file_len {
+            Walk::NeedMore
+        } else {
+            Walk::Fits
+        });
     };
     if (g0, e0) != (0x0002, 0x0000) {
         return Ok(Walk::Fits); // the parser refuses it at once
@@ -98,15 +149,23 @@ pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data:
         Some(_) => return Ok(Walk::Fits),
         None => return Ok(Walk::NeedMore),
     }
-    let Some(group_length) = c.u32(c.pos + header0, false) else { return Ok(Walk::NeedMore) };
+    let Some(group_length) = c.u32(c.pos + header0, false) else {
+        return Ok(Walk::NeedMore);
+    };
     let group_length = group_length as usize;
     c.pos += header0 + 4;
     let meta_start = c.pos;
     while c.pos - meta_start < group_length {
         let (Some(group), Some(element)) = (c.u16(c.pos, false), c.u16(c.pos + 2, false)) else {
-            return Ok(if bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
+            return Ok(if bytes.len() < file_len {
+                Walk::NeedMore
+            } else {
+                Walk::Fits
+            });
         };
-        let Some(vr) = bytes.get(c.pos + 4..c.pos + 6) else { return Ok(Walk::NeedMore) };
+        let Some(vr) = bytes.get(c.pos + 4..c.pos + 6) else {
+            return Ok(Walk::NeedMore);
+        };
         if !long_length_vr(vr) && !short_length_vr(vr) {
             return Err(format!(
                 "file meta element ({group:04X},{element:04X}) has an invalid VR {:?}",
@@ -131,7 +190,11 @@ pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data:
         c.check(group, element, len)?;
         if (group, element) == (0x0002, 0x0010) {
             match bytes.get(c.pos..c.pos + len as usize) {
-                Some(v) => ts = String::from_utf8_lossy(v).trim_end_matches(['\0', ' ']).to_string(),
+                Some(v) => {
+                    ts = String::from_utf8_lossy(v)
+                        .trim_end_matches(['\0', ' '])
+                        .to_string()
+                }
                 None => return Ok(Walk::NeedMore),
             }
         }
@@ -149,7 +212,11 @@ pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data:
     loop {
         let (implicit, big) = stack.last().copied().unwrap_or((base_implicit, big));
         if c.pos + 8 > bytes.len() {
-            return Ok(if bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
+            return Ok(if bytes.len() < file_len {
+                Walk::NeedMore
+            } else {
+                Walk::Fits
+            });
         }
         let (Some(group), Some(element)) = (c.u16(c.pos, big), c.u16(c.pos + 2, big)) else {
             return Ok(Walk::NeedMore);
@@ -206,10 +273,20 @@ pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data:
                 // encapsulated fragments: items of raw bytes up to the sequence delimiter
                 loop {
                     if c.pos + 8 > bytes.len() {
-                        return Ok(if bytes.len() < file_len { Walk::NeedMore } else { Walk::Fits });
+                        return Ok(if bytes.len() < file_len {
+                            Walk::NeedMore
+                        } else {
+                            Walk::Fits
+                        });
                     }
-                    let (g, e, l) = (c.u16(c.pos, big), c.u16(c.pos + 2, big), c.u32(c.pos + 4, big));
-                    let (Some(g), Some(e), Some(l)) = (g, e, l) else { return Ok(Walk::NeedMore) };
+                    let (g, e, l) = (
+                        c.u16(c.pos, big),
+                        c.u16(c.pos + 2, big),
+                        c.u32(c.pos + 4, big),
+                    );
+                    let (Some(g), Some(e), Some(l)) = (g, e, l) else {
+                        return Ok(Walk::NeedMore);
+                    };
                     c.pos += 8;
                     if (g, e) != (0xFFFE, 0xE000) {
                         return Ok(Walk::Fits);
@@ -240,14 +317,24 @@ pub fn check_declared_lengths(bytes: &[u8], file_len: usize, through_pixel_data:
 
 /// Reads as much of `path` as the guard needs and checks it. Returns the bytes read when
 /// they are the whole file.
-pub fn check_file(path: &std::path::Path, through_pixel_data: bool) -> Result<Option<Vec<u8>>, String> {
+pub fn check_file(
+    path: &std::path::Path,
+    through_pixel_data: bool,
+) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let file_len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
     let mut prefix = Vec::with_capacity(file_len.min(64 << 10));
-    (&mut f).take(64 << 10).read_to_end(&mut prefix).map_err(|e| e.to_string())?;
+    (&mut f)
+        .take(64 << 10)
+        .read_to_end(&mut prefix)
+        .map_err(|e| e.to_string())?;
     if !through_pixel_data && check_declared_lengths(&prefix, file_len, false)? == Walk::Fits {
-        return Ok(if prefix.len() == file_len { Some(prefix) } else { None });
+        return Ok(if prefix.len() == file_len {
+            Some(prefix)
+        } else {
+            None
+        });
     }
     f.read_to_end(&mut prefix).map_err(|e| e.to_string())?;
     check_declared_lengths(&prefix, prefix.len(), through_pixel_data)?;
@@ -280,7 +367,9 @@ mod tests {
         let mut ok = vec![0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 0, 2];
         let f = part10("1.2.840.10008.1.2.1", &ok);
         assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
-        ok.extend_from_slice(&[0x08, 0x00, 0x16, 0x00, b'U', b'N', 0, 0, 0xF0, 0xFF, 0xFF, 0x7F]);
+        ok.extend_from_slice(&[
+            0x08, 0x00, 0x16, 0x00, b'U', b'N', 0, 0, 0xF0, 0xFF, 0xFF, 0x7F,
+        ]);
         let f = part10("1.2.840.10008.1.2.1", &ok);
         let e = check_declared_lengths(&f, f.len(), true).unwrap_err();
         assert!(e.contains("(0008,0016)"), "{e}");
@@ -289,8 +378,14 @@ mod tests {
         let f = part10("1.2.840.10008.1.2", &body);
         assert!(check_declared_lengths(&f, f.len(), true).is_err());
         // a prefix asks for more
-        let f = part10("1.2.840.10008.1.2.1", &[0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 0, 2]);
-        assert_eq!(check_declared_lengths(&f[..f.len() - 4], f.len(), true), Ok(Walk::NeedMore));
+        let f = part10(
+            "1.2.840.10008.1.2.1",
+            &[0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 0, 2],
+        );
+        assert_eq!(
+            check_declared_lengths(&f[..f.len() - 4], f.len(), true),
+            Ok(Walk::NeedMore)
+        );
         // not part 10: left to the parser
         assert_eq!(check_declared_lengths(b"hello", 5, true), Ok(Walk::Fits));
         // found by fuzzing: a group length read from an AE element, then an element of a
@@ -301,7 +396,9 @@ mod tests {
 
     #[test]
     fn encapsulated_fragments_are_checked() {
-        let mut body = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        let mut body = vec![
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
         body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]); // empty offset table
         body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0x00, 0x00]); // 65535-byte fragment
         let f = part10("1.2.840.10008.1.2.4.50", &body);

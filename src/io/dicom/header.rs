@@ -2,9 +2,9 @@
 //! read without its pixel data. Patient attributes are never read.
 
 use crate::error::Error;
+use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use dicom_object::mem::InMemDicomObject;
-use dicom_core::VR;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use std::path::Path;
 use std::sync::Arc;
@@ -67,7 +67,10 @@ pub struct SliceHeader {
     pub instance_number: Option<i64>,
 }
 
-fn find<'a>(objs: &[&'a InMemDicomObject], tag: dicom_core::Tag) -> Option<&'a dicom_object::mem::InMemElement> {
+fn find<'a>(
+    objs: &[&'a InMemDicomObject],
+    tag: dicom_core::Tag,
+) -> Option<&'a dicom_object::mem::InMemElement> {
     objs.iter().find_map(|o| o.element_opt(tag).ok().flatten())
 }
 
@@ -84,7 +87,10 @@ fn text_of(e: &dicom_object::mem::InMemElement) -> Option<String> {
     } else {
         e.to_str().ok()?.into_owned()
     };
-    Some(s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string())
+    Some(
+        s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .to_string(),
+    )
 }
 
 fn str_of(objs: &[&InMemDicomObject], tag: dicom_core::Tag) -> Option<String> {
@@ -111,8 +117,13 @@ fn f64_of(objs: &[&InMemDicomObject], tag: dicom_core::Tag) -> Option<f64> {
 
 /// An integer attribute: `Ok(None)` when absent or empty, an error when present but not
 /// an integer (a corrupt header must not be read with a default in its place).
-fn int_of(objs: &[&InMemDicomObject], tag: dicom_core::Tag) -> std::result::Result<Option<i64>, String> {
-    let Some(e) = find(objs, tag) else { return Ok(None) };
+fn int_of(
+    objs: &[&InMemDicomObject],
+    tag: dicom_core::Tag,
+) -> std::result::Result<Option<i64>, String> {
+    let Some(e) = find(objs, tag) else {
+        return Ok(None);
+    };
     if dicom_core::header::HasLength::is_empty(e) {
         return Ok(None);
     }
@@ -120,7 +131,9 @@ fn int_of(objs: &[&InMemDicomObject], tag: dicom_core::Tag) -> std::result::Resu
         // binary US/SS/UL as stored little-endian, or IS text
         let bytes = e.value().to_bytes().map_err(|x| x.to_string())?;
         match bytes.len() {
-            2 if !bytes.iter().all(|b| b.is_ascii_digit() || *b == b' ') => Some(u16::from_le_bytes([bytes[0], bytes[1]]) as i64),
+            2 if !bytes.iter().all(|b| b.is_ascii_digit() || *b == b' ') => {
+                Some(u16::from_le_bytes([bytes[0], bytes[1]]) as i64)
+            }
             4 if !bytes.iter().all(|b| b.is_ascii_digit() || *b == b' ') => {
                 Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as i64)
             }
@@ -153,7 +166,11 @@ pub(crate) fn open_header(path: &Path) -> std::result::Result<DefaultDicomObject
 pub fn read_slice_headers(path: &Path) -> std::result::Result<Vec<SliceHeader>, String> {
     super::guard::check_file(path, false)?;
     let obj = open_header(path)?;
-    let ts = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
     headers_of_object(&obj, Arc::from(path), ts)
 }
 
@@ -174,13 +191,19 @@ pub(crate) fn headers_of_object(
     let bits_allocated = int_of(&top, tags::BITS_ALLOCATED)?.unwrap_or(16);
     let bits_stored = int_of(&top, tags::BITS_STORED)?.unwrap_or(bits_allocated);
     if !matches!(bits_allocated, 8 | 16 | 32) {
-        return Err(format!("BitsAllocated {bits_allocated} is not supported for CT (8, 16 or 32)"));
+        return Err(format!(
+            "BitsAllocated {bits_allocated} is not supported for CT (8, 16 or 32)"
+        ));
     }
     if bits_stored < 1 || bits_stored > bits_allocated {
-        return Err(format!("BitsStored {bits_stored} does not fit BitsAllocated {bits_allocated}"));
+        return Err(format!(
+            "BitsStored {bits_stored} does not fit BitsAllocated {bits_allocated}"
+        ));
     }
     let signed = int_of(&top, tags::PIXEL_REPRESENTATION)?.unwrap_or(0) == 1;
-    let samples_per_pixel = int_of(&top, tags::SAMPLES_PER_PIXEL)?.unwrap_or(1).clamp(0, 16) as u16;
+    let samples_per_pixel = int_of(&top, tags::SAMPLES_PER_PIXEL)?
+        .unwrap_or(1)
+        .clamp(0, 16) as u16;
     let format = PixelFormat {
         rows: rows as u32,
         columns: columns as u32,
@@ -231,7 +254,11 @@ pub(crate) fn headers_of_object(
         let meas_objs = in_group(tags::PIXEL_MEASURES_SEQUENCE);
         let resc_objs = in_group(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE);
 
-        let position = if number_of_frames > 1 && pf.and_then(|p| first_item(p, tags::PLANE_POSITION_SEQUENCE)).is_none() {
+        let position = if number_of_frames > 1
+            && pf
+                .and_then(|p| first_item(p, tags::PLANE_POSITION_SEQUENCE))
+                .is_none()
+        {
             None // a multi-frame file without per-frame positions
         } else {
             f64s(&pos_objs, tags::IMAGE_POSITION_PATIENT)
@@ -273,7 +300,10 @@ pub(crate) fn headers_of_object(
 }
 
 /// PixelPaddingValue (and PixelPaddingRangeLimit) as stored values of this pixel format.
-fn padding_of(top: &[&InMemDicomObject], format: &PixelFormat) -> std::result::Result<Option<Padding>, String> {
+fn padding_of(
+    top: &[&InMemDicomObject],
+    format: &PixelFormat,
+) -> std::result::Result<Option<Padding>, String> {
     let as_stored = |v: i64| -> i64 {
         // US/SS ambiguity: a value read as unsigned is reinterpreted for signed pixel data.
         if format.signed {
@@ -289,7 +319,9 @@ fn padding_of(top: &[&InMemDicomObject], format: &PixelFormat) -> std::result::R
     let Some(lo) = int_of(top, tags::PIXEL_PADDING_VALUE)?.map(as_stored) else {
         return Ok(None);
     };
-    let hi = int_of(top, tags::PIXEL_PADDING_RANGE_LIMIT)?.map(as_stored).unwrap_or(lo);
+    let hi = int_of(top, tags::PIXEL_PADDING_RANGE_LIMIT)?
+        .map(as_stored)
+        .unwrap_or(lo);
     Ok(Some(Padding {
         lo: lo.min(hi),
         hi: lo.max(hi),
@@ -303,4 +335,3 @@ pub(crate) fn dicom_error(path: &Path, message: impl Into<String>) -> Error {
         message: message.into(),
     }
 }
-

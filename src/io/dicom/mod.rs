@@ -109,7 +109,9 @@ pub fn scan(path: &Path, config: &LoadConfig) -> Result<Scan> {
     };
     for (p, r) in results {
         match r {
-            Ok(headers) if headers.is_empty() => scan.skipped.push((p, "no image (no Rows/Columns)".into())),
+            Ok(headers) if headers.is_empty() => {
+                scan.skipped.push((p, "no image (no Rows/Columns)".into()))
+            }
             Ok(headers) => {
                 for h in headers {
                     scan.series.entry(h.series_uid.clone()).or_default().push(h);
@@ -117,7 +119,10 @@ pub fn scan(path: &Path, config: &LoadConfig) -> Result<Scan> {
             }
             Err(msg) => {
                 if single {
-                    return Err(Error::Dicom { path: p, message: msg });
+                    return Err(Error::Dicom {
+                        path: p,
+                        message: msg,
+                    });
                 }
                 tracing::debug!("skipping {}: {msg}", p.display());
                 scan.skipped.push((p, msg));
@@ -128,7 +133,11 @@ pub fn scan(path: &Path, config: &LoadConfig) -> Result<Scan> {
 }
 
 /// Picks the series to load: `config.series_uid`, or the CT series with the most planes.
-fn select(scan: &mut Scan, path: &Path, config: &LoadConfig) -> Result<(String, Vec<SliceHeader>, Vec<String>)> {
+fn select(
+    scan: &mut Scan,
+    path: &Path,
+    config: &LoadConfig,
+) -> Result<(String, Vec<SliceHeader>, Vec<String>)> {
     if scan.series.is_empty() {
         return Err(Error::NoSeries {
             path: path.to_path_buf(),
@@ -137,14 +146,25 @@ fn select(scan: &mut Scan, path: &Path, config: &LoadConfig) -> Result<(String, 
         });
     }
     let summaries = scan.summaries();
-    let describe = |s: &SeriesSummary| format!("{} ({} slices, {})", display_uid(&s.series_uid), s.slices, s.modality);
+    let describe = |s: &SeriesSummary| {
+        format!(
+            "{} ({} slices, {})",
+            display_uid(&s.series_uid),
+            s.slices,
+            s.modality
+        )
+    };
     let uid = match &config.series_uid {
         Some(want) => {
             let want = want.trim();
             if !scan.series.contains_key(want) {
                 return Err(Error::SeriesNotFound {
                     requested: want.to_string(),
-                    available: summaries.iter().map(describe).collect::<Vec<_>>().join(", "),
+                    available: summaries
+                        .iter()
+                        .map(describe)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
             want.to_string()
@@ -154,13 +174,21 @@ fn select(scan: &mut Scan, path: &Path, config: &LoadConfig) -> Result<(String, 
             let best = summaries
                 .iter()
                 .filter(|s| config.allow_modality || s.modality == "CT")
-                .max_by(|a, b| a.slices.cmp(&b.slices).then_with(|| b.series_uid.cmp(&a.series_uid)));
+                .max_by(|a, b| {
+                    a.slices
+                        .cmp(&b.slices)
+                        .then_with(|| b.series_uid.cmp(&a.series_uid))
+                });
             match best {
                 Some(s) => s.series_uid.clone(),
                 None => {
                     let s = summaries
                         .iter()
-                        .max_by(|a, b| a.slices.cmp(&b.slices).then_with(|| b.series_uid.cmp(&a.series_uid)))
+                        .max_by(|a, b| {
+                            a.slices
+                                .cmp(&b.slices)
+                                .then_with(|| b.series_uid.cmp(&a.series_uid))
+                        })
                         .expect("non-empty");
                     return Err(Error::Series {
                         series_uid: display_uid(&s.series_uid),
@@ -173,7 +201,10 @@ fn select(scan: &mut Scan, path: &Path, config: &LoadConfig) -> Result<(String, 
         }
     };
     let slices = scan.series.remove(&uid).unwrap_or_default();
-    let modality = slices.first().map(|h| h.modality.clone()).unwrap_or_default();
+    let modality = slices
+        .first()
+        .map(|h| h.modality.clone())
+        .unwrap_or_default();
     if modality != "CT" && !config.allow_modality {
         return Err(Error::Series {
             series_uid: display_uid(&uid),
@@ -181,7 +212,11 @@ fn select(scan: &mut Scan, path: &Path, config: &LoadConfig) -> Result<(String, 
         });
     }
     let mut warnings = Vec::new();
-    let others: Vec<String> = summaries.iter().filter(|s| s.series_uid != uid).map(describe).collect();
+    let others: Vec<String> = summaries
+        .iter()
+        .filter(|s| s.series_uid != uid)
+        .map(describe)
+        .collect();
     if !others.is_empty() {
         warnings.push(format!("other series not loaded: {}", others.join(", ")));
     }
@@ -200,7 +235,9 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
     let first = &assembly.slices[0];
     let (rows, cols) = (first.format.rows as usize, first.format.columns as usize);
     let n = assembly.slices.len();
-    config.limits.check_shape([n as u64, rows as u64, cols as u64])?;
+    config
+        .limits
+        .check_shape([n as u64, rows as u64, cols as u64])?;
     if first.photometric == "MONOCHROME1" {
         warnings.push("MONOCHROME1 data: values are used as stored, not inverted".into());
     }
@@ -208,7 +245,11 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
         warnings.push("RescaleSlope/Intercept vary between slices (applied per slice)".into());
     }
     let mut hu = Array3::<i16>::zeros((n, rows, cols));
-    decode_into(&assembly.slices, hu.as_slice_mut().expect("standard layout"), rows * cols)?;
+    decode_into(
+        &assembly.slices,
+        hu.as_slice_mut().expect("standard layout"),
+        rows * cols,
+    )?;
     tracing::debug!(
         "series {}: headers of {} files read in {:.1} ms, {n} slices decoded in {:.1} ms",
         display_uid(&uid),
@@ -217,7 +258,11 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
         (t0.elapsed() - t_scan).as_secs_f64() * 1e3
     );
 
-    let transfer_syntaxes: BTreeSet<String> = assembly.slices.iter().map(|s| s.transfer_syntax.clone()).collect();
+    let transfer_syntaxes: BTreeSet<String> = assembly
+        .slices
+        .iter()
+        .map(|s| s.transfer_syntax.clone())
+        .collect();
     for w in &warnings {
         tracing::warn!("series {}: {w}", display_uid(&uid));
     }
@@ -282,7 +327,8 @@ pub fn assemble_fuzz(data: &[u8]) {
             modality: "CT".into(),
             transfer_syntax: String::new(),
             position: (c[21] & 1 == 0).then(|| [f(c, 0), f(c, 2), f(c, 4)]),
-            orientation: (c[21] & 2 == 0).then(|| [f(c, 6), f(c, 8), f(c, 10), f(c, 12), f(c, 14), f(c, 16)]),
+            orientation: (c[21] & 2 == 0)
+                .then(|| [f(c, 6), f(c, 8), f(c, 10), f(c, 12), f(c, 14), f(c, 16)]),
             pixel_spacing: (c[21] & 4 == 0).then(|| [f(c, 18).abs(), 0.5]),
             slice_thickness: None,
             spacing_between_slices: None,

@@ -90,7 +90,11 @@ pub fn derived_uid(seed: impl Hash) -> String {
 /// The slice normal of DICOM is `row x column`; a volume whose `direction[0]` is the
 /// opposite of that is written with positions decreasing along the normal, which is
 /// valid DICOM (a reader sorts it back into increasing order).
-pub fn write_series(volume: &Volume, dir: &Path, opts: &SeriesWriteOptions) -> Result<Vec<PathBuf>> {
+pub fn write_series(
+    volume: &Volume,
+    dir: &Path,
+    opts: &SeriesWriteOptions,
+) -> Result<Vec<PathBuf>> {
     let g = &volume.geometry;
     g.validate()?;
     let n_axis = cross(g.direction[2], g.direction[1]);
@@ -102,14 +106,22 @@ pub fn write_series(volume: &Volume, dir: &Path, opts: &SeriesWriteOptions) -> R
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let [nz, ny, nx] = volume.shape();
     if ny > u16::MAX as usize || nx > u16::MAX as usize {
-        return Err(Error::InvalidArgument("slices over 65535 pixels a side".into()));
+        return Err(Error::InvalidArgument(
+            "slices over 65535 pixels a side".into(),
+        ));
     }
     let series_uid = opts.series_uid.clone().unwrap_or_else(|| {
         derived_uid((
             volume.shape(),
             g.origin_mm.map(f64::to_bits),
             g.spacing_mm.map(f64::to_bits),
-            volume.hu.iter().step_by(997).take(4096).copied().collect::<Vec<i16>>(),
+            volume
+                .hu
+                .iter()
+                .step_by(997)
+                .take(4096)
+                .copied()
+                .collect::<Vec<i16>>(),
         ))
     });
     let study_uid = derived_uid(("study", &series_uid));
@@ -147,23 +159,102 @@ pub fn write_series(volume: &Volume, dir: &Path, opts: &SeriesWriteOptions) -> R
     for z in 0..nz {
         let mut obj = InMemDicomObject::new_empty();
         let sop_uid = format!("{series_uid}.{}", z + 1);
-        put(&mut obj, tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.2"));
-        put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop_uid.as_str()));
-        put(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from(study_uid.as_str()));
-        put(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(series_uid.as_str()));
-        put(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, PrimitiveValue::from(frame_of_ref.as_str()));
-        put(&mut obj, tags::MODALITY, VR::CS, PrimitiveValue::from(opts.modality.as_str()));
-        let inst = if opts.reverse_instance_numbers { nz - z } else { z + 1 };
-        put(&mut obj, tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from(inst.to_string().as_str()));
-        put(&mut obj, tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&g.voxel_to_world([z as f64, 0.0, 0.0])));
+        put(
+            &mut obj,
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.2"),
+        );
+        put(
+            &mut obj,
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(sop_uid.as_str()),
+        );
+        put(
+            &mut obj,
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(study_uid.as_str()),
+        );
+        put(
+            &mut obj,
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(series_uid.as_str()),
+        );
+        put(
+            &mut obj,
+            tags::FRAME_OF_REFERENCE_UID,
+            VR::UI,
+            PrimitiveValue::from(frame_of_ref.as_str()),
+        );
+        put(
+            &mut obj,
+            tags::MODALITY,
+            VR::CS,
+            PrimitiveValue::from(opts.modality.as_str()),
+        );
+        let inst = if opts.reverse_instance_numbers {
+            nz - z
+        } else {
+            z + 1
+        };
+        put(
+            &mut obj,
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            PrimitiveValue::from(inst.to_string().as_str()),
+        );
+        put(
+            &mut obj,
+            tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            ds(&g.voxel_to_world([z as f64, 0.0, 0.0])),
+        );
         put(&mut obj, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&ori));
-        put(&mut obj, tags::PIXEL_SPACING, VR::DS, ds(&[g.spacing_mm[1], g.spacing_mm[2]]));
-        put(&mut obj, tags::SLICE_THICKNESS, VR::DS, ds(&[g.spacing_mm[0]]));
-        put(&mut obj, tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
-        put(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2"));
-        put(&mut obj, tags::ROWS, VR::US, PrimitiveValue::from(ny as u16));
-        put(&mut obj, tags::COLUMNS, VR::US, PrimitiveValue::from(nx as u16));
-        put(&mut obj, tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+        put(
+            &mut obj,
+            tags::PIXEL_SPACING,
+            VR::DS,
+            ds(&[g.spacing_mm[1], g.spacing_mm[2]]),
+        );
+        put(
+            &mut obj,
+            tags::SLICE_THICKNESS,
+            VR::DS,
+            ds(&[g.spacing_mm[0]]),
+        );
+        put(
+            &mut obj,
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(1u16),
+        );
+        put(
+            &mut obj,
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from("MONOCHROME2"),
+        );
+        put(
+            &mut obj,
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(ny as u16),
+        );
+        put(
+            &mut obj,
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(nx as u16),
+        );
+        put(
+            &mut obj,
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(16u16),
+        );
         let plane = volume.hu.index_axis(ndarray::Axis(0), z);
         let (bits, signed, intercept, samples): (u16, u16, f64, Vec<u16>) = match opts.stored {
             StoredFormat::Signed16 => (16, 1, 0.0, plane.iter().map(|v| *v as u16).collect()),
@@ -171,16 +262,44 @@ pub fn write_series(volume: &Volume, dir: &Path, opts: &SeriesWriteOptions) -> R
                 12,
                 0,
                 -1024.0,
-                plane.iter().map(|v| (*v as i32 + 1024).clamp(0, 4095) as u16).collect(),
+                plane
+                    .iter()
+                    .map(|v| (*v as i32 + 1024).clamp(0, 4095) as u16)
+                    .collect(),
             ),
         };
-        put(&mut obj, tags::BITS_STORED, VR::US, PrimitiveValue::from(bits));
-        put(&mut obj, tags::HIGH_BIT, VR::US, PrimitiveValue::from(bits - 1));
-        put(&mut obj, tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(signed));
+        put(
+            &mut obj,
+            tags::BITS_STORED,
+            VR::US,
+            PrimitiveValue::from(bits),
+        );
+        put(
+            &mut obj,
+            tags::HIGH_BIT,
+            VR::US,
+            PrimitiveValue::from(bits - 1),
+        );
+        put(
+            &mut obj,
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(signed),
+        );
         put(&mut obj, tags::RESCALE_INTERCEPT, VR::DS, ds(&[intercept]));
         put(&mut obj, tags::RESCALE_SLOPE, VR::DS, ds(&[1.0]));
-        put(&mut obj, tags::RESCALE_TYPE, VR::LO, PrimitiveValue::from("HU"));
-        put(&mut obj, tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(samples.into()));
+        put(
+            &mut obj,
+            tags::RESCALE_TYPE,
+            VR::LO,
+            PrimitiveValue::from("HU"),
+        );
+        put(
+            &mut obj,
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(samples.into()),
+        );
         let file = obj
             .with_meta(
                 FileMetaTableBuilder::new()
@@ -205,10 +324,21 @@ mod tests {
 
     #[test]
     fn ds_fits_16_chars() {
-        for v in [0.0, -0.0, 1.0 / 3.0, -166.0, 123456.789012345, 1e-9, -171.69921875] {
+        for v in [
+            0.0,
+            -0.0,
+            1.0 / 3.0,
+            -166.0,
+            123456.789012345,
+            1e-9,
+            -171.69921875,
+        ] {
             let s = format_ds(v);
             assert!(s.len() <= 16, "{s}");
-            assert!((s.parse::<f64>().unwrap() - v).abs() < 1e-6 * v.abs().max(1.0), "{v} -> {s}");
+            assert!(
+                (s.parse::<f64>().unwrap() - v).abs() < 1e-6 * v.abs().max(1.0),
+                "{v} -> {s}"
+            );
         }
         assert_eq!(format_ds(-171.69921875), "-171.69921875");
     }
