@@ -24,8 +24,8 @@ pub enum Error {
     Dicom { path: PathBuf, message: String },
 
     /// The pixel data of a DICOM file is encoded with a transfer syntax that this build
-    /// cannot decode (no pure-Rust decoder for it is built in).
-    #[error("{}: unsupported transfer syntax {uid} ({name}): lungcad has no pure-Rust decoder for it", path.display())]
+    /// cannot decode (no decoder for it is built in).
+    #[error("{}: unsupported transfer syntax {uid} ({name}): lungcad has no decoder for it", path.display())]
     UnsupportedTransferSyntax {
         path: PathBuf,
         uid: String,
