@@ -28,6 +28,7 @@ pub mod error;
 pub mod eval;
 pub mod io;
 pub mod limits;
+pub mod preprocess;
 pub mod volume;
 
 pub use error::{Error, Result, SeriesProblem};
