@@ -1,8 +1,8 @@
 //! # lungcad
 //!
 //! Find lung nodules in chest CT. This crate loads CT (DICOM series, LUNA16/Tianchi
-//! MetaImage, NIfTI) into a geometry-aware HU [`Volume`], and evaluates detections with the
-//! LUNA16 FROC/CPM protocol ([`eval`]).
+//! MetaImage, NIfTI) into a geometry-aware HU [`Volume`], resamples it ([`preprocess`]), and
+//! evaluates detections with the LUNA16 FROC/CPM protocol ([`eval`]).
 //!
 //! ## Conventions (used everywhere in lungcad)
 //!
