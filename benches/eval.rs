@@ -5,29 +5,22 @@
 //! Needs the LUNA16 CSVs at `$LUNGCAD_DATA/luna16` (default `../shared/data/luna16`);
 //! without them it prints why and measures nothing. Run with `cargo bench --bench eval`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use lungcad::eval::synthetic::{generate_with_total, SyntheticSpec};
 use lungcad::eval::{
     evaluate, read_seriesuids, write_predictions_csv, Annotations, EvalConfig, EvalInputs,
     Predictions,
 };
-use std::path::PathBuf;
 use std::time::Duration;
 
 const CANDIDATES: usize = 500_000;
 
-fn luna16_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("LUNGCAD_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    let dir = base.join("luna16");
-    dir.join("annotations.csv").is_file().then_some(dir)
-}
-
 fn bench_eval(c: &mut Criterion) {
-    let Some(dir) = luna16_dir() else {
-        eprintln!("eval bench skipped: LUNA16 reference standard not found ($LUNGCAD_DATA/luna16 or ../shared/data/luna16)");
-        return;
+    let Some(dir) = common::data_dir("luna16") else {
+        return; // common::data_dir said why
     };
     let annotations = Annotations::from_csv(dir.join("annotations.csv")).expect("annotations.csv");
     let excluded = Annotations::from_csv(dir.join("annotations_excluded.csv"))

@@ -2,34 +2,22 @@
 //! 512x512x300 DICOM series written by lungcad. The peers (SimpleITK, pydicom) are timed
 //! on the same series by benches/compare_load.py; see docs/PERFORMANCE.md.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use lungcad::io::dicom::{write_series, SeriesWriteOptions};
 use lungcad::{load, Geometry, LoadConfig, Volume};
 use std::path::PathBuf;
 
-fn data_dir() -> PathBuf {
-    std::env::var_os("LUNGCAD_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-}
-
-fn lidc_series() -> Option<PathBuf> {
-    let root = data_dir().join("lidc/LIDC-IDRI-0001");
-    let study = std::fs::read_dir(&root).ok()?.flatten().next()?.path();
-    Some(std::fs::read_dir(study).ok()?.flatten().next()?.path())
-}
-
 fn bench(c: &mut Criterion) {
     let config = LoadConfig::default();
     let mut g = c.benchmark_group("load");
     g.sample_size(10);
-    match lidc_series() {
-        Some(dir) => {
-            g.bench_function("lidc_idri_0001_133x512x512", |b| {
-                b.iter(|| load(&dir, &config).expect("loads"))
-            });
-        }
-        None => eprintln!("SKIP: LIDC-IDRI-0001 not found (set LUNGCAD_DATA)"),
+    if let Some(dir) = common::lidc_0001() {
+        g.bench_function("lidc_idri_0001_133x512x512", |b| {
+            b.iter(|| load(&dir, &config).expect("loads"))
+        });
     }
     // Kept in cargo's target tmp dir so benches/compare_load.py can time the peers on it.
     let synth = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_300x512x512");

@@ -152,10 +152,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Info { input, json } => {
             let v = input.load()?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&info_json(&v)).expect("json")
-                );
+                println!("{:#}", info_json(&v));
             } else {
                 print!("{}", info_text(&v));
             }
@@ -185,10 +182,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let r = eval::evaluate(&inputs, &config)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&eval::report_json(&r)).expect("json")
-                );
+                println!("{:#}", eval::report_json(&r));
             } else {
                 print!("{}", eval::report_text(&r));
             }

@@ -125,15 +125,9 @@ fn lidc_info_has_no_patient_identifiers_and_convert_matches_pydicom() {
     let j: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(j["shape_zyx"], serde_json::json!([133, 512, 512]));
 
-    let have_peers = Command::new("python3")
-        .args(["-c", "import SimpleITK, pydicom, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have_peers {
-        eprintln!("SKIP: SimpleITK/pydicom not installed (pip install -r tests/requirements.txt)");
+    let Some(python) = common::python_with("SimpleITK, pydicom, numpy") else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("lidc.mha");
     assert!(lungcad()
@@ -147,7 +141,7 @@ fn lidc_info_has_no_patient_identifiers_and_convert_matches_pydicom() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/scripts/check_convert_against_pydicom.py"
     );
-    let out = Command::new("python3")
+    let out = Command::new(&python)
         .arg(script)
         .arg(&dst)
         .arg(&dir)

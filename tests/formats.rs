@@ -198,20 +198,7 @@ fn checksum(v: &Volume) -> (i64, i64, i64, i64) {
 }
 
 fn python() -> Option<String> {
-    let python = std::env::var("LUNGCAD_PYTHON").unwrap_or_else(|_| "python3".into());
-    match Command::new(&python)
-        .args(["-c", "import SimpleITK, numpy"])
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(python),
-        _ => {
-            eprintln!(
-                "SKIP: SimpleITK comparison: `{python} -c 'import SimpleITK, numpy'` failed \
-                 (pip install -r tests/requirements.txt, or set LUNGCAD_PYTHON)"
-            );
-            None
-        }
-    }
+    common::python_with("SimpleITK, numpy")
 }
 
 fn run_script(python: &str, args: &[&Path]) -> Vec<Value> {

@@ -34,18 +34,21 @@ impl Format {
     /// The format a path names by its extension (`.mhd`, `.mha`, `.nii`, `.nii.gz`); a folder
     /// or any other file is taken as DICOM.
     pub fn of_path(path: &Path) -> Format {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        if path.is_dir() {
-            Format::Dicom
-        } else if name.ends_with(".mhd") || name.ends_with(".mha") {
-            Format::MetaImage
+        match Format::of_file_name(path) {
+            Some(f) if !path.is_dir() => f,
+            _ => Format::Dicom,
+        }
+    }
+
+    /// MetaImage or NIfTI when the file name ends in one of their extensions.
+    fn of_file_name(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
+        if name.ends_with(".mhd") || name.ends_with(".mha") {
+            Some(Format::MetaImage)
         } else if name.ends_with(".nii") || name.ends_with(".nii.gz") {
-            Format::Nifti
+            Some(Format::Nifti)
         } else {
-            Format::Dicom
+            None
         }
     }
 }
@@ -70,18 +73,14 @@ pub fn load(path: impl AsRef<Path>, config: &LoadConfig) -> Result<Volume> {
 /// Writes a volume as int16 HU with its geometry: `.mhd` (+ `.raw`), `.mha`, `.nii` or `.nii.gz`.
 pub fn save(volume: &Volume, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if name.ends_with(".mhd") || name.ends_with(".mha") {
-        metaimage::write(volume, path, &metaimage::WriteOptions::default())
-    } else if name.ends_with(".nii") || name.ends_with(".nii.gz") {
-        nifti::write(volume, path)
-    } else {
-        Err(Error::InvalidArgument(format!(
+    match Format::of_file_name(path) {
+        Some(Format::MetaImage) => {
+            metaimage::write(volume, path, &metaimage::WriteOptions::default())
+        }
+        Some(Format::Nifti) => nifti::write(volume, path),
+        _ => Err(Error::InvalidArgument(format!(
             "{}: output must end in .mhd, .mha, .nii or .nii.gz",
             path.display()
-        )))
+        ))),
     }
 }

@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::volume::{Geometry, Volume, VolumeInfo};
-use ndarray::{Array3, Axis};
+use ndarray::Array3;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -29,14 +29,24 @@ pub enum Interpolation {
 }
 
 /// The output geometry and shape `(z, y, x)` of resampling `geometry`/`shape` to `spacing_mm`.
-pub fn resampled_grid(geometry: &Geometry, shape: [usize; 3], spacing_mm: [f64; 3]) -> Result<(Geometry, [usize; 3])> {
+pub fn resampled_grid(
+    geometry: &Geometry,
+    shape: [usize; 3],
+    spacing_mm: [f64; 3],
+) -> Result<(Geometry, [usize; 3])> {
     if spacing_mm.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-        return Err(Error::InvalidArgument(format!("resampling spacing must be positive, got {spacing_mm:?}")));
+        return Err(Error::InvalidArgument(format!(
+            "resampling spacing must be positive, got {spacing_mm:?}"
+        )));
     }
     let mut out = [0usize; 3];
     for a in 0..3 {
         let n = (shape[a] as f64 * geometry.spacing_mm[a] / spacing_mm[a]).round();
-        out[a] = if n.is_finite() && n >= 1.0 { n as usize } else { 1 };
+        out[a] = if n.is_finite() && n >= 1.0 {
+            n as usize
+        } else {
+            1
+        };
     }
     let g = Geometry {
         spacing_mm,
@@ -48,7 +58,12 @@ pub fn resampled_grid(geometry: &Geometry, shape: [usize; 3], spacing_mm: [f64; 
 
 /// Per output index along one axis: the two input neighbours and the weight of the second,
 /// or `None` outside the input.
-fn axis_table(n_out: usize, n_in: usize, scale: f64, interpolation: Interpolation) -> Vec<Option<(usize, usize, f32)>> {
+fn axis_table(
+    n_out: usize,
+    n_in: usize,
+    scale: f64,
+    interpolation: Interpolation,
+) -> Vec<Option<(usize, usize, f32)>> {
     (0..n_out)
         .map(|o| {
             let c = o as f64 * scale;
@@ -65,7 +80,11 @@ fn axis_table(n_out: usize, n_in: usize, scale: f64, interpolation: Interpolatio
                     let f = c.floor();
                     let w = (c - f) as f32;
                     let i0 = if f < 0.0 { 0 } else { (f as usize).min(last) };
-                    let i1 = if f + 1.0 < 0.0 { 0 } else { ((f + 1.0) as usize).min(last) };
+                    let i1 = if f + 1.0 < 0.0 {
+                        0
+                    } else {
+                        ((f + 1.0) as usize).min(last)
+                    };
                     Some((i0, i1, w))
                 }
             }
@@ -75,65 +94,88 @@ fn axis_table(n_out: usize, n_in: usize, scale: f64, interpolation: Interpolatio
 
 /// Resamples `volume` to `spacing_mm` (z, y, x); see the module docs for the grid.
 /// The output's voxel count is checked against `limits` before it is allocated.
-pub fn resample(volume: &Volume, spacing_mm: [f64; 3], interpolation: Interpolation, outside_hu: i16, limits: &Limits) -> Result<Volume> {
+pub fn resample(
+    volume: &Volume,
+    spacing_mm: [f64; 3],
+    interpolation: Interpolation,
+    outside_hu: i16,
+    limits: &Limits,
+) -> Result<Volume> {
     let in_shape = volume.shape();
     if in_shape.iter().any(|n| *n == 0) {
-        return Err(Error::InvalidArgument("cannot resample an empty volume".into()));
+        return Err(Error::InvalidArgument(
+            "cannot resample an empty volume".into(),
+        ));
     }
     let (geometry, shape) = resampled_grid(&volume.geometry, in_shape, spacing_mm)?;
     limits.check_shape([shape[0] as u64, shape[1] as u64, shape[2] as u64])?;
     let tables: Vec<_> = (0..3)
-        .map(|a| axis_table(shape[a], in_shape[a], spacing_mm[a] / volume.geometry.spacing_mm[a], interpolation))
+        .map(|a| {
+            axis_table(
+                shape[a],
+                in_shape[a],
+                spacing_mm[a] / volume.geometry.spacing_mm[a],
+                interpolation,
+            )
+        })
         .collect();
     let (tz, ty, tx) = (&tables[0], &tables[1], &tables[2]);
-    let src = volume.hu.as_standard_layout();
-    let src = src.as_slice().expect("standard layout");
+    let src: std::borrow::Cow<[i16]> = match volume.hu.as_slice() {
+        Some(s) => s.into(),
+        None => volume.hu.iter().copied().collect::<Vec<_>>().into(),
+    };
     let (ny_in, nx_in) = (in_shape[1], in_shape[2]);
     let row = |z: usize, y: usize| &src[(z * ny_in + y) * nx_in..(z * ny_in + y + 1) * nx_in];
-    let mut out = Array3::<i16>::zeros((shape[0], shape[1], shape[2]));
-    out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(oz, mut plane)| {
-        let Some((z0, z1, wz)) = tz[oz] else {
-            plane.fill(outside_hu);
-            return;
-        };
-        // one input row blended over z and y, reused by every output x of the row
-        let mut blended = vec![0f32; nx_in];
-        for (oy, mut out_row) in plane.axis_iter_mut(Axis(0)).enumerate() {
-            let Some((y0, y1, wy)) = ty[oy] else {
-                out_row.fill(outside_hu);
-                continue;
+    let mut out = vec![0i16; shape[0] * shape[1] * shape[2]];
+    out.par_chunks_mut((shape[1] * shape[2]).max(1))
+        .enumerate()
+        .for_each(|(oz, plane)| {
+            let Some((z0, z1, wz)) = tz[oz] else {
+                plane.fill(outside_hu);
+                return;
             };
-            let out_row = out_row.as_slice_mut().expect("standard layout");
-            match interpolation {
-                Interpolation::Nearest => {
-                    let r = row(z0, y0);
-                    for (v, t) in out_row.iter_mut().zip(tx) {
-                        *v = match t {
-                            Some((x0, _, _)) => r[*x0],
-                            None => outside_hu,
-                        };
+            // one input row blended over z and y, reused by every output x of the row
+            let mut blended = vec![0f32; nx_in];
+            for (oy, out_row) in plane.chunks_mut(shape[2].max(1)).enumerate() {
+                let Some((y0, y1, wy)) = ty[oy] else {
+                    out_row.fill(outside_hu);
+                    continue;
+                };
+                match interpolation {
+                    Interpolation::Nearest => {
+                        let r = row(z0, y0);
+                        for (v, t) in out_row.iter_mut().zip(tx) {
+                            *v = match t {
+                                Some((x0, _, _)) => r[*x0],
+                                None => outside_hu,
+                            };
+                        }
                     }
-                }
-                Interpolation::Linear => {
-                    let (a, b, c, d) = (row(z0, y0), row(z0, y1), row(z1, y0), row(z1, y1));
-                    for i in 0..nx_in {
-                        let lo = a[i] as f32 + (b[i] as f32 - a[i] as f32) * wy;
-                        let hi = c[i] as f32 + (d[i] as f32 - c[i] as f32) * wy;
-                        blended[i] = lo + (hi - lo) * wz;
-                    }
-                    for (v, t) in out_row.iter_mut().zip(tx) {
-                        *v = match t {
-                            Some((x0, x1, wx)) => {
-                                let (p, q) = (blended[*x0], blended[*x1]);
-                                (p + (q - p) * wx).round().clamp(i16::MIN as f32, i16::MAX as f32) as i16
-                            }
-                            None => outside_hu,
-                        };
+                    Interpolation::Linear => {
+                        let (a, b, c, d) = (row(z0, y0), row(z0, y1), row(z1, y0), row(z1, y1));
+                        for i in 0..nx_in {
+                            let lo = a[i] as f32 + (b[i] as f32 - a[i] as f32) * wy;
+                            let hi = c[i] as f32 + (d[i] as f32 - c[i] as f32) * wy;
+                            blended[i] = lo + (hi - lo) * wz;
+                        }
+                        for (v, t) in out_row.iter_mut().zip(tx) {
+                            *v = match t {
+                                Some((x0, x1, wx)) => {
+                                    let (p, q) = (blended[*x0], blended[*x1]);
+                                    (p + (q - p) * wx)
+                                        .round()
+                                        .clamp(i16::MIN as f32, i16::MAX as f32)
+                                        as i16
+                                }
+                                None => outside_hu,
+                            };
+                        }
                     }
                 }
             }
-        }
-    });
+        });
+    let out = Array3::from_shape_vec((shape[0], shape[1], shape[2]), out)
+        .map_err(|e| Error::Geometry(format!("resampled volume {shape:?}: {e}")))?;
     Ok(Volume {
         hu: out,
         geometry,
@@ -155,7 +197,9 @@ mod tests {
 
     #[test]
     fn same_spacing_is_identity() {
-        let v = vol([4, 5, 6], [2.5, 0.7, 0.7], |z, y, x| (z * 100 + y * 10 + x) as i16);
+        let v = vol([4, 5, 6], [2.5, 0.7, 0.7], |z, y, x| {
+            (z * 100 + y * 10 + x) as i16
+        });
         for i in [Interpolation::Linear, Interpolation::Nearest] {
             let r = resample(&v, [2.5, 0.7, 0.7], i, -1024, &Limits::default()).unwrap();
             assert_eq!(r.hu, v.hu);
@@ -167,7 +211,14 @@ mod tests {
     fn linear_reproduces_a_linear_ramp_and_keeps_world_positions() {
         // HU = 4 * world z offset (mm), sampled every 2 mm, resampled to 1 mm
         let v = vol([6, 3, 3], [2.0, 1.0, 1.0], |z, _, _| (8 * z) as i16);
-        let r = resample(&v, [1.0, 1.0, 1.0], Interpolation::Linear, -1024, &Limits::default()).unwrap();
+        let r = resample(
+            &v,
+            [1.0, 1.0, 1.0],
+            Interpolation::Linear,
+            -1024,
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(r.shape(), [12, 3, 3]);
         for oz in 0..11 {
             assert_eq!(r.hu[[oz, 1, 1]], (4 * oz) as i16, "z {oz}");
@@ -183,7 +234,14 @@ mod tests {
     fn outside_points_get_the_outside_value() {
         let v = vol([3, 2, 2], [1.0, 1.0, 1.0], |_, _, _| 7);
         // 0.4 mm spacing: round(3 / 0.4) = 8 slices, indices 0..7 map to 0..2.8: 2.8 > 2.5 is outside
-        let r = resample(&v, [0.4, 1.0, 1.0], Interpolation::Linear, -1024, &Limits::default()).unwrap();
+        let r = resample(
+            &v,
+            [0.4, 1.0, 1.0],
+            Interpolation::Linear,
+            -1024,
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(r.shape(), [8, 2, 2]);
         assert_eq!(r.hu[[6, 0, 0]], 7); // 2.4: inside
         assert_eq!(r.hu[[7, 0, 0]], -1024); // 2.8: outside
@@ -192,7 +250,14 @@ mod tests {
     #[test]
     fn nearest_picks_voxels_and_ties_round_up() {
         let v = vol([1, 1, 4], [1.0, 1.0, 1.0], |_, _, x| (x * 10) as i16);
-        let r = resample(&v, [1.0, 1.0, 0.5], Interpolation::Nearest, -1024, &Limits::default()).unwrap();
+        let r = resample(
+            &v,
+            [1.0, 1.0, 0.5],
+            Interpolation::Nearest,
+            -1024,
+            &Limits::default(),
+        )
+        .unwrap();
         let row: Vec<i16> = r.hu.iter().copied().collect();
         assert_eq!(row, [0, 10, 10, 20, 20, 30, 30, -1024]);
     }
@@ -200,11 +265,21 @@ mod tests {
     #[test]
     fn limits_and_bad_spacing_are_refused() {
         let v = vol([2, 2, 2], [1.0, 1.0, 1.0], |_, _, _| 0);
-        let small = Limits { max_voxels: 100, ..Limits::default() };
+        let small = Limits {
+            max_voxels: 100,
+            ..Limits::default()
+        };
         assert!(matches!(
             resample(&v, [0.1, 0.1, 0.1], Interpolation::Linear, 0, &small),
             Err(Error::Limit { .. })
         ));
-        assert!(resample(&v, [0.0, 1.0, 1.0], Interpolation::Linear, 0, &Limits::default()).is_err());
+        assert!(resample(
+            &v,
+            [0.0, 1.0, 1.0],
+            Interpolation::Linear,
+            0,
+            &Limits::default()
+        )
+        .is_err());
     }
 }

@@ -46,3 +46,23 @@ pub fn lidc_0001() -> Option<PathBuf> {
 /// The LUNA16 nodule of LIDC-IDRI-0001 (world x, y, z mm; diameter mm).
 pub const LIDC_0001_UID: &str = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192";
 pub const LIDC_0001_NODULE: ([f64; 3], f64) = ([56.208, 86.343, -115.868], 23.35);
+
+/// The Python interpreter (`$LUNGCAD_PYTHON`, default `python3`) when it can import every
+/// module of `modules` (e.g. "SimpleITK, numpy"); `None`, after printing why, otherwise.
+pub fn python_with(modules: &str) -> Option<String> {
+    let python = std::env::var("LUNGCAD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        Some(python)
+    } else {
+        eprintln!(
+            "SKIP: `{python} -c 'import {modules}'` failed \
+             (pip install -r tests/requirements.txt, or set LUNGCAD_PYTHON)"
+        );
+        None
+    }
+}

@@ -59,9 +59,11 @@ pub fn frame_to_hu(
             }
         }
         16 => {
-            for (o, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
-                *o = map(to_stored(u16::from_le_bytes([c[0], c[1]]) as u64));
+            let n = out.len().min(raw.len() / 2);
+            for (o, c) in out[..n].iter_mut().zip(raw.chunks_exact(2)) {
+                *o = i16::from_le_bytes([c[0], c[1]]);
             }
+            stored16_to_hu_in_place(&mut out[..n], format, rescale, padding);
         }
         _ => {
             for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
@@ -228,10 +230,13 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
             name: ts_name(ts_uid),
         });
     }
-    super::guard::check_file(path, true).map_err(|m| dicom_error(path, m))?;
-    let obj = OpenFileOptions::new()
-        .open_file(path)
-        .map_err(|e| dicom_error(path, e.to_string()))?;
+    let bytes = super::guard::check_file(path, true).map_err(|m| dicom_error(path, m))?;
+    let obj = match OpenFileOptions::new().from_reader(&bytes[..]) {
+        Ok(obj) => obj,
+        Err(_) => OpenFileOptions::new()
+            .open_file(path)
+            .map_err(|e| dicom_error(path, e.to_string()))?,
+    };
     let pixel = obj
         .element_opt(tags::PIXEL_DATA)
         .ok()

@@ -315,12 +315,10 @@ pub fn check_declared_lengths(
     }
 }
 
-/// Reads as much of `path` as the guard needs and checks it. Returns the bytes read when
-/// they are the whole file.
-pub fn check_file(
-    path: &std::path::Path,
-    through_pixel_data: bool,
-) -> Result<Option<Vec<u8>>, String> {
+/// Reads as much of `path` as the guard needs and checks it. Returns the bytes read (a
+/// prefix of the file, or all of it with `through_pixel_data`), so the parser can read
+/// them from memory instead of reading the file again.
+pub fn check_file(path: &std::path::Path, through_pixel_data: bool) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let file_len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
@@ -330,15 +328,11 @@ pub fn check_file(
         .read_to_end(&mut prefix)
         .map_err(|e| e.to_string())?;
     if !through_pixel_data && check_declared_lengths(&prefix, file_len, false)? == Walk::Fits {
-        return Ok(if prefix.len() == file_len {
-            Some(prefix)
-        } else {
-            None
-        });
+        return Ok(prefix);
     }
     f.read_to_end(&mut prefix).map_err(|e| e.to_string())?;
     check_declared_lengths(&prefix, prefix.len(), through_pixel_data)?;
-    Ok(Some(prefix))
+    Ok(prefix)
 }
 
 #[cfg(test)]

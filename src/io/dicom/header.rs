@@ -164,8 +164,16 @@ pub(crate) fn open_header(path: &Path) -> std::result::Result<DefaultDicomObject
 /// Reads the slice headers of one file; `Ok(vec![])` for a DICOM file that holds no image
 /// (structured reports, RT structures, ...).
 pub fn read_slice_headers(path: &Path) -> std::result::Result<Vec<SliceHeader>, String> {
-    super::guard::check_file(path, false)?;
-    let obj = open_header(path)?;
+    let bytes = super::guard::check_file(path, false)?;
+    // The guard's bytes usually hold the whole header: parse them rather than reading the
+    // file again, and fall back to the file when they do not.
+    let obj = match OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(&bytes[..])
+    {
+        Ok(obj) => obj,
+        Err(_) => open_header(path)?,
+    };
     let ts = obj
         .meta()
         .transfer_syntax()

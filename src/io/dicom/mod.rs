@@ -170,30 +170,22 @@ fn select(
             want.to_string()
         }
         None => {
-            // most slices first, then CT before others, then smallest UID for determinism
-            let best = summaries
-                .iter()
-                .filter(|s| config.allow_modality || s.modality == "CT")
-                .max_by(|a, b| {
-                    a.slices
-                        .cmp(&b.slices)
-                        .then_with(|| b.series_uid.cmp(&a.series_uid))
-                });
-            match best {
+            // the most slices; ties go to the smallest UID, for determinism
+            let larger = |a: &&SeriesSummary, b: &&SeriesSummary| {
+                a.slices
+                    .cmp(&b.slices)
+                    .then_with(|| b.series_uid.cmp(&a.series_uid))
+            };
+            let allowed = |s: &&SeriesSummary| config.allow_modality || s.modality == "CT";
+            match summaries.iter().filter(allowed).max_by(larger) {
                 Some(s) => s.series_uid.clone(),
                 None => {
-                    let s = summaries
-                        .iter()
-                        .max_by(|a, b| {
-                            a.slices
-                                .cmp(&b.slices)
-                                .then_with(|| b.series_uid.cmp(&a.series_uid))
-                        })
-                        .expect("non-empty");
+                    // no CT series: name the largest one in the refusal
+                    let s = summaries.iter().max_by(larger);
                     return Err(Error::Series {
-                        series_uid: display_uid(&s.series_uid),
+                        series_uid: display_uid(s.map(|s| s.series_uid.as_str()).unwrap_or("")),
                         problem: SeriesProblem::Modality {
-                            modality: s.modality.clone(),
+                            modality: s.map(|s| s.modality.clone()).unwrap_or_default(),
                         },
                     });
                 }
@@ -244,12 +236,10 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
     if assembly.slices.iter().any(|s| s.rescale != first.rescale) {
         warnings.push("RescaleSlope/Intercept vary between slices (applied per slice)".into());
     }
-    let mut hu = Array3::<i16>::zeros((n, rows, cols));
-    decode_into(
-        &assembly.slices,
-        hu.as_slice_mut().expect("standard layout"),
-        rows * cols,
-    )?;
+    let mut voxels = vec![0i16; n * rows * cols];
+    decode_into(&assembly.slices, &mut voxels, rows * cols)?;
+    let hu = Array3::from_shape_vec((n, rows, cols), voxels)
+        .map_err(|e| Error::Geometry(format!("volume of {n}x{rows}x{cols}: {e}")))?;
     tracing::debug!(
         "series {}: headers of {} files read in {:.1} ms, {n} slices decoded in {:.1} ms",
         display_uid(&uid),
@@ -283,11 +273,9 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
 /// Decodes every slice into its plane of `data` (z-major planes of `plane` voxels), one
 /// parallel job per file.
 fn decode_into(slices: &[SliceHeader], data: &mut [i16], plane: usize) -> Result<()> {
-    let mut planes: Vec<Option<&mut [i16]>> = data.chunks_mut(plane.max(1)).map(Some).collect();
     let mut index: HashMap<Arc<Path>, usize> = HashMap::new();
     let mut jobs: Vec<(Arc<Path>, Vec<(&SliceHeader, &mut [i16])>)> = Vec::new();
-    for (z, s) in slices.iter().enumerate() {
-        let out = planes[z].take().expect("each plane once");
+    for (s, out) in slices.iter().zip(data.chunks_mut(plane.max(1))) {
         let j = *index.entry(s.path.clone()).or_insert_with(|| {
             jobs.push((s.path.clone(), Vec::new()));
             jobs.len() - 1
