@@ -9,8 +9,8 @@
 //! seeded with [`super::EvalConfig::seed`], so resamples run in parallel and reproduce.
 
 use super::froc::{interp_sorted, mean7, CurveBuffers, ScoredSet};
-use super::rng::SplitMix64;
 use super::{BootstrapBand, EvalConfig, OPERATING_POINTS};
+use crate::rng::SplitMix64;
 use rayon::prelude::*;
 
 /// What the bootstrap reports.

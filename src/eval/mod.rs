@@ -71,7 +71,6 @@ mod froc;
 mod matching;
 mod plot;
 mod report;
-mod rng;
 pub mod synthetic;
 
 pub use csv::{read_seriesuids, write_predictions_csv};

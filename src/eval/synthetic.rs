@@ -24,8 +24,8 @@
 //! Random false positives may of course land on a nodule or an excluded finding; the
 //! evaluation treats them like any other candidate.
 
-use super::rng::SplitMix64;
 use super::{Annotations, Candidate, Finding};
+use crate::rng::SplitMix64;
 use std::collections::HashMap;
 
 /// XORed into the seed to give the false positives their own stream, so the candidates

@@ -339,7 +339,7 @@ fn no_detection_gives_zero_sensitivity_not_nan() {
 
 /// A small pseudo-random case with many scans, for the bootstrap.
 fn random_case(seed: u64, scans: usize) -> EvalInputs {
-    let mut rng = rng::SplitMix64::new(seed);
+    let mut rng = crate::rng::SplitMix64::new(seed);
     let uids: Vec<String> = (0..scans).map(|s| format!("scan{s}")).collect();
     let mut nodules = Vec::new();
     let mut cands = Vec::new();
@@ -398,7 +398,7 @@ fn bootstrap_is_deterministic_and_matches_resampling_by_concatenation() {
     // The official way: rebuild each resample as a list of scans (a scan drawn twice appears
     // twice, under a new name) and evaluate it with the plain curve; the CPM percentile
     // interval must be the same.
-    let mut master = rng::SplitMix64::new(cfg.seed);
+    let mut master = crate::rng::SplitMix64::new(cfg.seed);
     let n = i.seriesuids.len();
     let mut cpms = Vec::new();
     for _ in 0..cfg.bootstrap_resamples {

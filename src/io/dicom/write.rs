@@ -134,16 +134,9 @@ pub fn write_series(
     let mut names: Vec<usize> = (0..nz).collect();
     if let Some(seed) = opts.shuffle_names_seed {
         // Fisher-Yates with SplitMix64: deterministic by seed.
-        let mut s = seed;
-        let mut next = || {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut rng = crate::rng::SplitMix64::new(seed);
         for i in (1..nz).rev() {
-            let j = (next() % (i as u64 + 1)) as usize;
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             names.swap(i, j);
         }
     }

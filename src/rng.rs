@@ -1,5 +1,6 @@
 //! SplitMix64 (Steele, Lea and Flood 2014), the small deterministic generator behind the
-//! bootstrap and the synthetic submissions. Its every step is plain 64-bit integer
+//! patch sampler, the DICOM writer's name shuffle, the evaluation bootstrap and the
+//! synthetic submissions. Its every step is plain 64-bit integer
 //! arithmetic, so the Python cross-check (`tests/scripts/luna16_cpm_reference.py`)
 //! reproduces the same numbers.
 
