@@ -956,9 +956,14 @@ pub fn anatomical_orientation(itk_direction: &[[f64; 3]; 3]) -> String {
     letters.iter().collect()
 }
 
-/// The header text [`write()`] writes.
-fn header_text(volume: &Volume, compressed_size: Option<u64>, data_file: &str) -> String {
-    let g = &volume.geometry;
+/// The header text [`write()`] and [`write_mask()`] write.
+fn header_text(
+    g: &Geometry,
+    [nz, ny, nx]: [usize; 3],
+    element: ElementType,
+    compressed_size: Option<u64>,
+    data_file: &str,
+) -> String {
     let itk = g.itk_direction();
     // TransformMatrix values [3c .. 3c+3] = column c of the ITK direction.
     let mut tm = Vec::with_capacity(9);
@@ -967,7 +972,6 @@ fn header_text(volume: &Volume, compressed_size: Option<u64>, data_file: &str) -
             tm.push(row[c]);
         }
     }
-    let [nz, ny, nx] = volume.shape();
     let mut h = String::new();
     h.push_str("ObjectType = Image\n");
     h.push_str("NDims = 3\n");
@@ -991,7 +995,7 @@ fn header_text(volume: &Volume, compressed_size: Option<u64>, data_file: &str) -
         fmt_numbers(&g.spacing_xyz())
     ));
     h.push_str(&format!("DimSize = {nx} {ny} {nz}\n"));
-    h.push_str("ElementType = MET_SHORT\n");
+    h.push_str(&format!("ElementType = {}\n", element.met_name()));
     h.push_str(&format!("ElementDataFile = {data_file}\n"));
     h
 }
@@ -1077,7 +1081,55 @@ impl Drop for AtomicFile {
 /// and `<stem>.raw` (`.zraw` when compressed) beside it, `.mha` one file with
 /// `ElementDataFile = LOCAL`. Fields follow ITK's order and conventions.
 pub fn write(volume: &Volume, path: &Path, opts: &WriteOptions) -> Result<()> {
-    volume.geometry.validate()?;
+    write_voxels(
+        &volume.geometry,
+        volume.shape(),
+        ElementType::I16,
+        &|w| write_i16_le(&volume.hu, w),
+        path,
+        opts,
+    )
+}
+
+/// Writes a mask (or any label map) as MetaImage `uint8` (`MET_UCHAR`) on `geometry`, the
+/// same way as [`write()`].
+pub fn write_mask(
+    mask: &Array3<u8>,
+    geometry: &Geometry,
+    path: &Path,
+    opts: &WriteOptions,
+) -> Result<()> {
+    let s = mask.shape();
+    let write_u8 = |w: &mut dyn Write| -> std::io::Result<()> {
+        match mask.as_slice() {
+            Some(bytes) => w.write_all(bytes),
+            None => {
+                let bytes: Vec<u8> = mask.iter().copied().collect();
+                w.write_all(&bytes)
+            }
+        }
+    };
+    write_voxels(
+        geometry,
+        [s[0], s[1], s[2]],
+        ElementType::U8,
+        &write_u8,
+        path,
+        opts,
+    )
+}
+
+type WriteData<'a> = &'a dyn Fn(&mut dyn Write) -> std::io::Result<()>;
+
+fn write_voxels(
+    geometry: &Geometry,
+    shape: [usize; 3],
+    element: ElementType,
+    write_raw: WriteData,
+    path: &Path,
+    opts: &WriteOptions,
+) -> Result<()> {
+    geometry.validate()?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -1097,7 +1149,7 @@ pub fn write(volume: &Volume, path: &Path, opts: &WriteOptions) -> Result<()> {
     // The compressed stream must be known before the header (CompressedDataSize).
     let compressed = if opts.compress {
         let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        write_i16_le(&volume.hu, &mut enc).map_err(|e| Error::io(path, e))?;
+        write_raw(&mut enc).map_err(|e| Error::io(path, e))?;
         Some(enc.finish().map_err(|e| Error::io(path, e))?)
     } else {
         None
@@ -1106,13 +1158,15 @@ pub fn write(volume: &Volume, path: &Path, opts: &WriteOptions) -> Result<()> {
     let write_data = |w: &mut dyn Write| -> std::io::Result<()> {
         match &compressed {
             Some(c) => w.write_all(c),
-            None => write_i16_le(&volume.hu, w),
+            None => write_raw(w),
         }
     };
+    let header =
+        |data_file: &str| header_text(geometry, shape, element, compressed_size, data_file);
 
     if single_file {
         let mut out = AtomicFile::create(path)?;
-        let header = header_text(volume, compressed_size, "LOCAL");
+        let header = header("LOCAL");
         out.write_with(|w| {
             w.write_all(header.as_bytes())?;
             write_data(w)
@@ -1133,7 +1187,7 @@ pub fn write(volume: &Volume, path: &Path, opts: &WriteOptions) -> Result<()> {
         let mut data = AtomicFile::create(&data_path)?;
         data.write_with(write_data)?;
         let mut header_file = AtomicFile::create(path)?;
-        let header = header_text(volume, compressed_size, &data_name);
+        let header = header(&data_name);
         header_file.write_with(|w| w.write_all(header.as_bytes()))?;
         data.commit()?;
         header_file.commit()

@@ -41,7 +41,7 @@ impl Format {
     }
 
     /// MetaImage or NIfTI when the file name ends in one of their extensions.
-    fn of_file_name(path: &Path) -> Option<Format> {
+    pub fn of_file_name(path: &Path) -> Option<Format> {
         let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
         if name.ends_with(".mhd") || name.ends_with(".mha") {
             Some(Format::MetaImage)
