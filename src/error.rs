@@ -93,6 +93,14 @@ pub enum Error {
     Eval(String),
 
     /// A caller passed an invalid argument or configuration.
+    /// Preprocessing could not go on (no lungs found, a patch larger than allowed...).
+    /// `source_name` is the series UID, or a description of the volume when it has none.
+    #[error("preprocessing {source_name}: {message}")]
+    Preprocess {
+        source_name: String,
+        message: String,
+    },
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }
@@ -148,6 +156,7 @@ impl Error {
             Error::Limit { .. } => "limit",
             Error::Geometry(_) => "geometry",
             Error::Csv { .. } | Error::Eval(_) => "evaluation",
+            Error::Preprocess { .. } => "preprocess",
             Error::InvalidArgument(_) => "argument",
         }
     }

@@ -1,8 +1,9 @@
 //! # lungcad
 //!
 //! Find lung nodules in chest CT. This crate loads CT (DICOM series, LUNA16/Tianchi
-//! MetaImage, NIfTI) into a geometry-aware HU [`Volume`], resamples it ([`preprocess`]), and
-//! evaluates detections with the LUNA16 FROC/CPM protocol ([`eval`]).
+//! MetaImage, NIfTI) into a geometry-aware HU [`Volume`], preprocesses it ([`preprocess`]:
+//! resampling, lung mask, crop, windowing, 128³ patches), and evaluates detections with
+//! the LUNA16 FROC/CPM protocol ([`eval`]).
 //!
 //! ## Conventions (used everywhere in lungcad)
 //!
@@ -29,6 +30,8 @@ pub mod eval;
 pub mod io;
 pub mod limits;
 pub mod preprocess;
+pub(crate) mod render;
+pub(crate) mod rng;
 pub mod volume;
 
 pub use error::{Error, Result, SeriesProblem};
