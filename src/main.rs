@@ -1,5 +1,8 @@
 //! The `lungcad` command-line tool.
 
+// See lib.rs: `Error` is large by design and only built on the cold path.
+#![allow(clippy::result_large_err)]
+
 use clap::{Args, Parser, Subcommand};
 use lungcad::{Error, Limits, LoadConfig, Volume};
 use std::path::PathBuf;
@@ -31,6 +34,39 @@ enum Command {
         input: Input,
         /// Output file: .mhd (+ .raw), .mha, .nii or .nii.gz.
         output: PathBuf,
+    },
+    /// Resample a CT, mask the lungs and find the crop to tile. Writes the resampled HU volume
+    /// (int16, before windowing) and optionally the lung mask (uint8, 0/1) with their
+    /// geometry, and a preview PNG; prints a summary.
+    Preprocess {
+        #[command(flatten)]
+        input: Input,
+        /// Output for the resampled volume: .mhd (+ .raw), .mha, .nii or .nii.gz.
+        #[arg(long)]
+        out: PathBuf,
+        /// Write the lung mask on the same grid: .mhd (+ .raw) or .mha.
+        #[arg(long)]
+        mask_out: Option<PathBuf>,
+        /// Output spacing in mm, isotropic [default: 1, or the --config file's].
+        #[arg(long)]
+        spacing: Option<f64>,
+        /// Write a PNG of three axial and three coronal slices with the lung mask outlined
+        /// (green) and the crop (amber).
+        #[arg(long)]
+        preview: Option<PathBuf>,
+        /// Preprocessing settings as JSON (a PreprocessConfig; missing fields take their
+        /// defaults). Print the defaults with --print-config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the preprocessing settings in use as JSON and exit without writing.
+        #[arg(long)]
+        print_config: bool,
+        /// Write only the crop (the lungs' box plus the margin) instead of the whole grid.
+        #[arg(long)]
+        crop: bool,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// LUNA16 FROC/CPM evaluation of a detection CSV, as the official protocol defines it.
     Eval {
@@ -162,6 +198,29 @@ fn run(cli: Cli) -> Result<(), Error> {
             lungcad::save(&v, &output)?;
             eprintln!("wrote {}", output.display());
         }
+        Command::Preprocess {
+            input,
+            out,
+            mask_out,
+            spacing,
+            preview,
+            config,
+            print_config,
+            crop,
+            json,
+        } => preprocess_command(
+            input,
+            PreprocessOutputs {
+                out,
+                mask_out,
+                preview,
+                crop,
+            },
+            spacing,
+            config,
+            print_config,
+            json,
+        )?,
         Command::Eval {
             annotations,
             excluded,
@@ -191,6 +250,168 @@ fn run(cli: Cli) -> Result<(), Error> {
                 eprintln!("wrote {}", png.display());
             }
         }
+    }
+    Ok(())
+}
+
+struct PreprocessOutputs {
+    out: PathBuf,
+    mask_out: Option<PathBuf>,
+    preview: Option<PathBuf>,
+    crop: bool,
+}
+
+fn preprocess_command(
+    input: Input,
+    outputs: PreprocessOutputs,
+    spacing: Option<f64>,
+    config: Option<PathBuf>,
+    print_config: bool,
+    json: bool,
+) -> Result<(), Error> {
+    use lungcad::preprocess::{self, PreprocessConfig};
+    let mut cfg = match &config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            PreprocessConfig::from_json(&text)?
+        }
+        None => PreprocessConfig::default(),
+    };
+    if let Some(s) = spacing {
+        cfg.spacing_mm = [s; 3];
+    }
+    cfg.validate()?;
+    if print_config {
+        println!("{}", cfg.to_json());
+        return Ok(());
+    }
+    // Refuse output names we cannot write before doing the work.
+    if let Some(m) = &outputs.mask_out {
+        if lungcad::io::Format::of_file_name(m) != Some(lungcad::io::Format::MetaImage) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the mask is written as MetaImage; use .mhd or .mha",
+                m.display()
+            )));
+        }
+    }
+    if lungcad::io::Format::of_file_name(&outputs.out).is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: output must end in .mhd, .mha, .nii or .nii.gz",
+            outputs.out.display()
+        )));
+    }
+    let t0 = std::time::Instant::now();
+    let volume = input.load()?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let limits = Limits {
+        max_voxels: input.max_voxels,
+        ..Limits::default()
+    };
+    let input_shape = volume.shape();
+    let pre = preprocess::preprocess_owned(volume, &cfg, &limits)?;
+    let t1 = std::time::Instant::now();
+    let (region, geometry) = if outputs.crop {
+        (pre.crop, pre.crop_geometry())
+    } else {
+        (preprocess::VoxelBox::of_shape(pre.shape()), *pre.geometry())
+    };
+    let sl = ndarray::s![
+        region.start[0]..region.end[0],
+        region.start[1]..region.end[1],
+        region.start[2]..region.end[2]
+    ];
+    if outputs.crop {
+        let mut v = Volume::new(pre.volume.hu.slice(sl).to_owned(), geometry)?;
+        v.info = pre.volume.info.clone();
+        lungcad::save(&v, &outputs.out)?;
+    } else {
+        lungcad::save(&pre.volume, &outputs.out)?;
+    }
+    if let Some(m) = &outputs.mask_out {
+        let opts = lungcad::io::metaimage::WriteOptions::default();
+        if outputs.crop {
+            let mask = pre.lung.mask.slice(sl).to_owned();
+            lungcad::io::metaimage::write_mask(&mask, &geometry, m, &opts)?;
+        } else {
+            lungcad::io::metaimage::write_mask(&pre.lung.mask, &geometry, m, &opts)?;
+        }
+    }
+    if let Some(p) = &outputs.preview {
+        preprocess::write_preview_png(&pre, p)?;
+    }
+    let write_s = t1.elapsed().as_secs_f64();
+    let g = pre.geometry();
+    let lb = pre.lung.lung_box;
+    let world = |b: [usize; 3]| g.voxel_to_world(b.map(|v| v as f64));
+    let tiles = pre.tiles()?;
+    let summary = serde_json::json!({
+        "series_uid": pre.volume.info.series_uid,
+        "input_shape_zyx": input_shape,
+        "shape_zyx": pre.shape(),
+        "spacing_mm_zyx": g.spacing_mm,
+        "origin_mm_xyz": g.origin_mm,
+        "lung_volume_ml": pre.lung.lung_volume_ml,
+        "mask_volume_ml": pre.lung.mask_volume_ml,
+        "lung_components": pre.lung.components,
+        "lung_box_vox": {"start": lb.start, "end": lb.end},
+        "lung_box_first_corner_mm_xyz": world(lb.start),
+        "lung_box_last_corner_mm_xyz": world(lb.end.map(|v| v.saturating_sub(1))),
+        "crop_vox": {"start": pre.crop.start, "end": pre.crop.end},
+        "written_region_vox": {"start": region.start, "end": region.end},
+        "tiles": tiles.len(),
+        "tiles_zyx": tiles.counts(),
+        "patch_size_vox": cfg.patch.size_vox,
+        "seconds": {
+            "load": load_s,
+            "resample": pre.timings.resample_s,
+            "lung_mask": pre.timings.lung_mask_s,
+            "write": write_s,
+        },
+    });
+    if json {
+        println!("{summary:#}");
+    } else {
+        let [z, y, x] = pre.shape();
+        let c = pre.crop.len();
+        let t = tiles.counts();
+        println!(
+            "series_uid:   {}",
+            pre.volume.info.series_uid.as_deref().unwrap_or("-")
+        );
+        println!(
+            "resampled:    {z} x {y} x {x} at {:?} mm (from {} x {} x {})",
+            g.spacing_mm, input_shape[0], input_shape[1], input_shape[2]
+        );
+        println!(
+            "lungs:        {:.0} mL in {} component(s); mask {:.0} mL (dilated {} mm)",
+            pre.lung.lung_volume_ml,
+            pre.lung.components,
+            pre.lung.mask_volume_ml,
+            cfg.lung_mask.dilation_mm
+        );
+        println!("lung box:     voxels {:?}..{:?}", lb.start, lb.end);
+        println!(
+            "crop:         {} x {} x {} voxels, {} tile(s) of {:?} ({} x {} x {})",
+            c[0],
+            c[1],
+            c[2],
+            tiles.len(),
+            cfg.patch.size_vox,
+            t[0],
+            t[1],
+            t[2]
+        );
+        println!(
+            "seconds:      load {load_s:.3}, resample {:.3}, lung mask {:.3}, write {write_s:.3}",
+            pre.timings.resample_s, pre.timings.lung_mask_s
+        );
+    }
+    eprintln!("wrote {}", outputs.out.display());
+    for p in outputs.mask_out.iter().chain(outputs.preview.iter()) {
+        eprintln!("wrote {}", p.display());
     }
     Ok(())
 }

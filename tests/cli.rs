@@ -1,4 +1,4 @@
-//! The `lungcad` binary: exit codes, one-line errors, `info`, `convert`.
+//! The `lungcad` binary: exit codes, one-line errors, `info`, `convert`, `preprocess`, `eval`.
 
 mod common;
 
@@ -224,4 +224,120 @@ fn eval_json_and_malformed_rows() {
     )
     .unwrap();
     assert_eq!(run("nan.csv").status.code(), Some(1));
+}
+
+#[test]
+fn preprocess_writes_volume_mask_and_preview_with_their_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new([2.5, 1.5, 1.5], [-190.0, -150.0, 40.0]);
+    let (v, nodule, _) = common::chest_phantom(g, [90, 170, 220], true);
+    let input = dir.path().join("phantom.mha");
+    lungcad::save(&v, &input).unwrap();
+    let (out, mask, png) = (
+        dir.path().join("pre.mhd"),
+        dir.path().join("mask.mha"),
+        dir.path().join("preview.png"),
+    );
+    let run = lungcad()
+        .arg("preprocess")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .arg("--mask-out")
+        .arg(&mask)
+        .arg("--preview")
+        .arg(&png)
+        .args(["--spacing", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        summary["spacing_mm_zyx"],
+        serde_json::json!([2.0, 2.0, 2.0])
+    );
+    assert_eq!(summary["lung_components"], 2);
+    let pre = lungcad::load(&out, &lungcad::LoadConfig::default()).unwrap();
+    let m = lungcad::load(&mask, &lungcad::LoadConfig::default()).unwrap();
+    assert_eq!(pre.geometry.spacing_mm, [2.0; 3]);
+    assert_eq!(pre.geometry.origin_mm, g.origin_mm);
+    assert_eq!(m.geometry, pre.geometry);
+    assert_eq!(m.shape(), pre.shape());
+    assert!(m.hu.iter().all(|&v| v == 0 || v == 1));
+    assert_eq!(
+        summary["shape_zyx"],
+        serde_json::json!(pre.shape()),
+        "the summary describes the file written"
+    );
+    // The nodule is bright in the resampled volume and inside the mask.
+    assert!(pre.hu_at_world(nodule).unwrap() > -100);
+    assert_eq!(m.hu_at_world(nodule), Some(1));
+    // The preview is a PNG of the documented layout: 3 panels of 330 px (x) per row.
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    assert_eq!(width, 3 * 165 + 4 * 6);
+
+    // --crop writes only the crop, whose geometry starts at the crop's first voxel.
+    let cropped = dir.path().join("crop.mha");
+    assert!(lungcad()
+        .arg("preprocess")
+        .arg(&input)
+        .arg("--out")
+        .arg(&cropped)
+        .args(["--spacing", "2", "--crop"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let c = lungcad::load(&cropped, &lungcad::LoadConfig::default()).unwrap();
+    let start = &summary["crop_vox"]["start"];
+    let first = pre.voxel_to_world([0, 1, 2].map(|a| start[a].as_f64().unwrap()));
+    for a in 0..3 {
+        assert!((c.geometry.origin_mm[a] - first[a]).abs() < 1e-9);
+    }
+    assert_eq!(c.hu_at_world(nodule), pre.hu_at_world(nodule));
+
+    // Errors: a mask file name that is not MetaImage, a volume without lungs.
+    let bad = lungcad()
+        .arg("preprocess")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .arg("--mask-out")
+        .arg(dir.path().join("mask.nii.gz"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let (solid, _, _) = common::chest_phantom(g, [20, 170, 220], false);
+    let solid_path = dir.path().join("solid.mha");
+    lungcad::save(&solid, &solid_path).unwrap();
+    let none = lungcad()
+        .arg("preprocess")
+        .arg(&solid_path)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        err.starts_with("error: preprocessing") && err.contains("no air-filled region"),
+        "{err}"
+    );
+    // --print-config prints the defaults as JSON a --config file accepts.
+    let cfg = lungcad()
+        .args(["preprocess", "x", "--out", "y.mha", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(cfg.status.success());
+    let text = String::from_utf8(cfg.stdout).unwrap();
+    assert_eq!(
+        lungcad::preprocess::PreprocessConfig::from_json(&text).unwrap(),
+        lungcad::preprocess::PreprocessConfig::default()
+    );
 }

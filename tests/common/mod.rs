@@ -66,3 +66,46 @@ pub fn python_with(modules: &str) -> Option<String> {
         None
     }
 }
+
+/// A small synthetic chest for preprocessing tests, on the grid `geometry`/`shape`:
+/// air outside an elliptic body (40 HU, half-axes 150 x 110 mm in x, y), two ellipsoidal
+/// lungs (-850 HU, centres x = -70 and +70 mm, half-axes 50 x 70 x 100 mm), a vessel
+/// (40 HU, radius 2.5 mm, along z) in the left lung, and a juxtapleural nodule (30 HU,
+/// radius 6 mm) touching the right lung's lateral wall, all centred on the grid's middle.
+/// Returns the volume, the nodule's world centre and the lungs' volume in mL.
+pub fn chest_phantom(
+    geometry: lungcad::Geometry,
+    shape: [usize; 3],
+    with_lungs: bool,
+) -> (lungcad::Volume, [f64; 3], f64) {
+    let centre = geometry.voxel_to_world(shape.map(|n| (n as f64 - 1.0) / 2.0));
+    let nodule = [centre[0] - 116.0, centre[1], centre[2] + 20.0];
+    let hu = ndarray::Array3::from_shape_fn(shape, |(z, y, x)| {
+        let w = geometry.voxel_to_world([z as f64, y as f64, x as f64]);
+        let d = [w[0] - centre[0], w[1] - centre[1], w[2] - centre[2]];
+        let noise = ((z * 7919 + y * 104_729 + x * 1_299_709) % 41) as i16 - 20;
+        let in_body = (d[0] / 150.0).powi(2) + (d[1] / 110.0).powi(2) < 1.0;
+        if !in_body {
+            return -1000 + noise;
+        }
+        let dn = [w[0] - nodule[0], w[1] - nodule[1], w[2] - nodule[2]];
+        if dn.iter().map(|v| v * v).sum::<f64>() < 36.0 {
+            return 30 + noise;
+        }
+        if with_lungs {
+            for side in [-70.0, 70.0] {
+                let e =
+                    ((d[0] - side) / 50.0).powi(2) + (d[1] / 70.0).powi(2) + (d[2] / 100.0).powi(2);
+                if e < 1.0 {
+                    let vessel = (d[0] - 75.0).powi(2) + (d[1] - 10.0).powi(2) < 6.25;
+                    return if vessel { 40 + noise } else { -850 + noise };
+                }
+            }
+        }
+        40 + noise
+    });
+    let mut v = lungcad::Volume::new(hu, geometry).expect("valid phantom geometry");
+    v.info.series_uid = Some("1.2.826.0.1.3680043.10.1234.1".into());
+    let lungs_ml = 2.0 * 4.0 / 3.0 * std::f64::consts::PI * 50.0 * 70.0 * 100.0 / 1000.0;
+    (v, nodule, lungs_ml)
+}
