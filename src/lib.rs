@@ -25,6 +25,7 @@
 // design and only built on the cold error path.
 #![allow(clippy::result_large_err)]
 
+pub mod detect;
 pub mod error;
 pub mod eval;
 pub mod io;

@@ -1,0 +1,121 @@
+//! From network outputs to nodules in world millimetres: the head's map layout, decoding,
+//! training targets ([`head`]), 3-D non-maximum suppression ([`nms`]), and detection
+//! outputs (LUNA16 CSV, JSON, the overlay PNG in [`overlay`]).
+//!
+//! The network itself (burn) builds on these; everything here is plain Rust on `ndarray`
+//! and runs the same on every device.
+
+pub mod head;
+pub mod nms;
+pub mod overlay;
+
+pub use head::{
+    cube_iou, decode_patch, encode_targets, ideal_output, Candidate, HeadLayout, TargetConfig,
+    VoxelNodule,
+};
+pub use nms::nms;
+pub use overlay::{render_overlay, write_overlay_png};
+
+use crate::error::{Error, Result};
+use crate::volume::Geometry;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How candidates become detections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// Candidates below this probability are dropped before NMS. Default 0.1.
+    pub min_probability: f32,
+    /// NMS drops a candidate whose cube overlaps a more probable kept one by more than
+    /// this IoU. Default 0.1.
+    pub nms_iou: f64,
+    /// At most this many detections per scan. Default 100.
+    pub max_detections: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig {
+            min_probability: 0.1,
+            nms_iou: 0.1,
+            max_detections: 100,
+        }
+    }
+}
+
+/// A detected nodule in world coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    /// Centre, world `(x, y, z)` LPS millimetres.
+    pub centre_world: [f64; 3],
+    pub diameter_mm: f64,
+    pub probability: f32,
+}
+
+/// NMS over `candidates` (centres in voxels of `grid`), then each kept one mapped to world
+/// millimetres through `grid`, most probable first.
+pub fn detections(
+    candidates: Vec<Candidate>,
+    grid: &Geometry,
+    config: &DecodeConfig,
+) -> Vec<Detection> {
+    let kept = nms(
+        candidates
+            .into_iter()
+            .filter(|c| c.probability >= config.min_probability)
+            .collect(),
+        grid.spacing_mm,
+        config.nms_iou,
+        config.max_detections,
+    );
+    kept.into_iter()
+        .map(|c| Detection {
+            centre_world: grid.voxel_to_world(c.centre_vox),
+            diameter_mm: c.diameter_mm,
+            probability: c.probability,
+        })
+        .collect()
+}
+
+/// Writes detections as a LUNA16 submission CSV: `seriesuid,coordX,coordY,coordZ,probability`.
+pub fn write_csv(detections: &[Detection], series_uid: &str, path: impl AsRef<Path>) -> Result<()> {
+    let rows: Vec<crate::eval::Candidate> = detections
+        .iter()
+        .map(|d| crate::eval::Candidate {
+            seriesuid: series_uid.to_string(),
+            coord_x: d.centre_world[0],
+            coord_y: d.centre_world[1],
+            coord_z: d.centre_world[2],
+            probability: d.probability as f64,
+        })
+        .collect();
+    crate::eval::write_predictions_csv(&rows, path)
+}
+
+/// Detections as JSON: `{"seriesuid", "detections": [{coordX, coordY, coordZ, diameter_mm,
+/// probability}]}`.
+pub fn to_json(detections: &[Detection], series_uid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "seriesuid": series_uid,
+        "detections": detections.iter().map(|d| serde_json::json!({
+            "coordX": d.centre_world[0],
+            "coordY": d.centre_world[1],
+            "coordZ": d.centre_world[2],
+            "diameter_mm": d.diameter_mm,
+            "probability": d.probability,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Writes [`to_json`] to `path`.
+pub fn write_json(
+    detections: &[Detection],
+    series_uid: &str,
+    path: impl AsRef<Path>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let text = serde_json::to_string_pretty(&to_json(detections, series_uid))
+        .map_err(|e| Error::InvalidArgument(format!("JSON: {e}")))?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
