@@ -301,12 +301,7 @@ impl Preprocessed {
 
     /// The windowed patch of `size_vox` at `offset` (see [`Preprocessed::patch_into`]).
     pub fn patch(&self, offset: [i64; 3], size_vox: [usize; 3]) -> Result<Patch> {
-        PatchConfig {
-            size_vox,
-            overlap_vox: [0; 3],
-            pad_hu: 0.0,
-        }
-        .validate()?;
+        patches::check_patch_size(size_vox)?;
         let mut data = Array3::zeros(size_vox);
         self.patch_into(offset, data.view_mut());
         let g = self.geometry();

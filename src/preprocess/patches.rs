@@ -42,16 +42,21 @@ impl Default for PatchConfig {
 /// Largest patch side accepted (voxels).
 pub const MAX_PATCH_SIDE: usize = 1024;
 
+/// Checks a patch size is 1 to [`MAX_PATCH_SIDE`] voxels per axis.
+pub(crate) fn check_patch_size(size_vox: [usize; 3]) -> Result<()> {
+    if size_vox.iter().any(|&n| n == 0 || n > MAX_PATCH_SIDE) {
+        return Err(Error::InvalidArgument(format!(
+            "patch size {size_vox:?} must be 1 to {MAX_PATCH_SIDE} voxels per axis"
+        )));
+    }
+    Ok(())
+}
+
 impl PatchConfig {
     /// Checks sizes are positive, at most [`MAX_PATCH_SIDE`], and overlaps below the sizes.
     pub fn validate(&self) -> Result<()> {
+        check_patch_size(self.size_vox)?;
         for a in 0..3 {
-            if self.size_vox[a] == 0 || self.size_vox[a] > MAX_PATCH_SIDE {
-                return Err(Error::InvalidArgument(format!(
-                    "patch size {:?} must be 1 to {MAX_PATCH_SIDE} voxels per axis",
-                    self.size_vox
-                )));
-            }
             if self.overlap_vox[a] >= self.size_vox[a] {
                 return Err(Error::InvalidArgument(format!(
                     "patch overlap {:?} must be smaller than the patch size {:?}",
@@ -177,8 +182,11 @@ impl Stitcher {
     /// parts outside the region are ignored.
     pub fn add(&mut self, offset: [i64; 3], patch: ArrayView3<f32>) {
         let shape = patch.shape();
+        // The overlap in region voxels (`lo..hi`) and in patch voxels (`src_lo..src_hi`).
         let mut lo = [0usize; 3];
         let mut hi = [0usize; 3];
+        let mut src_lo = [0usize; 3];
+        let mut src_hi = [0usize; 3];
         for a in 0..3 {
             let r0 = self.region.start[a] as i64;
             let r1 = self.region.end[a] as i64;
@@ -187,16 +195,13 @@ impl Stitcher {
             if p0 >= p1 {
                 return;
             }
-            lo[a] = (p0 - r0) as usize;
-            hi[a] = (p1 - r0) as usize;
+            (lo[a], hi[a]) = ((p0 - r0) as usize, (p1 - r0) as usize);
+            (src_lo[a], src_hi[a]) = ((p0 - offset[a]) as usize, (p1 - offset[a]) as usize);
         }
         let src = patch.slice(s![
-            (lo[0] as i64 + self.region.start[0] as i64 - offset[0]) as usize
-                ..(hi[0] as i64 + self.region.start[0] as i64 - offset[0]) as usize,
-            (lo[1] as i64 + self.region.start[1] as i64 - offset[1]) as usize
-                ..(hi[1] as i64 + self.region.start[1] as i64 - offset[1]) as usize,
-            (lo[2] as i64 + self.region.start[2] as i64 - offset[2]) as usize
-                ..(hi[2] as i64 + self.region.start[2] as i64 - offset[2]) as usize
+            src_lo[0]..src_hi[0],
+            src_lo[1]..src_hi[1],
+            src_lo[2]..src_hi[2]
         ]);
         let mut dst = self
             .values
@@ -273,12 +278,7 @@ impl PatchSampler {
                 "jitter must be a non-negative number of mm, got {jitter_mm}"
             )));
         }
-        PatchConfig {
-            size_vox,
-            overlap_vox: [0; 3],
-            pad_hu: 0.0,
-        }
-        .validate()?;
+        check_patch_size(size_vox)?;
         Ok(PatchSampler {
             rng: SplitMix64::new(seed),
             size_vox,

@@ -12,9 +12,8 @@ import time
 import SimpleITK as sitk
 
 
-def main(src, dst, sz, sy, sx):
-    img = sitk.ReadImage(src)
-    new_spacing = (float(sx), float(sy), float(sz))
+def lungcad_grid_filter(img, new_spacing):
+    """A ResampleImageFilter onto lungcad's grid for `img` at `new_spacing` (x, y, z)."""
     # round half up, as lungcad documents (Python round() would round 332.5 to 332)
     size = [max(1, int(math.floor(n * s / t + 0.5))) for n, s, t in zip(img.GetSize(), img.GetSpacing(), new_spacing)]
     f = sitk.ResampleImageFilter()
@@ -25,6 +24,12 @@ def main(src, dst, sz, sy, sx):
     f.SetInterpolator(sitk.sitkLinear)
     f.SetDefaultPixelValue(-1024)
     f.SetOutputPixelType(sitk.sitkFloat32)
+    return f
+
+
+def main(src, dst, sz, sy, sx):
+    img = sitk.ReadImage(src)
+    f = lungcad_grid_filter(img, (float(sx), float(sy), float(sz)))
     t0 = time.perf_counter()
     out = f.Execute(img)
     print(f"simpleitk_resample_s {time.perf_counter() - t0:.4f}")
