@@ -101,6 +101,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A model file that cannot be used: not a lungcad model, another format version,
+    /// configs that do not parse, weights missing or of the wrong shape.
+    #[error("{}: model: {message}", path.display())]
+    Model { path: PathBuf, message: String },
+
+    /// The compute device could not be used (no wgpu adapter, no CUDA in this build, a
+    /// failed read-back).
+    #[error("device: {0}")]
+    Device(String),
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }
@@ -157,6 +167,8 @@ impl Error {
             Error::Geometry(_) => "geometry",
             Error::Csv { .. } | Error::Eval(_) => "evaluation",
             Error::Preprocess { .. } => "preprocess",
+            Error::Model { .. } => "model",
+            Error::Device(_) => "device",
             Error::InvalidArgument(_) => "argument",
         }
     }

@@ -30,6 +30,7 @@ pub mod error;
 pub mod eval;
 pub mod io;
 pub mod limits;
+pub mod model;
 pub mod preprocess;
 pub(crate) mod render;
 pub(crate) mod rng;

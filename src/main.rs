@@ -68,6 +68,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find nodules: preprocess with the model's settings, run the network over the lung
+    /// tiles in batches, decode, 3-D NMS; prints the detections (world mm, LPS) and writes
+    /// them as a LUNA16 CSV or JSON, and an overlay PNG.
+    Detect {
+        #[command(flatten)]
+        input: Input,
+        /// Model file (safetensors with lungcad metadata; see `lungcad init-model`).
+        #[arg(long)]
+        model: PathBuf,
+        /// Where the network runs: auto (wgpu when an adapter exists, else cpu), wgpu, cpu,
+        /// or cuda (builds with the cuda feature).
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Tiles per forward pass; memory grows with it, not with the scan.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Lowest probability reported.
+        #[arg(long, default_value_t = lungcad::detect::DecodeConfig::default().min_probability)]
+        threshold: f32,
+        /// Most detections reported.
+        #[arg(long, default_value_t = lungcad::detect::DecodeConfig::default().max_detections)]
+        max_detections: usize,
+        /// Write the detections: .csv (LUNA16 submission columns) or .json (adds diameter_mm).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write a PNG with axial, coronal and sagittal slices through the top detections.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+    },
+    /// Write a model file with freshly initialised, untrained weights (the starting point of
+    /// training, and a way to run the pipeline end to end before training).
+    InitModel {
+        /// Output model file (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the weight initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Network shape as JSON (a DetectorConfig; missing fields take their defaults).
+        #[arg(long)]
+        detector_config: Option<PathBuf>,
+        /// Preprocessing settings as JSON (a PreprocessConfig).
+        #[arg(long)]
+        preprocess_config: Option<PathBuf>,
+    },
     /// LUNA16 FROC/CPM evaluation of a detection CSV, as the official protocol defines it.
     Eval {
         /// Reference nodules: seriesuid,coordX,coordY,coordZ,diameter_mm (LUNA16 annotations.csv).
@@ -221,6 +266,62 @@ fn run(cli: Cli) -> Result<(), Error> {
             print_config,
             json,
         )?,
+        Command::Detect {
+            input,
+            model,
+            device,
+            batch_size,
+            threshold,
+            max_detections,
+            out,
+            overlay,
+        } => detect_command(
+            input,
+            &model,
+            &device,
+            batch_size,
+            lungcad::detect::DecodeConfig {
+                min_probability: threshold,
+                max_detections,
+                ..lungcad::detect::DecodeConfig::default()
+            },
+            out,
+            overlay,
+        )?,
+        Command::InitModel {
+            out,
+            seed,
+            detector_config,
+            preprocess_config,
+        } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).map_err(|e| Error::Io {
+                    path: p.clone(),
+                    source: e,
+                })
+            };
+            let config: lungcad::model::DetectorConfig = match &detector_config {
+                Some(p) => serde_json::from_str(&read(p)?).map_err(|e| {
+                    Error::InvalidArgument(format!("{}: detector config: {e}", p.display()))
+                })?,
+                None => Default::default(),
+            };
+            let pre = match &preprocess_config {
+                Some(p) => lungcad::preprocess::PreprocessConfig::from_json(&read(p)?)?,
+                None => Default::default(),
+            };
+            let (device, _) = lungcad::model::select_device(lungcad::model::DeviceChoice::Cpu)?;
+            let d = lungcad::model::Detector::new(config, pre, &device, seed)?;
+            d.save(&out)?;
+            let cost = d.config.cost(d.preprocess.patch.size_vox);
+            eprintln!(
+                "wrote {} ({} parameters, {:.1} GFLOPs per {:?} patch, untrained)",
+                out.display(),
+                cost.parameters,
+                cost.gflops(),
+                d.preprocess.patch.size_vox
+            );
+        }
         Command::Eval {
             annotations,
             excluded,
@@ -250,6 +351,90 @@ fn run(cli: Cli) -> Result<(), Error> {
                 eprintln!("wrote {}", png.display());
             }
         }
+    }
+    Ok(())
+}
+
+fn detect_command(
+    input: Input,
+    model: &std::path::Path,
+    device: &str,
+    batch_size: usize,
+    decode: lungcad::detect::DecodeConfig,
+    out: Option<PathBuf>,
+    overlay: Option<PathBuf>,
+) -> Result<(), Error> {
+    use lungcad::{detect, model as m, preprocess};
+    if let Some(o) = &out {
+        let name = o.to_string_lossy().to_ascii_lowercase();
+        if !(name.ends_with(".csv") || name.ends_with(".json")) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: detections are written as .csv or .json",
+                o.display()
+            )));
+        }
+    }
+    let (dev, dev_name) = m::select_device(device.parse()?)?;
+    let detector = m::Detector::load(model, &dev)?;
+    let t0 = std::time::Instant::now();
+    let volume = input.load()?;
+    let uid = volume.info.series_uid.clone().unwrap_or_else(|| {
+        input
+            .ct
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let limits = Limits {
+        max_voxels: input.max_voxels,
+        ..Limits::default()
+    };
+    let pre = preprocess::preprocess_owned(volume, &detector.preprocess, &limits)?;
+    let t1 = std::time::Instant::now();
+    let tiles = pre.tiles()?.len();
+    let bar = indicatif::ProgressBar::new(tiles as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} tiles, {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(format!("detect on {dev_name}"));
+    let candidates =
+        detector.candidates(&pre, batch_size, decode.min_probability, &mut |done, _| {
+            bar.set_position(done as u64)
+        })?;
+    bar.finish_and_clear();
+    let t2 = std::time::Instant::now();
+    let n_candidates = candidates.len();
+    let dets = detect::detections(candidates, pre.geometry(), &decode);
+    println!("rank  coordX_mm  coordY_mm  coordZ_mm  diameter_mm  probability");
+    for (i, d) in dets.iter().enumerate() {
+        println!(
+            "{:>4}  {:>9.2}  {:>9.2}  {:>9.2}  {:>11.1}  {:>11.4}",
+            i + 1,
+            d.centre_world[0],
+            d.centre_world[1],
+            d.centre_world[2],
+            d.diameter_mm,
+            d.probability
+        );
+    }
+    eprintln!(
+        "{} detection(s) from {n_candidates} candidate(s) over {tiles} tile(s) on {dev_name}; preprocessing {:.2} s, network {:.2} s",
+        dets.len(),
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64()
+    );
+    if let Some(o) = &out {
+        if o.to_string_lossy().to_ascii_lowercase().ends_with(".json") {
+            detect::write_json(&dets, &uid, o)?;
+        } else {
+            detect::write_csv(&dets, &uid, o)?;
+        }
+        eprintln!("wrote {}", o.display());
+    }
+    if let Some(p) = &overlay {
+        detect::write_overlay_png(&pre.volume, &dets, 5, p)?;
+        eprintln!("wrote {}", p.display());
     }
     Ok(())
 }

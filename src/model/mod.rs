@@ -1,0 +1,489 @@
+//! The 3-D CNN detector on burn: its config ([`DetectorConfig`]), network ([`net`]), the
+//! tensor ops burn lacks ([`ops`]), device selection, batched inference over a scan's
+//! tiles, and model files.
+//!
+//! Backends are chosen at run time ([`select_device`]): wgpu (Vulkan, Metal, DX12) when an
+//! adapter exists, else burn's pure-Rust CPU backend `flex`; `cuda` behind the crate
+//! feature of that name.
+//!
+//! ## Model files
+//!
+//! A model file is a [safetensors](https://github.com/huggingface/safetensors) file: the
+//! network's weights under PyTorch's names for the same modules (`enc1.blocks.0.conv1.weight`,
+//! `stem1.bn.running_var`, ...; batch-norm scale and shift as `weight` and `bias`) and, in
+//! the header's metadata, `lungcad_model_format` (currently `1`), `detector_config` and
+//! `preprocess_config` (JSON). The PyTorch reference (`python/reference/detector.py`) loads
+//! it as a `state_dict` and saves its own weights in the same form.
+
+pub mod net;
+pub mod ops;
+
+pub use net::DetectorNet;
+
+use crate::detect::{decode_patch, Candidate, HeadLayout};
+use crate::error::{Error, Result};
+use crate::preprocess::{PreprocessConfig, Preprocessed};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The model file format this build reads and writes.
+pub const MODEL_FORMAT: &str = "1";
+
+/// Shape of the network. Defaults follow grt123's widths at a lighter decoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// Input channels (1: the windowed CT).
+    pub in_channels: usize,
+    /// Channels of the stem and of encoder stages 1 to 4 (strides 1, 2, 4, 8, 16).
+    /// Default 24, 32, 64, 64, 64.
+    pub channels: [usize; 5],
+    /// Residual blocks in encoder stages 1 to 4. Default 2, 2, 3, 3.
+    pub blocks: [usize; 4],
+    /// Channels of the decoder (strides 8 and 4) and the head. Default 64.
+    pub decoder_channels: usize,
+    /// Residual blocks per decoder stage. Default 1.
+    pub decoder_blocks: usize,
+    /// Output stride (must be 4) and anchors.
+    pub head: HeadLayout,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            in_channels: 1,
+            channels: [24, 32, 64, 64, 64],
+            blocks: [2, 2, 3, 3],
+            decoder_channels: 64,
+            decoder_blocks: 1,
+            head: HeadLayout::default(),
+        }
+    }
+}
+
+/// Parameters and multiply-accumulates of a network.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NetworkCost {
+    /// Learnable parameters (convolution weights and biases, batch-norm scales and shifts).
+    pub parameters: u64,
+    /// Multiply-accumulate operations of one forward pass of one patch (convolutions).
+    pub macs: u64,
+}
+
+impl NetworkCost {
+    /// GFLOPs of one forward pass (2 per multiply-accumulate).
+    pub fn gflops(&self) -> f64 {
+        2.0 * self.macs as f64 / 1e9
+    }
+}
+
+impl DetectorConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.head.validate()?;
+        if self.head.stride_vox != 4 {
+            return Err(Error::InvalidArgument(format!(
+                "the detector's output stride is 4, the head layout says {}",
+                self.head.stride_vox
+            )));
+        }
+        if self.in_channels == 0
+            || self.decoder_channels == 0
+            || self.channels.contains(&0)
+            || self
+                .channels
+                .iter()
+                .chain([&self.decoder_channels])
+                .any(|&c| c > 1024)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "channel counts must be 1 to 1024: {:?}, decoder {}",
+                self.channels, self.decoder_channels
+            )));
+        }
+        if self
+            .blocks
+            .iter()
+            .chain([&self.decoder_blocks])
+            .any(|&b| b == 0 || b > 16)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "block counts must be 1 to 16: {:?}, decoder {}",
+                self.blocks, self.decoder_blocks
+            )));
+        }
+        Ok(())
+    }
+
+    /// Builds the network with freshly initialised weights on `device`.
+    pub fn init_net(&self, device: &Device) -> Result<DetectorNet> {
+        self.validate()?;
+        Ok(DetectorNet::new(self, device))
+    }
+
+    /// Parameter count and per-patch cost for a patch of `patch_vox` (multiples of 16).
+    pub fn cost(&self, patch_vox: [usize; 3]) -> NetworkCost {
+        let vox =
+            |stride: usize| -> u64 { patch_vox.iter().map(|&n| (n / stride) as u64).product() };
+        let mut p = 0u64;
+        let mut m = 0u64;
+        let mut conv = |k: u64, cin: usize, cout: usize, bias: bool, stride: usize| {
+            let w = k * k * k * cin as u64 * cout as u64;
+            p += w + if bias { cout as u64 } else { 0 };
+            m += w * vox(stride);
+        };
+        let mut bn_params = 0u64;
+        let [c0, c1, c2, c3, c4] = self.channels;
+        conv(3, self.in_channels, c0, false, 1);
+        conv(3, c0, c0, false, 1);
+        bn_params += 2 * 2 * c0 as u64;
+        let mut stage =
+            |cin: usize,
+             cout: usize,
+             n: usize,
+             stride: usize,
+             conv: &mut dyn FnMut(u64, usize, usize, bool, usize)| {
+                let mut bn = 0u64;
+                for i in 0..n {
+                    let ci = if i == 0 { cin } else { cout };
+                    conv(3, ci, cout, false, stride);
+                    conv(3, cout, cout, false, stride);
+                    bn += 2 * 2 * cout as u64;
+                    if ci != cout {
+                        conv(1, ci, cout, false, stride);
+                        bn += 2 * cout as u64;
+                    }
+                }
+                bn
+            };
+        bn_params += stage(c0, c1, self.blocks[0], 2, &mut conv);
+        bn_params += stage(c1, c2, self.blocks[1], 4, &mut conv);
+        bn_params += stage(c2, c3, self.blocks[2], 8, &mut conv);
+        bn_params += stage(c3, c4, self.blocks[3], 16, &mut conv);
+        let cd = self.decoder_channels;
+        bn_params += stage(c4 + c3, cd, self.decoder_blocks, 8, &mut conv);
+        bn_params += stage(cd + c2, cd, self.decoder_blocks, 4, &mut conv);
+        conv(1, cd, cd, true, 4);
+        conv(1, cd, self.head.channels(), true, 4);
+        NetworkCost {
+            parameters: p + bn_params,
+            macs: m,
+        }
+    }
+}
+
+/// Where the network runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// wgpu when an adapter exists, else the CPU.
+    Auto,
+    /// wgpu (Vulkan, Metal, DX12); an error when no adapter exists.
+    Wgpu,
+    /// burn's pure-Rust CPU backend (flex), multi-threaded.
+    Cpu,
+    /// CUDA (the `cuda` feature).
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "wgpu" => Ok(DeviceChoice::Wgpu),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            other => Err(Error::InvalidArgument(format!(
+                "device {other:?}: use auto, wgpu, cpu or cuda"
+            ))),
+        }
+    }
+}
+
+/// The process's wgpu device, initialised once (burn refuses a second initialisation).
+fn wgpu_device() -> std::result::Result<Device, String> {
+    static WGPU: std::sync::OnceLock<std::result::Result<Device, String>> =
+        std::sync::OnceLock::new();
+    WGPU.get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
+        .clone()
+}
+
+/// The device for `choice`, and a short description of it (`wgpu`, `cpu (flex)`, `cuda:0`).
+pub fn select_device(choice: DeviceChoice) -> Result<(Device, String)> {
+    match choice {
+        DeviceChoice::Cpu => Ok((Device::flex(), "cpu (flex)".into())),
+        DeviceChoice::Wgpu => wgpu_device()
+            .map(|d| (d, "wgpu".into()))
+            .map_err(|e| Error::Device(format!("no wgpu adapter: {e}"))),
+        DeviceChoice::Auto => Ok(match wgpu_device() {
+            Ok(d) => (d, "wgpu".into()),
+            Err(e) => {
+                tracing::info!("no wgpu adapter ({e}); running on the CPU");
+                (Device::flex(), "cpu (flex)".into())
+            }
+        }),
+        DeviceChoice::Cuda => cuda_device(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<(Device, String)> {
+    Ok((Device::cuda(0), "cuda:0".into()))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Result<(Device, String)> {
+    Err(Error::Device(
+        "this build has no CUDA support (rebuild with --features cuda)".into(),
+    ))
+}
+
+/// A detector ready to run: the network on its device, with the configs it was built and
+/// trained with.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    pub net: DetectorNet,
+    pub config: DetectorConfig,
+    pub preprocess: PreprocessConfig,
+    device: Device,
+}
+
+fn model_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Model {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+impl Detector {
+    /// A detector with freshly initialised weights, seeded.
+    pub fn new(
+        config: DetectorConfig,
+        preprocess: PreprocessConfig,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        preprocess.validate()?;
+        config.head.output_shape(preprocess.patch.size_vox)?;
+        if preprocess.patch.size_vox.iter().any(|n| n % 16 != 0) {
+            return Err(Error::InvalidArgument(format!(
+                "patch size {:?} must be a multiple of 16 (the encoder's stride)",
+                preprocess.patch.size_vox
+            )));
+        }
+        device.seed(seed);
+        let net = config.init_net(device)?;
+        Ok(Detector {
+            net,
+            config,
+            preprocess,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs the network on `batch` patches of `patch_vox` given as one `(B, 1, D, H, W)`
+    /// buffer; returns the output map `(B, 5A, D/4, H/4, W/4)` as one buffer.
+    pub fn forward_batch(
+        &self,
+        input: Vec<f32>,
+        batch: usize,
+        patch_vox: [usize; 3],
+    ) -> Result<Vec<f32>> {
+        let [d, h, w] = patch_vox;
+        if input.len() != batch * d * h * w {
+            return Err(Error::InvalidArgument(format!(
+                "input holds {} values, not {batch} x {d} x {h} x {w}",
+                input.len()
+            )));
+        }
+        let x = Tensor::<5>::from_data(TensorData::new(input, [batch, 1, d, h, w]), &self.device);
+        self.net
+            .forward(x)
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Device(format!("reading the network's output: {e:?}")))
+    }
+
+    /// Candidates of a preprocessed scan: its tiles cut in batches of `batch_size`, run
+    /// through the network and decoded (probability at least `min_probability`). Memory is
+    /// bounded by the batch. `progress(done, total)` is called after each batch.
+    pub fn candidates(
+        &self,
+        pre: &Preprocessed,
+        batch_size: usize,
+        min_probability: f32,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Candidate>> {
+        if batch_size == 0 {
+            return Err(Error::InvalidArgument(
+                "batch size must be at least 1".into(),
+            ));
+        }
+        let patch = self.preprocess.patch.size_vox;
+        let grid =
+            crate::preprocess::PatchGrid::new(pre.crop, patch, self.preprocess.patch.overlap_vox)?;
+        let offsets: Vec<[i64; 3]> = grid.offsets().collect();
+        let out_shape = self.config.head.output_shape(patch)?;
+        let channels = self.config.head.channels();
+        let per_patch_in = patch.iter().product::<usize>();
+        let per_patch_out = channels * out_shape.iter().product::<usize>();
+        let mut candidates = Vec::new();
+        for (done, chunk) in offsets.chunks(batch_size).enumerate() {
+            let mut input = vec![0f32; chunk.len() * per_patch_in];
+            for (k, o) in chunk.iter().enumerate() {
+                let view = ndarray::ArrayViewMut3::from_shape(
+                    patch,
+                    &mut input[k * per_patch_in..(k + 1) * per_patch_in],
+                )
+                .map_err(|e| Error::InvalidArgument(format!("patch buffer: {e}")))?;
+                pre.patch_into(*o, view);
+            }
+            let output = self.forward_batch(input, chunk.len(), patch)?;
+            for (k, o) in chunk.iter().enumerate() {
+                let map = ndarray::ArrayView4::from_shape(
+                    (channels, out_shape[0], out_shape[1], out_shape[2]),
+                    &output[k * per_patch_out..(k + 1) * per_patch_out],
+                )
+                .map_err(|e| Error::InvalidArgument(format!("output buffer: {e}")))?;
+                decode_patch(
+                    map,
+                    &self.config.head,
+                    pre.geometry().spacing_mm,
+                    *o,
+                    min_probability,
+                    &mut candidates,
+                )?;
+            }
+            progress(
+                (done * batch_size + chunk.len()).min(offsets.len()),
+                offsets.len(),
+            );
+        }
+        Ok(candidates)
+    }
+
+    /// Writes the model file (see the module docs); an existing file is replaced.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+        let path = path.as_ref();
+        let to_json = |v: std::result::Result<String, serde_json::Error>| {
+            v.map_err(|e| model_error(path, format!("config to JSON: {e}")))
+        };
+        let mut store = SafetensorsStore::from_file(path)
+            .with_to_adapter(BurnToPyTorchAdapter)
+            .skip_enum_variants(true)
+            .overwrite(true)
+            .metadata("lungcad_model_format", MODEL_FORMAT)
+            .metadata(
+                "detector_config",
+                to_json(serde_json::to_string(&self.config))?,
+            )
+            .metadata(
+                "preprocess_config",
+                to_json(serde_json::to_string(&self.preprocess))?,
+            );
+        self.net
+            .save_into(&mut store)
+            .map_err(|e| model_error(path, format!("writing: {e}")))
+    }
+
+    /// Reads a model file onto `device`. A file that is not a lungcad model, of another
+    /// format version, with configs that do not parse, or whose tensors are missing, of the
+    /// wrong shape or corrupt, is an [`Error::Model`] naming the file.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+        let path = path.as_ref();
+        let meta = read_safetensors_metadata(path)?;
+        let format = meta.get("lungcad_model_format").ok_or_else(|| {
+            model_error(
+                path,
+                "not a lungcad model (no lungcad_model_format in its metadata)",
+            )
+        })?;
+        if format != MODEL_FORMAT {
+            return Err(model_error(
+                path,
+                format!("model format {format}, this build reads format {MODEL_FORMAT}"),
+            ));
+        }
+        let parse = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| model_error(path, format!("no {key} in its metadata")))
+        };
+        let config: DetectorConfig = serde_json::from_str(parse("detector_config")?)
+            .map_err(|e| model_error(path, format!("detector_config: {e}")))?;
+        let preprocess: PreprocessConfig = serde_json::from_str(parse("preprocess_config")?)
+            .map_err(|e| model_error(path, format!("preprocess_config: {e}")))?;
+        let mut detector = Detector::new(config, preprocess, device, 0)
+            .map_err(|e| model_error(path, format!("its configs: {e}")))?;
+        let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter);
+        let applied = detector
+            .net
+            .load_from(&mut store)
+            .map_err(|e| model_error(path, format!("reading weights: {e}")))?;
+        if !applied.errors.is_empty() || !applied.missing.is_empty() {
+            return Err(model_error(
+                path,
+                format!(
+                    "weights do not fit the network: {} missing ({}), {} errors ({})",
+                    applied.missing.len(),
+                    applied
+                        .missing
+                        .iter()
+                        .take(3)
+                        .map(|m| format!("{m:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    applied.errors.len(),
+                    applied
+                        .errors
+                        .iter()
+                        .take(3)
+                        .map(|m| format!("{m:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            ));
+        }
+        Ok(detector)
+    }
+}
+
+/// The `__metadata__` map of a safetensors file's header, read without loading tensors.
+pub fn read_safetensors_metadata(path: &Path) -> Result<std::collections::HashMap<String, String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| {
+        model_error(
+            path,
+            "not a safetensors file (shorter than its 8-byte header length)",
+        )
+    })?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 || n + 8 > file_len {
+        return Err(model_error(
+            path,
+            format!("not a safetensors file (header length {n} for a file of {file_len} bytes)"),
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| model_error(path, format!("safetensors header is not JSON: {e}")))?;
+    let mut out = std::collections::HashMap::new();
+    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
+        for (k, v) in m {
+            if let Some(s) = v.as_str() {
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,162 @@
+//! The detector network: a residual 3-D encoder down to stride 16 and a decoder back to
+//! stride 4 with skip connections, ending in the per-anchor head (grt123 / DeepLung
+//! lineage). Field names match the PyTorch reference (`python/reference/detector.py`) so
+//! safetensors weights map one to one.
+//!
+//! ```text
+//! input (B, 1, D, H, W)
+//! stem:    conv3 + BN + ReLU, conv3 + BN + ReLU            c0   stride 1
+//! enc1..4: maxpool 2, residual blocks                    c1..c4 stride 2, 4, 8, 16
+//! dec3:    upsample 2 (enc4), concat enc3, 1x1 conv, blocks  cd   stride 8
+//! dec2:    upsample 2 (dec3), concat enc2, 1x1 conv, blocks  cd   stride 4
+//! head:    1x1 conv + ReLU, 1x1 conv -> 5 x anchors          (B, 5A, D/4, H/4, W/4)
+//! ```
+
+use super::ops::{max_pool3d_2, upsample_nearest3d_2};
+use super::DetectorConfig;
+use burn::nn::conv::{Conv3d, Conv3dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig3d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+fn conv3(c_in: usize, c_out: usize, device: &Device) -> Conv3d {
+    Conv3dConfig::new([c_in, c_out], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+        .with_bias(false)
+        .init(device)
+}
+
+fn conv1(c_in: usize, c_out: usize, bias: bool, device: &Device) -> Conv3d {
+    Conv3dConfig::new([c_in, c_out], [1, 1, 1])
+        .with_bias(bias)
+        .init(device)
+}
+
+/// Convolution, batch norm, ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBnRelu {
+    pub conv: Conv3d,
+    pub bn: BatchNorm,
+}
+
+impl ConvBnRelu {
+    fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
+        ConvBnRelu {
+            conv: conv3(c_in, c_out, device),
+            bn: BatchNormConfig::new(c_out).init(device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        relu(self.bn.forward(self.conv.forward(x)))
+    }
+}
+
+/// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, the shortcut a 1x1 conv + BN
+/// when the channel count changes.
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    pub conv1: Conv3d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv3d,
+    pub bn2: BatchNorm,
+    pub shortcut: Option<Conv3d>,
+    pub shortcut_bn: Option<BatchNorm>,
+}
+
+impl ResBlock {
+    fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
+        let projection = c_in != c_out;
+        ResBlock {
+            conv1: conv3(c_in, c_out, device),
+            bn1: BatchNormConfig::new(c_out).init(device),
+            conv2: conv3(c_out, c_out, device),
+            bn2: BatchNormConfig::new(c_out).init(device),
+            shortcut: projection.then(|| conv1(c_in, c_out, false, device)),
+            shortcut_bn: projection.then(|| BatchNormConfig::new(c_out).init(device)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let skip = match (&self.shortcut, &self.shortcut_bn) {
+            (Some(c), Some(b)) => b.forward(c.forward(x.clone())),
+            _ => x.clone(),
+        };
+        let y = relu(self.bn1.forward(self.conv1.forward(x)));
+        relu(self.bn2.forward(self.conv2.forward(y)) + skip)
+    }
+}
+
+/// A stage: residual blocks, the first changing the channel count.
+#[derive(Module, Debug)]
+pub struct Stage {
+    pub blocks: Vec<ResBlock>,
+}
+
+impl Stage {
+    fn new(c_in: usize, c_out: usize, n: usize, device: &Device) -> Self {
+        Stage {
+            blocks: (0..n.max(1))
+                .map(|i| ResBlock::new(if i == 0 { c_in } else { c_out }, c_out, device))
+                .collect(),
+        }
+    }
+
+    pub fn forward(&self, mut x: Tensor<5>) -> Tensor<5> {
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        x
+    }
+}
+
+/// The network; build it with [`DetectorConfig::init_net`].
+#[derive(Module, Debug)]
+pub struct DetectorNet {
+    pub stem1: ConvBnRelu,
+    pub stem2: ConvBnRelu,
+    pub enc1: Stage,
+    pub enc2: Stage,
+    pub enc3: Stage,
+    pub enc4: Stage,
+    pub dec3: Stage,
+    pub dec2: Stage,
+    pub head1: Conv3d,
+    pub head2: Conv3d,
+}
+
+impl DetectorNet {
+    pub(crate) fn new(cfg: &DetectorConfig, device: &Device) -> Self {
+        let [c0, c1, c2, c3, c4] = cfg.channels;
+        let cd = cfg.decoder_channels;
+        let b = cfg.blocks;
+        DetectorNet {
+            stem1: ConvBnRelu::new(cfg.in_channels, c0, device),
+            stem2: ConvBnRelu::new(c0, c0, device),
+            enc1: Stage::new(c0, c1, b[0], device),
+            enc2: Stage::new(c1, c2, b[1], device),
+            enc3: Stage::new(c2, c3, b[2], device),
+            enc4: Stage::new(c3, c4, b[3], device),
+            dec3: Stage::new(c4 + c3, cd, cfg.decoder_blocks, device),
+            dec2: Stage::new(cd + c2, cd, cfg.decoder_blocks, device),
+            head1: conv1(cd, cd, true, device),
+            head2: conv1(cd, cfg.head.channels(), true, device),
+        }
+    }
+
+    /// `(B, C_in, D, H, W)` with D, H, W multiples of 16, to `(B, 5A, D/4, H/4, W/4)`.
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = self.stem2.forward(self.stem1.forward(x));
+        let e1 = self.enc1.forward(max_pool3d_2(x));
+        let e2 = self.enc2.forward(max_pool3d_2(e1));
+        let e3 = self.enc3.forward(max_pool3d_2(e2.clone()));
+        let e4 = self.enc4.forward(max_pool3d_2(e3.clone()));
+        let d3 = self
+            .dec3
+            .forward(Tensor::cat(vec![upsample_nearest3d_2(e4), e3], 1));
+        let d2 = self
+            .dec2
+            .forward(Tensor::cat(vec![upsample_nearest3d_2(d3), e2], 1));
+        self.head2.forward(relu(self.head1.forward(d2)))
+    }
+}

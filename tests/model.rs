@@ -1,0 +1,307 @@
+//! The detector network through the public API, on small shapes: output shapes, determinism,
+//! model files, wgpu against the CPU, and batched inference over a phantom's tiles.
+//!
+//! The wgpu test needs a Vulkan, Metal or DX12 adapter (on Linux without a GPU, Mesa's
+//! lavapipe: `apt-get install mesa-vulkan-drivers`). Without one it skips, unless
+//! `LUNGCAD_REQUIRE_WGPU=1` (set by `.ci/run`), when it fails.
+
+mod common;
+
+use lungcad::detect::HeadLayout;
+use lungcad::model::{select_device, Detector, DetectorConfig, DeviceChoice};
+use lungcad::preprocess::{preprocess, PatchConfig, PreprocessConfig};
+use lungcad::{Geometry, Limits};
+
+fn tiny() -> (DetectorConfig, PreprocessConfig) {
+    let config = DetectorConfig {
+        channels: [4, 4, 8, 8, 8],
+        blocks: [1, 1, 1, 1],
+        decoder_channels: 8,
+        decoder_blocks: 1,
+        ..DetectorConfig::default()
+    };
+    let pre = PreprocessConfig {
+        spacing_mm: [2.0; 3],
+        patch: PatchConfig {
+            size_vox: [32; 3],
+            overlap_vox: [8; 3],
+            pad_hu: 0.0,
+        },
+        ..PreprocessConfig::default()
+    };
+    (config, pre)
+}
+
+fn input(batch: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..batch * 32 * 32 * 32)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+/// `bytes` with the first `from` replaced by `to` (same length, so the header length holds).
+fn replace_once(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .unwrap_or_else(|| panic!("{} not in the file", String::from_utf8_lossy(from)));
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to);
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn forward_shapes_and_determinism_on_the_cpu() {
+    let (config, pre) = tiny();
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let a = Detector::new(config.clone(), pre.clone(), &device, 7).unwrap();
+    let b = Detector::new(config.clone(), pre.clone(), &device, 7).unwrap();
+    let c = Detector::new(config.clone(), pre.clone(), &device, 8).unwrap();
+    let x = input(2, 1);
+    let ya = a.forward_batch(x.clone(), 2, [32; 3]).unwrap();
+    assert_eq!(ya.len(), 2 * 15 * 8 * 8 * 8);
+    assert_eq!(
+        ya,
+        a.forward_batch(x.clone(), 2, [32; 3]).unwrap(),
+        "same input, same output"
+    );
+    assert_eq!(
+        ya,
+        b.forward_batch(x.clone(), 2, [32; 3]).unwrap(),
+        "same seed, same weights"
+    );
+    assert!(max_abs_diff(&ya, &c.forward_batch(x.clone(), 2, [32; 3]).unwrap()) > 1e-3);
+    // Each sample of a batch is computed on its own.
+    let y0 = a
+        .forward_batch(x[..32 * 32 * 32].to_vec(), 1, [32; 3])
+        .unwrap();
+    assert!(max_abs_diff(&y0, &ya[..y0.len()]) < 1e-5);
+    assert!(a.forward_batch(x, 3, [32; 3]).is_err(), "wrong buffer size");
+}
+
+#[test]
+fn network_cost_is_documented_for_128_cubed() {
+    let cost = DetectorConfig::default().cost([128; 3]);
+    println!(
+        "default detector: {} parameters, {:.1} GFLOPs per 128^3 patch",
+        cost.parameters,
+        cost.gflops()
+    );
+    assert!(cost.parameters > 500_000 && cost.parameters < 5_000_000);
+    // The count from the config matches the network's own parameters.
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (_, pre) = tiny();
+    let d = Detector::new(DetectorConfig::default(), pre, &device, 1).unwrap();
+    use burn::module::Module;
+    assert_eq!(d.net.num_params() as u64, cost.parameters);
+}
+
+#[test]
+fn model_files_round_trip_and_bad_files_are_clear_errors() {
+    let (config, pre) = tiny();
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let d = Detector::new(config, pre, &device, 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    d.save(&path).unwrap();
+    let back = Detector::load(&path, &device).unwrap();
+    assert_eq!(back.config, d.config);
+    assert_eq!(back.preprocess, d.preprocess);
+    let x = input(1, 5);
+    assert_eq!(
+        back.forward_batch(x.clone(), 1, [32; 3]).unwrap(),
+        d.forward_batch(x, 1, [32; 3]).unwrap()
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("garbage", b"not a model at all, just text".to_vec()),
+        ("empty", Vec::new()),
+        (
+            "other format",
+            replace_once(
+                &bytes,
+                br#""lungcad_model_format":"1""#,
+                br#""lungcad_model_format":"9""#,
+            ),
+        ),
+        (
+            "mismatched config",
+            replace_once(
+                &bytes,
+                br#"\"decoder_channels\":8"#,
+                br#"\"decoder_channels\":9"#,
+            ),
+        ),
+    ];
+    for (what, b) in cases {
+        let p = dir.path().join(format!("{what}.safetensors"));
+        std::fs::write(&p, &b).unwrap();
+        let e = Detector::load(&p, &device).unwrap_err();
+        println!("{what}: {e}");
+        assert!(
+            matches!(e.category(), "model" | "io"),
+            "{what}: {e} ({})",
+            e.category()
+        );
+        assert!(
+            e.to_string().contains(&*p.display().to_string()),
+            "{what}: {e}"
+        );
+    }
+}
+
+#[test]
+fn wgpu_and_cpu_agree() {
+    let Ok((gpu, _)) = select_device(DeviceChoice::Wgpu) else {
+        if std::env::var("LUNGCAD_REQUIRE_WGPU").as_deref() == Ok("1") {
+            panic!("no wgpu adapter but LUNGCAD_REQUIRE_WGPU=1 (install mesa-vulkan-drivers)");
+        }
+        eprintln!("SKIP: no wgpu adapter (apt-get install mesa-vulkan-drivers for lavapipe)");
+        return;
+    };
+    let (config, pre) = tiny();
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let d = Detector::new(config, pre, &cpu, 11).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    d.save(&path).unwrap();
+    let g = Detector::load(&path, &gpu).unwrap();
+    let x = input(2, 9);
+    let yc = d.forward_batch(x.clone(), 2, [32; 3]).unwrap();
+    let yg = g.forward_batch(x.clone(), 2, [32; 3]).unwrap();
+    let diff = max_abs_diff(&yc, &yg);
+    println!("wgpu vs cpu: max |logit difference| {diff:.2e}");
+    assert!(diff < 1e-3, "{diff}");
+    assert_eq!(
+        yg,
+        g.forward_batch(x, 2, [32; 3]).unwrap(),
+        "same input, same output on wgpu"
+    );
+}
+
+#[test]
+fn batched_inference_over_a_phantom_is_bounded_and_reproducible() {
+    let (config, pre_cfg) = tiny();
+    let g = Geometry::new([2.5, 2.0, 2.0], [-150.0, -120.0, -100.0]);
+    let (v, _, _) = common::chest_phantom(g, [60, 120, 150], true);
+    let pre = preprocess(&v, &pre_cfg, &Limits::default()).unwrap();
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let d = Detector::new(config, pre_cfg, &device, 2).unwrap();
+    let tiles = pre.tiles().unwrap().len();
+    let mut calls = Vec::new();
+    let a = d
+        .candidates(&pre, 4, 0.0, &mut |done, total| calls.push((done, total)))
+        .unwrap();
+    assert_eq!(calls.len(), tiles.div_ceil(4));
+    assert_eq!(calls.last(), Some(&(tiles, tiles)));
+    // Every anchor of every output cell of every tile, at probability threshold 0.
+    let per_tile = HeadLayout::default().anchors_mm.len() * 8 * 8 * 8;
+    assert_eq!(a.len(), tiles * per_tile);
+    let b = d.candidates(&pre, 4, 0.0, &mut |_, _| {}).unwrap();
+    assert_eq!(a, b, "same input, same device: same output");
+    let c = d.candidates(&pre, 1, 0.0, &mut |_, _| {}).unwrap();
+    let worst = a
+        .iter()
+        .zip(&c)
+        .map(|(x, y)| (x.probability - y.probability).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "batch size changes results by {worst}");
+}
+
+/// Writes `v` as little-endian f32.
+fn write_f32(path: &std::path::Path, v: &[f32]) {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read_f32(path: &std::path::Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn pytorch_reference_gives_the_same_outputs_both_ways() {
+    let Some(python) = common::python_with("torch, safetensors, numpy") else {
+        return;
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/reference/detector.py");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&python)
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (config, pre) = tiny();
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let x = input(2, 4);
+    write_f32(std::path::Path::new(&p("x.f32")), &x);
+
+    // lungcad weights -> PyTorch.
+    let d = Detector::new(config, pre, &device, 21).unwrap();
+    d.save(p("ours.safetensors")).unwrap();
+    run(&[
+        "forward",
+        &p("ours.safetensors"),
+        &p("x.f32"),
+        &p("y.f32"),
+        "2",
+        "32",
+        "32",
+        "32",
+    ]);
+    let ours = d.forward_batch(x.clone(), 2, [32; 3]).unwrap();
+    let torch = read_f32(std::path::Path::new(&p("y.f32")));
+    let diff = max_abs_diff(&ours, &torch);
+    println!("lungcad weights: lungcad vs PyTorch max |difference| {diff:.2e}");
+    assert!(diff < 1e-4, "{diff}");
+
+    // PyTorch weights (with non-trivial batch-norm statistics) -> lungcad.
+    run(&[
+        "export",
+        &p("ours.safetensors"),
+        &p("torch.safetensors"),
+        "5",
+    ]);
+    let t = Detector::load(p("torch.safetensors"), &device).unwrap();
+    run(&[
+        "forward",
+        &p("torch.safetensors"),
+        &p("x.f32"),
+        &p("y2.f32"),
+        "2",
+        "32",
+        "32",
+        "32",
+    ]);
+    let ours = t.forward_batch(x, 2, [32; 3]).unwrap();
+    let torch = read_f32(std::path::Path::new(&p("y2.f32")));
+    let diff = max_abs_diff(&ours, &torch);
+    println!("PyTorch weights: lungcad vs PyTorch max |difference| {diff:.2e}");
+    assert!(diff < 1e-4, "{diff}");
+}
