@@ -67,6 +67,9 @@ impl Default for DetectorConfig {
 pub struct NetworkCost {
     /// Learnable parameters (convolution weights and biases, batch-norm scales and shifts).
     pub parameters: u64,
+    /// Batch-norm running means and variances: stored in the model file, not learned
+    /// (burn's `num_params` counts them with the parameters, PyTorch's `parameters()` not).
+    pub running_stats: u64,
     /// Multiply-accumulate operations of one forward pass of one patch (convolutions).
     pub macs: u64,
 }
@@ -115,10 +118,11 @@ impl DetectorConfig {
         Ok(())
     }
 
-    /// Builds the network with freshly initialised weights on `device`.
-    pub fn init_net(&self, device: &Device) -> Result<DetectorNet> {
+    /// Builds the network on `device` with weights drawn from `seed`: the same weights for
+    /// the same seed on every device (see [`net`] for the initialisation).
+    pub fn init_net(&self, device: &Device, seed: u64) -> Result<DetectorNet> {
         self.validate()?;
-        Ok(DetectorNet::new(self, device))
+        Ok(DetectorNet::new(self, device, seed))
     }
 
     /// Parameter count and per-patch cost for a patch of `patch_vox` (multiples of 16).
@@ -137,7 +141,7 @@ impl DetectorConfig {
         conv(3, self.in_channels, c0, false, 1);
         conv(3, c0, c0, false, 1);
         bn_params += 2 * 2 * c0 as u64;
-        let mut stage =
+        let stage =
             |cin: usize,
              cout: usize,
              n: usize,
@@ -167,6 +171,7 @@ impl DetectorConfig {
         conv(1, cd, self.head.channels(), true, 4);
         NetworkCost {
             parameters: p + bn_params,
+            running_stats: bn_params,
             macs: m,
         }
     }
@@ -272,8 +277,7 @@ impl Detector {
                 preprocess.patch.size_vox
             )));
         }
-        device.seed(seed);
-        let net = config.init_net(device)?;
+        let net = config.init_net(device, seed)?;
         Ok(Detector {
             net,
             config,

@@ -14,8 +14,10 @@
 
 use super::ops::{max_pool3d_2, upsample_nearest3d_2};
 use super::DetectorConfig;
+use crate::rng::SplitMix64;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig3d};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig3d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
@@ -23,12 +25,14 @@ fn conv3(c_in: usize, c_out: usize, device: &Device) -> Conv3d {
     Conv3dConfig::new([c_in, c_out], [3, 3, 3])
         .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
         .with_bias(false)
+        .with_initializer(Initializer::Zeros)
         .init(device)
 }
 
 fn conv1(c_in: usize, c_out: usize, bias: bool, device: &Device) -> Conv3d {
     Conv3dConfig::new([c_in, c_out], [1, 1, 1])
         .with_bias(bias)
+        .with_initializer(Initializer::Zeros)
         .init(device)
 }
 
@@ -126,7 +130,8 @@ pub struct DetectorNet {
 }
 
 impl DetectorNet {
-    pub(crate) fn new(cfg: &DetectorConfig, device: &Device) -> Self {
+    /// The network with weights drawn from `seed` (see [`initialise`]).
+    pub(crate) fn new(cfg: &DetectorConfig, device: &Device, seed: u64) -> Self {
         let [c0, c1, c2, c3, c4] = cfg.channels;
         let cd = cfg.decoder_channels;
         let b = cfg.blocks;
@@ -142,6 +147,11 @@ impl DetectorNet {
             head1: conv1(cd, cd, true, device),
             head2: conv1(cd, cfg.head.channels(), true, device),
         }
+        .map(&mut Initialise {
+            seed,
+            path: Vec::new(),
+            anchors: cfg.head.anchors_mm.len(),
+        })
     }
 
     /// `(B, C_in, D, H, W)` with D, H, W multiples of 16, to `(B, 5A, D/4, H/4, W/4)`.
@@ -159,4 +169,79 @@ impl DetectorNet {
             .forward(Tensor::cat(vec![upsample_nearest3d_2(d3), e2], 1));
         self.head2.forward(relu(self.head1.forward(d2)))
     }
+}
+
+/// Prior probability of a nodule at an anchor, which the head's objectness biases start at
+/// (RetinaNet's `-ln((1 - p) / p)`), so the first training steps are not swamped by the
+/// loss of thousands of easy background anchors.
+pub const OBJECTNESS_PRIOR: f64 = 0.01;
+
+/// Weight initialisation, deterministic and the same on every backend: each tensor is drawn
+/// from its own SplitMix64 stream, seeded by the run's seed and the tensor's path in the
+/// module tree (so adding a layer leaves the others' weights as they were).
+///
+/// - Convolution weights: He normal in fan-out mode as torchvision's ResNets
+///   (`std = sqrt(2 / (C_out * k^3))`).
+/// - Convolution biases: 0, except the head's objectness logits (channel `5a`), which
+///   start at the logit of [`OBJECTNESS_PRIOR`].
+/// - Batch norm: scale 1, shift 0, running mean 0 and variance 1 (burn's constants).
+struct Initialise {
+    seed: u64,
+    path: Vec<String>,
+    anchors: usize,
+}
+
+impl ModuleMapper for Initialise {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(format!("{name}@{container_type}"));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(last) = self.path.last() else {
+            return param;
+        };
+        let in_conv = last.ends_with("@Struct:Conv3d");
+        let field = last.split('@').next().unwrap_or_default().to_string();
+        let path = self.path.join(".");
+        let is_head = self.path.first().is_some_and(|p| p.starts_with("head2@"));
+        let anchors = self.anchors;
+        let seed = self.seed;
+        param.map(|t| {
+            let dims = t.dims();
+            let n: usize = dims.iter().product();
+            let values: Vec<f32> = match (in_conv, field.as_str()) {
+                (true, "weight") => {
+                    let fan_out = dims[0] * dims[2..].iter().product::<usize>();
+                    let std = (2.0 / fan_out as f64).sqrt();
+                    let mut rng = SplitMix64::new(seed ^ fnv1a(path.as_bytes()));
+                    (0..n).map(|_| (rng.normal() * std) as f32).collect()
+                }
+                (true, "bias") => {
+                    let logit = (OBJECTNESS_PRIOR / (1.0 - OBJECTNESS_PRIOR)).ln() as f32;
+                    (0..n)
+                        .map(|c| {
+                            if is_head && c % 5 == 0 && c / 5 < anchors {
+                                logit
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect()
+                }
+                _ => return t,
+            };
+            Tensor::from_data(TensorData::new(values, dims), &t.device())
+        })
+    }
+}
+
+/// FNV-1a, 64-bit: a tensor path to a seed offset.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
