@@ -77,8 +77,9 @@ enum Command {
         /// Model file (safetensors with lungcad metadata; see `lungcad init-model`).
         #[arg(long)]
         model: PathBuf,
-        /// Where the network runs: auto (wgpu when an adapter exists, else cpu), wgpu, cpu,
-        /// or cuda (builds with the cuda feature).
+        /// Where the network runs: auto (a wgpu GPU when there is one, else cpu), wgpu (any
+        /// adapter, software ones such as lavapipe too), cpu (burn flex, multi-threaded) or cuda
+        /// (builds with the cuda feature).
         #[arg(long, default_value = "auto")]
         device: String,
         /// Tiles per forward pass; memory grows with it, not with the scan.
@@ -90,9 +91,11 @@ enum Command {
         /// Most detections reported.
         #[arg(long, default_value_t = lungcad::detect::DecodeConfig::default().max_detections)]
         max_detections: usize,
-        /// Write the detections: .csv (LUNA16 submission columns) or .json (adds diameter_mm).
+        /// Write the detections: .csv (LUNA16 submission columns
+        /// seriesuid,coordX,coordY,coordZ,probability) or .json (adds diameter_mm). Repeat
+        /// to write both.
         #[arg(long)]
-        out: Option<PathBuf>,
+        out: Vec<PathBuf>,
         /// Write a PNG with axial, coronal and sagittal slices through the top detections.
         #[arg(long)]
         overlay: Option<PathBuf>,
@@ -112,6 +115,29 @@ enum Command {
         /// Preprocessing settings as JSON (a PreprocessConfig).
         #[arg(long)]
         preprocess_config: Option<PathBuf>,
+    },
+    /// Time the network's forward pass on random input: patches/s per batch size, after one
+    /// warm-up pass per size (on a GPU the first pass compiles and autotunes kernels).
+    Benchmark {
+        /// Model file; without one, the default network, untrained (speed does not depend on
+        /// the weights).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// auto, wgpu, cpu or cuda, as for detect.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Batch sizes to time, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        batch_sizes: Vec<usize>,
+        /// Edge of the cubic patch in voxels (a multiple of 16); default: the model's patch.
+        #[arg(long)]
+        patch: Option<usize>,
+        /// Timed passes per batch size (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// LUNA16 FROC/CPM evaluation of a detection CSV, as the official protocol defines it.
     Eval {
@@ -322,6 +348,14 @@ fn run(cli: Cli) -> Result<(), Error> {
                 d.preprocess.patch.size_vox
             );
         }
+        Command::Benchmark {
+            model,
+            device,
+            batch_sizes,
+            patch,
+            repeats,
+            json,
+        } => benchmark_command(model, &device, &batch_sizes, patch, repeats, json)?,
         Command::Eval {
             annotations,
             excluded,
@@ -361,11 +395,11 @@ fn detect_command(
     device: &str,
     batch_size: usize,
     decode: lungcad::detect::DecodeConfig,
-    out: Option<PathBuf>,
+    out: Vec<PathBuf>,
     overlay: Option<PathBuf>,
 ) -> Result<(), Error> {
     use lungcad::{detect, model as m, preprocess};
-    if let Some(o) = &out {
+    for o in &out {
         let name = o.to_string_lossy().to_ascii_lowercase();
         if !(name.ends_with(".csv") || name.ends_with(".json")) {
             return Err(Error::InvalidArgument(format!(
@@ -424,7 +458,7 @@ fn detect_command(
         (t1 - t0).as_secs_f64(),
         (t2 - t1).as_secs_f64()
     );
-    if let Some(o) = &out {
+    for o in &out {
         if o.to_string_lossy().to_ascii_lowercase().ends_with(".json") {
             detect::write_json(&dets, &uid, o)?;
         } else {
@@ -435,6 +469,96 @@ fn detect_command(
     if let Some(p) = &overlay {
         detect::write_overlay_png(&pre.volume, &dets, 5, p)?;
         eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn benchmark_command(
+    model: Option<PathBuf>,
+    device: &str,
+    batch_sizes: &[usize],
+    patch: Option<usize>,
+    repeats: usize,
+    json: bool,
+) -> Result<(), Error> {
+    use lungcad::model as m;
+    let (dev, dev_name) = m::select_device(device.parse()?)?;
+    let detector = match &model {
+        Some(p) => m::Detector::load(p, &dev)?,
+        None => m::Detector::new(
+            m::DetectorConfig::default(),
+            lungcad::preprocess::PreprocessConfig::default(),
+            &dev,
+            0,
+        )?,
+    };
+    let size = patch.map_or(detector.preprocess.patch.size_vox, |n| [n; 3]);
+    if size.iter().any(|&n| n == 0 || n % 16 != 0) || repeats == 0 || batch_sizes.contains(&0) {
+        return Err(Error::InvalidArgument(format!(
+            "the patch edge must be a positive multiple of 16 ({size:?}), repeats and batch sizes at least 1"
+        )));
+    }
+    let cost = detector.config.cost(size);
+    let per_patch: usize = size.iter().product();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rows = Vec::new();
+    for &b in batch_sizes {
+        let input: Vec<f32> = (0..b * per_patch)
+            .map(|_| {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (rng >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        detector.forward_batch(input.clone(), b, size)?;
+        let first_s = t.elapsed().as_secs_f64();
+        let mut times: Vec<f64> = (0..repeats)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                detector
+                    .forward_batch(input.clone(), b, size)
+                    .map(|_| t.elapsed().as_secs_f64())
+            })
+            .collect::<Result<_, _>>()?;
+        times.sort_by(f64::total_cmp);
+        let median_s = times[times.len() / 2];
+        let row = serde_json::json!({
+            "batch_size": b,
+            "first_pass_s": first_s,
+            "median_s": median_s,
+            "patches_per_s": b as f64 / median_s,
+            "times_s": times,
+        });
+        if !json {
+            println!(
+                "batch {b:>3}: {:>8.3} s per pass (median of {repeats}), {:>8.2} patches/s; first pass {:.3} s",
+                median_s,
+                b as f64 / median_s,
+                first_s
+            );
+        }
+        rows.push(row);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": dev_name,
+                "patch_vox": size,
+                "parameters": cost.parameters,
+                "gflops_per_patch": cost.gflops(),
+                "results": rows,
+            })
+        );
+    } else {
+        eprintln!(
+            "{dev_name}, {:?} patches, {} parameters, {:.1} GFLOPs per patch",
+            size,
+            cost.parameters,
+            cost.gflops()
+        );
     }
     Ok(())
 }

@@ -341,3 +341,226 @@ fn preprocess_writes_volume_mask_and_preview_with_their_geometry() {
         lungcad::preprocess::PreprocessConfig::default()
     );
 }
+
+/// Reads a detection CSV: header and rows of (seriesuid, x, y, z, probability).
+fn read_detections_csv(path: &std::path::Path) -> (String, Vec<(String, [f64; 3], f64)>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().to_string();
+    let rows = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 5, "{l}");
+            let n = |i: usize| f[i].parse::<f64>().unwrap();
+            (f[0].to_string(), [n(1), n(2), n(3)], n(4))
+        })
+        .collect();
+    (header, rows)
+}
+
+/// The world box (min, max per x, y, z) of a volume's voxel centres.
+fn world_box(v: &Volume) -> ([f64; 3], [f64; 3]) {
+    let s = v.shape();
+    let mut lo = [f64::INFINITY; 3];
+    let mut hi = [f64::NEG_INFINITY; 3];
+    for c in 0..8 {
+        let corner = [0, 1, 2].map(|a| {
+            if c >> a & 1 == 1 {
+                (s[a] - 1) as f64
+            } else {
+                0.0
+            }
+        });
+        let w = v.voxel_to_world(corner);
+        for a in 0..3 {
+            lo[a] = lo[a].min(w[a]);
+            hi[a] = hi[a].max(w[a]);
+        }
+    }
+    (lo, hi)
+}
+
+#[test]
+fn detect_writes_csv_json_and_overlay_and_refuses_bad_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new([2.5, 2.0, 2.0], [-150.0, -120.0, -100.0]);
+    let (v, _, _) = common::chest_phantom(g, [60, 120, 150], true);
+    let input = dir.path().join("1.2.3.4.mha");
+    lungcad::save(&v, &input).unwrap();
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/detector_tiny/model.safetensors"
+    );
+    let (csv, json, png) = (
+        dir.path().join("det.csv"),
+        dir.path().join("det.json"),
+        dir.path().join("overlay.png"),
+    );
+    let detect = |extra: &[&str]| {
+        lungcad()
+            .arg("detect")
+            .arg(&input)
+            .args(["--model", model])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let run = detect(&[
+        "--device",
+        "cpu",
+        "--batch-size",
+        "3",
+        "--threshold",
+        "0",
+        "--max-detections",
+        "7",
+        "--out",
+        csv.to_str().unwrap(),
+        "--out",
+        json.to_str().unwrap(),
+        "--overlay",
+        png.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("on cpu (flex)"), "{stderr}");
+    // The table on stdout: a header and one line per detection.
+    let table = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(table.lines().count(), 1 + 7, "{table}");
+
+    // CSV: LUNA16 submission columns, the series named by the file stem (MetaImage has no
+    // series UID), probabilities in decreasing order, centres inside the scan.
+    let (header, rows) = read_detections_csv(&csv);
+    assert_eq!(header, "seriesuid,coordX,coordY,coordZ,probability");
+    assert_eq!(rows.len(), 7);
+    let (lo, hi) = world_box(&v);
+    for (i, (uid, c, p)) in rows.iter().enumerate() {
+        assert_eq!(uid, "1.2.3.4");
+        assert!((0.0..=1.0).contains(p));
+        if i > 0 {
+            assert!(*p <= rows[i - 1].2);
+        }
+        for a in 0..3 {
+            assert!(c[a] >= lo[a] - 1.0 && c[a] <= hi[a] + 1.0, "{c:?}");
+        }
+    }
+    // JSON: the same detections with their diameters.
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let dets = j["detections"].as_array().unwrap_or_else(|| panic!("{j}"));
+    assert_eq!(dets.len(), 7);
+    for (d, (_, c, p)) in dets.iter().zip(&rows) {
+        assert!(d["diameter_mm"].as_f64().unwrap() > 0.0);
+        assert!((d["probability"].as_f64().unwrap() - p).abs() < 1e-4);
+        assert!((d["coordX"].as_f64().unwrap() - c[0]).abs() < 1e-2);
+    }
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+
+    // Same input, same device: the same file.
+    let again = dir.path().join("again.csv");
+    let run = detect(&[
+        "--device",
+        "cpu",
+        "--threshold",
+        "0",
+        "--max-detections",
+        "7",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(run.status.success());
+    assert_eq!(std::fs::read(&csv).unwrap(), std::fs::read(&again).unwrap());
+
+    // Refused, with a one-line error and exit 1: an output that is neither CSV nor JSON,
+    // a model file that is not one, a batch size of 0, an unknown device.
+    let not_a_model = dir.path().join("notes.safetensors");
+    std::fs::write(&not_a_model, b"hello").unwrap();
+    for (args, expect) in [
+        (vec!["--out", "det.txt"], "csv or .json"),
+        (vec!["--batch-size", "0"], "batch size"),
+        (vec!["--device", "tpu"], "auto, wgpu, cpu or cuda"),
+    ] {
+        let run = detect(&args);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    let run = lungcad()
+        .arg("detect")
+        .arg(&input)
+        .arg("--model")
+        .arg(&not_a_model)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(err.contains("notes.safetensors"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// `lungcad detect` end to end on the real LIDC-IDRI-0001: an untrained network (small, so
+/// CI can afford it on the CPU) at the default preprocessing (1 mm, 128³ tiles), writing
+/// the CSV, the JSON and the overlay.
+#[test]
+fn detect_runs_end_to_end_on_lidc() {
+    let Some(series) = common::lidc_0001() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("net.json");
+    std::fs::write(
+        &config,
+        r#"{"channels": [4, 4, 8, 8, 8], "blocks": [1, 1, 1, 1], "decoder_channels": 8}"#,
+    )
+    .unwrap();
+    let model = dir.path().join("untrained.safetensors");
+    let init = lungcad()
+        .args(["init-model", "--seed", "3", "--out"])
+        .arg(&model)
+        .arg("--detector-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let (csv, json, png) = (
+        dir.path().join("det.csv"),
+        dir.path().join("det.json"),
+        dir.path().join("overlay.png"),
+    );
+    let run = lungcad()
+        .arg("detect")
+        .arg(&series)
+        .arg("--model")
+        .arg(&model)
+        .args(["--device", "cpu", "--batch-size", "8", "--threshold", "0"])
+        .arg("--out")
+        .arg(&csv)
+        .arg("--out")
+        .arg(&json)
+        .arg("--overlay")
+        .arg(&png)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    println!("{stderr}");
+    let (header, rows) = read_detections_csv(&csv);
+    assert_eq!(header, "seriesuid,coordX,coordY,coordZ,probability");
+    assert_eq!(rows.len(), 100, "--max-detections defaults to 100");
+    let v = lungcad::load(&series, &lungcad::LoadConfig::default()).unwrap();
+    let uid = v.info.series_uid.clone().unwrap();
+    let (lo, hi) = world_box(&v);
+    for (u, c, _) in &rows {
+        assert_eq!(u, &uid);
+        for a in 0..3 {
+            assert!(c[a] >= lo[a] - 1.0 && c[a] <= hi[a] + 1.0, "{c:?}");
+        }
+    }
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j["detections"].as_array().map(|a| a.len()), Some(100));
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+}

@@ -169,13 +169,24 @@ fn model_files_round_trip_and_bad_files_are_clear_errors() {
     }
 }
 
+/// The wgpu device, or None (skip) when there is no adapter, unless
+/// `LUNGCAD_REQUIRE_WGPU=1`, when that fails the test.
+fn wgpu_or_skip() -> Option<lungcad::model::Device> {
+    match select_device(DeviceChoice::Wgpu) {
+        Ok((gpu, _)) => Some(gpu),
+        Err(e) => {
+            if std::env::var("LUNGCAD_REQUIRE_WGPU").as_deref() == Ok("1") {
+                panic!("{e} but LUNGCAD_REQUIRE_WGPU=1 (install mesa-vulkan-drivers)");
+            }
+            eprintln!("SKIP: {e} (apt-get install mesa-vulkan-drivers for lavapipe)");
+            None
+        }
+    }
+}
+
 #[test]
 fn wgpu_and_cpu_agree() {
-    let Ok((gpu, _)) = select_device(DeviceChoice::Wgpu) else {
-        if std::env::var("LUNGCAD_REQUIRE_WGPU").as_deref() == Ok("1") {
-            panic!("no wgpu adapter but LUNGCAD_REQUIRE_WGPU=1 (install mesa-vulkan-drivers)");
-        }
-        eprintln!("SKIP: no wgpu adapter (apt-get install mesa-vulkan-drivers for lavapipe)");
+    let Some(gpu) = wgpu_or_skip() else {
         return;
     };
     let (config, pre) = tiny();
@@ -239,6 +250,38 @@ fn read_f32(path: &std::path::Path) -> Vec<f32> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
+}
+
+/// The committed PyTorch fixture (tests/fixtures/README.md) run on `device`: lungcad's
+/// output against PyTorch's.
+fn pytorch_fixture_difference(device: &lungcad::model::Device) -> f32 {
+    let dir = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/detector_tiny"
+    ));
+    let d = Detector::load(dir.join("model.safetensors"), device).unwrap();
+    let x = read_f32(&dir.join("input.f32"));
+    let torch = read_f32(&dir.join("output.f32"));
+    let ours = d.forward_batch(x, 2, [32; 3]).unwrap();
+    max_abs_diff(&ours, &torch)
+}
+
+#[test]
+fn pytorch_fixture_on_the_cpu() {
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let diff = pytorch_fixture_difference(&device);
+    println!("PyTorch fixture on the CPU: max |difference| {diff:.2e}");
+    assert!(diff < 1e-4, "{diff}");
+}
+
+#[test]
+fn pytorch_fixture_on_wgpu() {
+    let Some(device) = wgpu_or_skip() else {
+        return;
+    };
+    let diff = pytorch_fixture_difference(&device);
+    println!("PyTorch fixture on wgpu: max |difference| {diff:.2e}");
+    assert!(diff < 1e-4, "{diff}");
 }
 
 #[test]

@@ -9,6 +9,9 @@ load with `load_lungcad_model` and a PyTorch model saves as a lungcad model file
     python3 python/reference/detector.py export CONFIG_MODEL.safetensors OUT.safetensors SEED
         Builds the network of CONFIG_MODEL's configs with PyTorch's own random weights
         (and random batch-norm statistics), seeded, and saves it as a lungcad model file.
+    python3 python/reference/detector.py fixture MODEL.safetensors OUT_DIR B D H W SEED
+        Writes OUT_DIR/input.f32 (uniform [0, 1) values, seeded) and OUT_DIR/output.f32
+        (MODEL's output on it): the committed parity fixture (tests/fixtures/README.md).
 """
 import json
 import sys
@@ -142,6 +145,16 @@ def main(argv):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
         save_lungcad_model(net, meta, dst)
+    elif argv[0] == "fixture":
+        model, out = argv[1], argv[2]
+        b, d, h, w, seed = (int(v) for v in argv[3:8])
+        net, _ = load_lungcad_model(model)
+        x = torch.rand(b, 1, d, h, w, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            y = net(x)
+        x.numpy().astype("<f4").tofile(f"{out}/input.f32")
+        y.numpy().astype("<f4").tofile(f"{out}/output.f32")
+        print(f"torch {torch.__version__}: input {tuple(x.shape)}, output {tuple(y.shape)}")
     else:
         sys.exit(__doc__)
 

@@ -18,12 +18,14 @@
 pub mod net;
 pub mod ops;
 
+/// burn's run-time device handle, as [`select_device`] returns it.
+pub use burn::tensor::Device;
 pub use net::DetectorNet;
 
 use crate::detect::{decode_patch, Candidate, HeadLayout};
 use crate::error::{Error, Result};
 use crate::preprocess::{PreprocessConfig, Preprocessed};
-use burn::prelude::*;
+use burn::prelude::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -141,25 +143,24 @@ impl DetectorConfig {
         conv(3, self.in_channels, c0, false, 1);
         conv(3, c0, c0, false, 1);
         bn_params += 2 * 2 * c0 as u64;
-        let stage =
-            |cin: usize,
-             cout: usize,
-             n: usize,
-             stride: usize,
-             conv: &mut dyn FnMut(u64, usize, usize, bool, usize)| {
-                let mut bn = 0u64;
-                for i in 0..n {
-                    let ci = if i == 0 { cin } else { cout };
-                    conv(3, ci, cout, false, stride);
-                    conv(3, cout, cout, false, stride);
-                    bn += 2 * 2 * cout as u64;
-                    if ci != cout {
-                        conv(1, ci, cout, false, stride);
-                        bn += 2 * cout as u64;
-                    }
+        let stage = |cin: usize,
+                     cout: usize,
+                     n: usize,
+                     stride: usize,
+                     conv: &mut dyn FnMut(u64, usize, usize, bool, usize)| {
+            let mut bn = 0u64;
+            for i in 0..n {
+                let ci = if i == 0 { cin } else { cout };
+                conv(3, ci, cout, false, stride);
+                conv(3, cout, cout, false, stride);
+                bn += 2 * 2 * cout as u64;
+                if ci != cout {
+                    conv(1, ci, cout, false, stride);
+                    bn += 2 * cout as u64;
                 }
-                bn
-            };
+            }
+            bn
+        };
         bn_params += stage(c0, c1, self.blocks[0], 2, &mut conv);
         bn_params += stage(c1, c2, self.blocks[1], 4, &mut conv);
         bn_params += stage(c2, c3, self.blocks[2], 8, &mut conv);
@@ -181,7 +182,7 @@ impl DetectorConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
-    /// wgpu when an adapter exists, else the CPU.
+    /// wgpu when a hardware adapter exists, else the CPU.
     Auto,
     /// wgpu (Vulkan, Metal, DX12); an error when no adapter exists.
     Wgpu,
@@ -206,26 +207,67 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
-/// The process's wgpu device, initialised once (burn refuses a second initialisation).
-fn wgpu_device() -> std::result::Result<Device, String> {
-    static WGPU: std::sync::OnceLock<std::result::Result<Device, String>> =
+/// The process's wgpu device and a description of its adapter, initialised once (burn
+/// refuses a second initialisation).
+fn wgpu_device() -> std::result::Result<(Device, WgpuAdapter), String> {
+    static WGPU: std::sync::OnceLock<std::result::Result<(Device, WgpuAdapter), String>> =
         std::sync::OnceLock::new();
-    WGPU.get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
-        .clone()
+    WGPU.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| e.to_string())?;
+        let info = setup.adapter.get_info();
+        Ok((
+            device,
+            WgpuAdapter {
+                name: info.name,
+                backend: format!("{:?}", info.backend),
+                software: info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu,
+            },
+        ))
+    })
+    .clone()
 }
 
-/// The device for `choice`, and a short description of it (`wgpu`, `cpu (flex)`, `cuda:0`).
+/// The adapter behind the wgpu device.
+#[derive(Debug, Clone)]
+struct WgpuAdapter {
+    name: String,
+    backend: String,
+    /// A CPU implementation of the graphics API (Mesa's lavapipe, WARP, SwiftShader).
+    software: bool,
+}
+
+impl WgpuAdapter {
+    fn describe(&self) -> String {
+        let soft = if self.software { ", software" } else { "" };
+        format!("wgpu ({}, {}{soft})", self.name, self.backend)
+    }
+}
+
+/// The device for `choice`, and a short description of it (`wgpu (NVIDIA H100, Vulkan)`,
+/// `cpu (flex)`, `cuda:0`). `Auto` takes a wgpu GPU when there is one, and otherwise the CPU:
+/// a software adapter (lavapipe) runs the network far slower than `flex` on the same cores,
+/// so `auto` does not pick it; `wgpu` does.
 pub fn select_device(choice: DeviceChoice) -> Result<(Device, String)> {
+    let cpu = || (Device::flex(), "cpu (flex)".to_string());
     match choice {
-        DeviceChoice::Cpu => Ok((Device::flex(), "cpu (flex)".into())),
+        DeviceChoice::Cpu => Ok(cpu()),
         DeviceChoice::Wgpu => wgpu_device()
-            .map(|d| (d, "wgpu".into()))
+            .map(|(d, a)| (d, a.describe()))
             .map_err(|e| Error::Device(format!("no wgpu adapter: {e}"))),
         DeviceChoice::Auto => Ok(match wgpu_device() {
-            Ok(d) => (d, "wgpu".into()),
+            Ok((d, a)) if !a.software => (d, a.describe()),
+            Ok((_, a)) => {
+                tracing::info!(
+                    "only a software wgpu adapter ({}); running on the CPU",
+                    a.describe()
+                );
+                cpu()
+            }
             Err(e) => {
                 tracing::info!("no wgpu adapter ({e}); running on the CPU");
-                (Device::flex(), "cpu (flex)".into())
+                cpu()
             }
         }),
         DeviceChoice::Cuda => cuda_device(),
@@ -288,6 +330,14 @@ impl Detector {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// This detector's configs and device with another network of the same shape.
+    pub(crate) fn with_net(&self, net: DetectorNet) -> Detector {
+        Detector {
+            net,
+            ..self.clone()
+        }
     }
 
     /// Runs the network on `batch` patches of `patch_vox` given as one `(B, 1, D, H, W)`

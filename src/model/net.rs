@@ -15,8 +15,8 @@
 use super::ops::{max_pool3d_2, upsample_nearest3d_2};
 use super::DetectorConfig;
 use crate::rng::SplitMix64;
-use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::module::{Module, ModuleMapper, Param};
+use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig3d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
@@ -176,12 +176,17 @@ impl DetectorNet {
 /// loss of thousands of easy background anchors.
 pub const OBJECTNESS_PRIOR: f64 = 0.01;
 
+/// Standard deviation of the head's last layer's initial weights.
+pub const HEAD_WEIGHT_STD: f64 = 0.01;
+
 /// Weight initialisation, deterministic and the same on every backend: each tensor is drawn
 /// from its own SplitMix64 stream, seeded by the run's seed and the tensor's path in the
 /// module tree (so adding a layer leaves the others' weights as they were).
 ///
 /// - Convolution weights: He normal in fan-out mode as torchvision's ResNets
-///   (`std = sqrt(2 / (C_out * k^3))`).
+///   (`std = sqrt(2 / (C_out * k^3))`), except the head's last layer: normal with standard
+///   deviation [`HEAD_WEIGHT_STD`] (RetinaNet's), so training starts from outputs near the
+///   prior and offsets near 0.
 /// - Convolution biases: 0, except the head's objectness logits (channel `5a`), which
 ///   start at the logit of [`OBJECTNESS_PRIOR`].
 /// - Batch norm: scale 1, shift 0, running mean 0 and variance 1 (burn's constants).
@@ -216,7 +221,11 @@ impl ModuleMapper for Initialise {
             let values: Vec<f32> = match (in_conv, field.as_str()) {
                 (true, "weight") => {
                     let fan_out = dims[0] * dims[2..].iter().product::<usize>();
-                    let std = (2.0 / fan_out as f64).sqrt();
+                    let std = if is_head {
+                        HEAD_WEIGHT_STD
+                    } else {
+                        (2.0 / fan_out as f64).sqrt()
+                    };
                     let mut rng = SplitMix64::new(seed ^ fnv1a(path.as_bytes()));
                     (0..n).map(|_| (rng.normal() * std) as f32).collect()
                 }
