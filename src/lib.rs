@@ -33,7 +33,8 @@ pub mod limits;
 pub mod model;
 pub mod preprocess;
 pub(crate) mod render;
-pub(crate) mod rng;
+pub mod rng;
+pub mod train;
 pub mod volume;
 
 pub use error::{Error, Result, SeriesProblem};

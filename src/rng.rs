@@ -6,7 +6,7 @@
 
 /// A SplitMix64 generator.
 #[derive(Debug, Clone)]
-pub(crate) struct SplitMix64 {
+pub struct SplitMix64 {
     state: u64,
 }
 
@@ -63,6 +63,9 @@ mod tests {
         let mean = draws.iter().sum::<f64>() / n as f64;
         let var = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
         assert!(mean.abs() < 3.0 / (n as f64).sqrt(), "mean {mean}");
-        assert!((var - 1.0).abs() < 3.0 * (2.0 / n as f64).sqrt(), "variance {var}");
+        assert!(
+            (var - 1.0).abs() < 3.0 * (2.0 / n as f64).sqrt(),
+            "variance {var}"
+        );
     }
 }

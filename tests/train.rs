@@ -1,0 +1,304 @@
+//! Training data through the public API: augmented patches and their labels.
+
+mod common;
+
+use lungcad::detect::VoxelNodule;
+use lungcad::preprocess::{preprocess, PatchConfig, PreprocessConfig};
+use lungcad::train::augment::{cut_patch, AugmentConfig, PatchTransform};
+use lungcad::{Geometry, Limits};
+
+fn phantom() -> (lungcad::preprocess::Preprocessed, VoxelNodule) {
+    let g = Geometry::new([2.5, 2.0, 2.0], [-150.0, -120.0, -100.0]);
+    let (v, nodule_world, _) = common::chest_phantom(g, [60, 120, 150], true);
+    let cfg = PreprocessConfig {
+        spacing_mm: [2.0; 3],
+        patch: PatchConfig {
+            size_vox: [32; 3],
+            overlap_vox: [8; 3],
+            pad_hu: 0.0,
+        },
+        ..PreprocessConfig::default()
+    };
+    let pre = preprocess(&v, &cfg, &Limits::default()).unwrap();
+    let c = pre.geometry().world_to_voxel(nodule_world);
+    (
+        pre,
+        VoxelNodule {
+            centre_vox: c,
+            diameter_mm: 12.0,
+        },
+    )
+}
+
+#[test]
+fn transforms_invert_and_identity_matches_the_tiler() {
+    let (pre, nodule) = phantom();
+    let size = [32; 3];
+    let mut rng = lungcad::rng::SplitMix64::new(5);
+    for _ in 0..50 {
+        let t = PatchTransform::draw(
+            nodule.centre_vox,
+            size,
+            [2.0; 3],
+            &AugmentConfig::default(),
+            &mut rng,
+        );
+        for p in [[0.0, 0.0, 0.0], [3.5, 20.0, 31.0], [17.2, -4.0, 40.0]] {
+            let back = t.to_patch(t.to_grid(p));
+            for a in 0..3 {
+                assert!((back[a] - p[a]).abs() < 1e-9, "{t:?}: {p:?} -> {back:?}");
+            }
+        }
+    }
+    // The identity transform at an integer centre is the tiler's patch, exactly.
+    let centre = nodule.centre_vox.map(|v| v.round() + 0.5);
+    let t = PatchTransform::identity(centre, size);
+    let offset = [0, 1, 2].map(|a| (centre[a] - 15.5) as i64);
+    let expect = pre.patch(offset, size).unwrap().data;
+    assert_eq!(cut_patch(&pre, &t), expect);
+}
+
+/// The label follows the image: wherever the augmented nodule's centre lands in the patch,
+/// the patch is nodule-bright there and parenchyma-dark a nodule radius plus a margin
+/// beyond it, for every flip, rotation and scale drawn.
+#[test]
+fn labels_follow_the_image_under_every_augmentation() {
+    let (pre, nodule) = phantom();
+    let w = &pre.config.window;
+    let (bright, dark) = (w.normalize(30.0), w.normalize(-850.0));
+    let size = [32; 3];
+    let mut rng = lungcad::rng::SplitMix64::new(11);
+    let mut seen_rotations = std::collections::HashSet::new();
+    for i in 0..64 {
+        // Off-centre patches, so a wrong flip or turn moves the nodule visibly.
+        let centre = [
+            nodule.centre_vox[0] + 3.0,
+            nodule.centre_vox[1] - 5.0,
+            nodule.centre_vox[2] + 4.0,
+        ];
+        let t = PatchTransform::draw(centre, size, [2.0; 3], &AugmentConfig::default(), &mut rng);
+        seen_rotations.insert((t.perm, t.sign.map(|s| s > 0.0)));
+        let patch = cut_patch(&pre, &t);
+        let n = t.nodule_to_patch(&nodule);
+        assert!((n.diameter_mm / 12.0 - t.scale).abs() < 1e-12);
+        let at = |p: [f64; 3]| patch[p.map(|v| v.round() as usize)];
+        let c = n.centre_vox;
+        assert!(
+            (at(c) - bright).abs() < 0.03,
+            "draw {i}: {t:?}: {} at the label's centre {c:?}, nodule is {bright}",
+            at(c)
+        );
+        // 6 mm radius, 2 mm voxels, scaled: 3 * scale voxels; look 3 voxels further out
+        // along the patch's x axis (lung parenchyma on the phantom's lateral side or the
+        // medial side, both dark or body-bright, never nodule-bright at the same place on
+        // both sides unless the label is wrong).
+        let r = 3.0 * t.scale + 3.0;
+        let outside = [[c[0], c[1], c[2] - r], [c[0], c[1], c[2] + r]];
+        let darker = outside
+            .iter()
+            .filter(|p| {
+                p.iter()
+                    .zip(&size)
+                    .all(|(v, n)| *v >= 0.0 && *v <= *n as f64 - 1.0)
+            })
+            .filter(|p| (at(**p) - dark).abs() < 0.05)
+            .count();
+        assert!(
+            darker >= 1,
+            "draw {i}: {t:?}: no parenchyma beside the labelled nodule"
+        );
+    }
+    assert!(
+        seen_rotations.len() >= 12,
+        "{} of the 16 flips and turns drawn",
+        seen_rotations.len()
+    );
+}
+
+fn scan() -> lungcad::train::sampler::TrainScan {
+    let (pre, nodule) = phantom();
+    lungcad::train::sampler::TrainScan {
+        series_uid: "phantom".into(),
+        pre,
+        nodules: vec![nodule],
+    }
+}
+
+#[test]
+fn epochs_are_planned_reproducibly_and_size_balanced() {
+    use lungcad::detect::VoxelNodule;
+    use lungcad::train::sampler::{plan_epoch, SamplerConfig};
+    let mut s = scan();
+    // Nine 5 mm nodules and one 25 mm one: balanced over the two non-empty bins, the large
+    // one is drawn about half the time.
+    s.nodules = (0..10)
+        .map(|i| VoxelNodule {
+            centre_vox: [10.0 + i as f64, 30.0, 30.0],
+            diameter_mm: if i == 9 { 25.0 } else { 5.0 },
+        })
+        .collect();
+    let scans = vec![s];
+    let cfg = SamplerConfig::default();
+    let a = plan_epoch(&scans, 1000, 3, 42, &cfg).unwrap();
+    assert_eq!(a, plan_epoch(&scans, 1000, 3, 42, &cfg).unwrap());
+    assert_ne!(
+        a,
+        plan_epoch(&scans, 1000, 4, 42, &cfg).unwrap(),
+        "epochs differ"
+    );
+    let positives: Vec<usize> = a.iter().filter_map(|p| p.nodule).collect();
+    assert_eq!(positives.len(), 500);
+    let large = positives.iter().filter(|&&n| n == 9).count();
+    assert!(
+        (200..300).contains(&large),
+        "large nodule drawn {large} of 500 times"
+    );
+    // Shuffled: positives spread over the epoch, not all first.
+    assert!(
+        a[..100].iter().any(|p| p.nodule.is_none()) && a[..100].iter().any(|p| p.nodule.is_some())
+    );
+}
+
+#[test]
+fn positive_samples_contain_their_nodule_and_its_targets() {
+    use lungcad::detect::HeadLayout;
+    use lungcad::train::sampler::{make_sample, SampleSpec, SamplerConfig};
+    let s = scan();
+    let cfg = SamplerConfig::default();
+    let head = HeadLayout::default();
+    for seed in 0..20 {
+        let spec = SampleSpec {
+            scan: 0,
+            nodule: Some(0),
+            seed,
+        };
+        let sample = make_sample(&s, &spec, [32; 3], &head, &cfg).unwrap();
+        assert_eq!(sample.image.dim(), (32, 32, 32));
+        assert_eq!(sample.nodules.len(), 1, "seed {seed}");
+        let n = sample.nodules[0];
+        // Whole inside the patch (jitter keeps 2 voxels of room).
+        let r = n.diameter_mm / 2.0 / 2.0; // mm -> 2 mm voxels
+        for a in 0..3 {
+            assert!(
+                n.centre_vox[a] - r >= 0.0 && n.centre_vox[a] + r <= 31.0,
+                "seed {seed}: {n:?}"
+            );
+        }
+        let labels = (0..3).map(|a| sample.targets.index_axis(ndarray::Axis(0), 5 * a));
+        let pos: usize = labels
+            .map(|l| l.iter().filter(|&&v| v == 1.0).count())
+            .sum();
+        assert!(pos >= 1, "seed {seed}: no positive anchor cell");
+        // Same spec, same sample.
+        let again = make_sample(&s, &spec, [32; 3], &head, &cfg).unwrap();
+        assert_eq!(again.image, sample.image);
+    }
+    // Negatives: centred in the lungs, no positive unless the nodule happens to be near.
+    let spec = SampleSpec {
+        scan: 0,
+        nodule: None,
+        seed: 1,
+    };
+    let neg = make_sample(&s, &spec, [32; 3], &head, &cfg).unwrap();
+    assert!(
+        neg.image.iter().any(|&v| v < 0.25),
+        "no parenchyma in a lung-centred patch"
+    );
+}
+
+#[test]
+fn loss_is_small_for_the_ideal_output_and_large_for_its_opposite() {
+    use lungcad::detect::{ideal_output, HeadLayout};
+    use lungcad::model::{select_device, DeviceChoice};
+    use lungcad::train::loss::{detection_loss, LossConfig};
+    use lungcad::train::sampler::{make_sample, SampleSpec, SamplerConfig};
+    let s = scan();
+    let head = HeadLayout::default();
+    let cfg = SamplerConfig::default();
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let samples: Vec<_> = (0..2)
+        .map(|seed| {
+            let spec = SampleSpec {
+                scan: 0,
+                nodule: Some(0),
+                seed,
+            };
+            make_sample(&s, &spec, [32; 3], &head, &cfg).unwrap()
+        })
+        .collect();
+    let targets: Vec<_> = samples.iter().map(|s| s.targets.clone()).collect();
+    let map = |conf: f32| {
+        let outs: Vec<f32> = targets
+            .iter()
+            .flat_map(|t| ideal_output(t, conf).into_iter())
+            .collect();
+        burn::tensor::Tensor::<5>::from_data(
+            burn::tensor::TensorData::new(outs, [2, 15, 8, 8, 8]),
+            &device,
+        )
+    };
+    let good = detection_loss(map(12.0), &targets, &LossConfig::default()).unwrap();
+    println!("ideal: {:?}", good.parts);
+    assert!(good.parts.positives >= 2);
+    assert!(good.parts.total < 1e-4, "{:?}", good.parts);
+    assert!(good.parts.regression < 1e-9);
+    let bad = detection_loss(map(-12.0), &targets, &LossConfig::default()).unwrap();
+    println!("opposite: {:?}", bad.parts);
+    assert!(
+        bad.parts.positive > 11.0 && bad.parts.negative > 11.0,
+        "{:?}",
+        bad.parts
+    );
+    // Wrong sizes are refused.
+    assert!(detection_loss(map(1.0), &targets[..1], &LossConfig::default()).is_err());
+}
+
+/// A few Adam steps on one batch of phantom patches lower the loss (the network can learn).
+#[test]
+fn training_steps_lower_the_loss_on_the_cpu() {
+    use lungcad::detect::HeadLayout;
+    use lungcad::model::{select_device, Detector, DetectorConfig, DeviceChoice};
+    use lungcad::train::loss::LossConfig;
+    use lungcad::train::sampler::{make_sample, SampleSpec, SamplerConfig};
+    use lungcad::train::Trainer;
+    let s = scan();
+    let config = DetectorConfig {
+        channels: [4, 4, 8, 8, 8],
+        blocks: [1, 1, 1, 1],
+        decoder_channels: 8,
+        ..DetectorConfig::default()
+    };
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let detector = Detector::new(config, s.pre.config.clone(), &device, 1).unwrap();
+    let head = HeadLayout::default();
+    let cfg = SamplerConfig::default();
+    let batch: Vec<_> = (0..4)
+        .map(|i| {
+            let spec = SampleSpec {
+                scan: 0,
+                nodule: (i % 2 == 0).then_some(0),
+                seed: i,
+            };
+            make_sample(&s, &spec, [32; 3], &head, &cfg).unwrap()
+        })
+        .collect();
+    let mut trainer = Trainer::new(&detector, LossConfig::default());
+    let losses: Vec<f64> = (0..30)
+        .map(|_| trainer.step(&batch, 3e-3).unwrap().total)
+        .collect();
+    println!("losses: {losses:.3?}");
+    assert!(losses.iter().all(|l| l.is_finite()));
+    let first = losses[..3].iter().sum::<f64>() / 3.0;
+    let last = losses[27..].iter().sum::<f64>() / 3.0;
+    assert!(last < 0.1 * first, "loss {first:.3} -> {last:.3}");
+    // The trained weights run for inference.
+    let d = trainer.detector();
+    let out = d
+        .forward_batch(
+            lungcad::train::sampler::stack_images(&batch[..1]),
+            1,
+            [32; 3],
+        )
+        .unwrap();
+    assert_eq!(out.len(), 15 * 8 * 8 * 8);
+}
