@@ -106,6 +106,11 @@ pub enum Error {
     #[error("{}: model: {message}", path.display())]
     Model { path: PathBuf, message: String },
 
+    /// A training checkpoint that cannot be used: incomplete, or its pointer names no
+    /// checkpoint.
+    #[error("{}: checkpoint: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+
     /// The compute device could not be used (no wgpu adapter, no CUDA in this build, a
     /// failed read-back).
     #[error("device: {0}")]
@@ -168,6 +173,7 @@ impl Error {
             Error::Csv { .. } | Error::Eval(_) => "evaluation",
             Error::Preprocess { .. } => "preprocess",
             Error::Model { .. } => "model",
+            Error::Checkpoint { .. } => "checkpoint",
             Error::Device(_) => "device",
             Error::InvalidArgument(_) => "argument",
         }

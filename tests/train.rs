@@ -302,3 +302,169 @@ fn training_steps_lower_the_loss_on_the_cpu() {
         .unwrap();
     assert_eq!(out.len(), 15 * 8 * 8 * 8);
 }
+
+fn tiny_detector(pre: &lungcad::preprocess::PreprocessConfig) -> lungcad::model::Detector {
+    use lungcad::model::{select_device, Detector, DetectorConfig, DeviceChoice};
+    let config = DetectorConfig {
+        channels: [4, 4, 8, 8, 8],
+        blocks: [1, 1, 1, 1],
+        decoder_channels: 8,
+        ..DetectorConfig::default()
+    };
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    Detector::new(config, pre.clone(), &device, 1).unwrap()
+}
+
+/// Resuming from a checkpoint continues the run exactly (weights and Adam's moments), and
+/// an interrupted save leaves the previous checkpoint the latest.
+#[test]
+fn checkpoints_resume_exactly_and_survive_an_interrupted_save() {
+    use lungcad::detect::HeadLayout;
+    use lungcad::train::checkpoint;
+    use lungcad::train::loss::LossConfig;
+    use lungcad::train::sampler::{make_sample, SampleSpec, SamplerConfig};
+    use lungcad::train::Trainer;
+    let s = scan();
+    let detector = tiny_detector(&s.pre.config);
+    let batch: Vec<_> = (0..2)
+        .map(|i| {
+            let spec = SampleSpec {
+                scan: 0,
+                nodule: (i == 0).then_some(0),
+                seed: i,
+            };
+            make_sample(
+                &s,
+                &spec,
+                [32; 3],
+                &HeadLayout::default(),
+                &SamplerConfig::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path().join("checkpoints");
+    assert!(checkpoint::latest(&ckpts).unwrap().is_none());
+
+    let mut t = Trainer::new(&detector, LossConfig::default());
+    for _ in 0..3 {
+        t.step(&batch, 3e-3).unwrap();
+    }
+    t.save_checkpoint(&ckpts, "step-3", &serde_json::json!({"step": 3}))
+        .unwrap();
+    let after: Vec<f64> = (0..2)
+        .map(|_| t.step(&batch, 3e-3).unwrap().total)
+        .collect();
+
+    let (device, _) = lungcad::model::select_device(lungcad::model::DeviceChoice::Cpu).unwrap();
+    let (mut r, state) = Trainer::resume(&ckpts, &device, LossConfig::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(state["step"], 3);
+    let resumed: Vec<f64> = (0..2)
+        .map(|_| r.step(&batch, 3e-3).unwrap().total)
+        .collect();
+    println!("uninterrupted {after:?}, resumed {resumed:?}");
+    assert_eq!(after, resumed, "resume continues the run exactly");
+
+    // The optimiser state matters: the same weights with a fresh Adam go elsewhere.
+    let folder = checkpoint::latest(&ckpts).unwrap().unwrap();
+    let weights_only =
+        lungcad::model::Detector::load(folder.join(checkpoint::MODEL_FILE), &device).unwrap();
+    let mut fresh = Trainer::new(&weights_only, LossConfig::default());
+    let first = fresh.step(&batch, 3e-3).unwrap().total;
+    let second = fresh.step(&batch, 3e-3).unwrap().total;
+    assert_eq!(first, after[0], "the same weights give the same loss");
+    assert_ne!(
+        second, after[1],
+        "without Adam's moments the second step differs"
+    );
+
+    // A save interrupted before its rename: a partial temporary folder and pointer.
+    std::fs::create_dir_all(ckpts.join(".tmp-step-5")).unwrap();
+    std::fs::write(
+        ckpts.join(".tmp-step-5").join(checkpoint::MODEL_FILE),
+        b"trunc",
+    )
+    .unwrap();
+    std::fs::write(ckpts.join(".latest.tmp"), b"step-").unwrap();
+    assert_eq!(checkpoint::latest(&ckpts).unwrap().unwrap(), folder);
+    assert!(Trainer::resume(&ckpts, &device, LossConfig::default())
+        .unwrap()
+        .is_some());
+    // The next save cleans up and moves the pointer.
+    t.save_checkpoint(&ckpts, "step-5", &serde_json::json!({"step": 5}))
+        .unwrap();
+    assert_eq!(
+        checkpoint::latest(&ckpts).unwrap().unwrap(),
+        ckpts.join("step-5")
+    );
+    // A pointer to an incomplete folder is a clear error, not a panic.
+    std::fs::remove_file(ckpts.join("step-5").join(checkpoint::OPTIMIZER_FILE)).unwrap();
+    let e = checkpoint::latest(&ckpts).unwrap_err();
+    assert_eq!(e.category(), "checkpoint");
+    assert!(e.to_string().contains("optimizer.bpk"), "{e}");
+}
+
+#[test]
+fn datasets_are_found_in_luna16_tianchi_and_dicom_layouts() {
+    use lungcad::eval::{Annotations, Finding};
+    use lungcad::io::dicom::{write_series, SeriesWriteOptions};
+    use lungcad::train::dataset::find_scans;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let small = |origin: f64| {
+        let hu = ndarray::Array3::<i16>::from_elem((4, 8, 8), -1000);
+        lungcad::Volume::new(hu, Geometry::new([2.0, 1.0, 1.0], [origin, 0.0, 0.0])).unwrap()
+    };
+    std::fs::create_dir_all(root.join("subset0")).unwrap();
+    std::fs::create_dir_all(root.join("tianchi/train")).unwrap();
+    lungcad::save(&small(0.0), root.join("subset0/1.2.3.mhd")).unwrap();
+    lungcad::save(&small(1.0), root.join("tianchi/train/LKDS-00001.mhd")).unwrap();
+    lungcad::save(&small(2.0), root.join("subset0/4.5.6.nii.gz")).unwrap();
+    write_series(
+        &small(3.0),
+        &root.join("dicom/patient/series"),
+        &SeriesWriteOptions {
+            series_uid: Some("1.2.826.0.1.99".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    std::fs::write(root.join("README.txt"), "a dataset").unwrap();
+    let finding = |uid: &str, x: f64| Finding {
+        seriesuid: uid.into(),
+        coord_x: x,
+        coord_y: 1.0,
+        coord_z: 2.0,
+        diameter_mm: Some(6.0),
+    };
+    let ann = Annotations::from_findings(vec![
+        finding("1.2.3", 1.0),
+        finding("1.2.3", 2.0),
+        finding("LKDS-00001", 3.0),
+        finding("1.2.826.0.1.99", 4.0),
+        finding("9.9.9", 5.0),
+    ]);
+    let ex = Annotations::from_findings(vec![finding("4.5.6", 6.0)]);
+    let (scans, missing) =
+        find_scans(root, &ann, Some(&ex), &lungcad::LoadConfig::default()).unwrap();
+    let uids: Vec<&str> = scans.iter().map(|s| s.series_uid.as_str()).collect();
+    assert_eq!(uids, ["1.2.3", "1.2.826.0.1.99", "4.5.6", "LKDS-00001"]);
+    assert_eq!(missing, ["9.9.9"]);
+    let by = |u: &str| scans.iter().find(|s| s.series_uid == u).unwrap();
+    assert_eq!(by("1.2.3").nodules.len(), 2);
+    assert!(by("4.5.6").nodules.is_empty() && by("4.5.6").excluded.len() == 1);
+    let d = by("1.2.826.0.1.99");
+    assert!(d.dicom && d.path.ends_with("dicom/patient/series"));
+    // Each loads as the scan it names.
+    for s in &scans {
+        let v = lungcad::load(&s.path, &s.load_config(&lungcad::LoadConfig::default())).unwrap();
+        assert_eq!(v.shape(), [4, 8, 8], "{}", s.series_uid);
+    }
+    // A series in two places is refused.
+    lungcad::save(&small(5.0), root.join("tianchi/1.2.3.mha")).unwrap();
+    let e = find_scans(root, &ann, None, &lungcad::LoadConfig::default()).unwrap_err();
+    assert!(e.to_string().contains("1.2.3"), "{e}");
+}

@@ -15,7 +15,7 @@
 use super::ops::{max_pool3d_2, upsample_nearest3d_2};
 use super::DetectorConfig;
 use crate::rng::SplitMix64;
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig3d};
 use burn::prelude::*;
@@ -215,6 +215,11 @@ impl ModuleMapper for Initialise {
         let is_head = self.path.first().is_some_and(|p| p.starts_with("head2@"));
         let anchors = self.anchors;
         let seed = self.seed;
+        // Ids from the path, so the same network always has the same ids: an optimiser's
+        // state (keyed by id) then fits the network again after a checkpoint is reloaded.
+        let id = ParamId::from(fnv1a(path.as_bytes()) ^ 0x6c75_6e67_6361_6400);
+        let mut param = param;
+        param.id = id;
         param.map(|t| {
             let dims = t.dims();
             let n: usize = dims.iter().product();

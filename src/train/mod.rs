@@ -1,9 +1,12 @@
-//! Training the detector in Rust (issue 6, being built): augmented, size-balanced patches
-//! ([`sampler`], [`augment`]), the detection loss with hard-negative mining ([`loss`]) and
-//! the optimisation step ([`Trainer`]). Datasets, the on-disk cache, checkpoints and
-//! `lungcad train` come next.
+//! Training the detector in Rust (issue 6, being built): datasets ([`dataset`]),
+//! augmented, size-balanced patches ([`sampler`], [`augment`]), the detection loss with
+//! hard-negative mining ([`loss`]), the optimisation step and checkpoints that survive a
+//! kill ([`Trainer`], [`checkpoint`]). The on-disk preprocessing cache, the epoch loop with
+//! validation and `lungcad train` come next.
 
 pub mod augment;
+pub mod checkpoint;
+pub mod dataset;
 pub mod loss;
 pub mod sampler;
 
@@ -60,6 +63,57 @@ impl Trainer {
         let grads = GradientsParams::from_grads(loss.total.backward(), &self.net);
         self.net = self.optim.step(lr, self.net.clone(), grads);
         Ok(loss.parts)
+    }
+
+    /// Saves the network, the optimiser state and `state` (the caller's: epoch, RNG,
+    /// metrics) as checkpoint `name` in `dir`, atomically (see [`checkpoint`]).
+    pub fn save_checkpoint(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        state: &serde_json::Value,
+    ) -> Result<std::path::PathBuf> {
+        let detector = self.detector();
+        checkpoint::save_atomically(dir, name, |tmp| {
+            detector.save(tmp.join(checkpoint::MODEL_FILE))?;
+            let opt = tmp.join(checkpoint::OPTIMIZER_FILE);
+            self.optim.save(&opt).map_err(|e| Error::Checkpoint {
+                path: opt.clone(),
+                message: format!("writing the optimiser state: {e}"),
+            })?;
+            let text = serde_json::to_string_pretty(state)
+                .map_err(|e| Error::InvalidArgument(format!("checkpoint state: {e}")))?;
+            checkpoint::write_synced(&tmp.join(checkpoint::STATE_FILE), text.as_bytes())
+        })
+    }
+
+    /// Continues from the latest checkpoint in `dir` on `device`: the trainer and the state
+    /// saved with it, or `None` when `dir` has no checkpoint.
+    pub fn resume(
+        dir: &std::path::Path,
+        device: &Device,
+        loss: LossConfig,
+    ) -> Result<Option<(Trainer, serde_json::Value)>> {
+        let Some(folder) = checkpoint::latest(dir)? else {
+            return Ok(None);
+        };
+        let detector = Detector::load(folder.join(checkpoint::MODEL_FILE), device)?;
+        let mut trainer = Trainer::new(&detector, loss);
+        let opt = folder.join(checkpoint::OPTIMIZER_FILE);
+        trainer.optim = AdamConfig::new()
+            .init()
+            .load(&opt)
+            .map_err(|e| Error::Checkpoint {
+                path: opt.clone(),
+                message: format!("reading the optimiser state: {e}"),
+            })?;
+        let state_path = folder.join(checkpoint::STATE_FILE);
+        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let state = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+            path: state_path.clone(),
+            message: format!("state is not JSON: {e}"),
+        })?;
+        Ok(Some((trainer, state)))
     }
 
     /// The network as trained so far, as a detector for inference (batch norm on its
