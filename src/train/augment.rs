@@ -149,74 +149,96 @@ impl PatchTransform {
             diameter_mm: n.diameter_mm * self.scale,
         }
     }
-
-    /// Whether the map moves voxel centres onto voxel centres (no interpolation needed).
-    fn is_exact(&self) -> bool {
-        let c = self.centre_out();
-        self.scale == 1.0
-            && (0..3).all(|a| {
-                let off = self.centre_vox[self.perm[a]] - c[a];
-                off == off.round()
-            })
-    }
 }
 
 /// The windowed patch of `pre` through `t` (voxels beyond the grid take the padding value):
-/// trilinear interpolation of the windowed neighbours when the transform scales or lands
-/// between voxels, exact copies otherwise.
+/// trilinear interpolation of the windowed voxels, which is exact copying when the transform
+/// neither scales nor lands between voxels.
+///
+/// The transform is axis-aligned, so each output axis reads along one grid axis: the grid
+/// positions are tabulated per axis, the grid region they touch is windowed once, and each
+/// output voxel is seven lerps of eight reads from that region.
 pub fn cut_patch(pre: &Preprocessed, t: &PatchTransform) -> Array3<f32> {
     let shape = pre.shape();
     let w = &pre.config.window;
     let pad = w.normalize(pre.config.patch.pad_hu);
+    let c_out = t.centre_out();
+    // Per output axis: the lower grid index and the weight of the upper one.
+    let tables: [Vec<(i64, f32)>; 3] = [0, 1, 2].map(|a| {
+        (0..t.size_vox[a])
+            .map(|o| {
+                let g = t.centre_vox[t.perm[a]] + t.sign[a] * (o as f64 - c_out[a]) / t.scale;
+                let lo = g.floor();
+                (lo as i64, (g - lo) as f32)
+            })
+            .collect()
+    });
+    // The grid region touched, per grid axis: [start, start + len).
+    let mut start = [0i64; 3];
+    let mut len = [0usize; 3];
+    for a in 0..3 {
+        let ga = t.perm[a];
+        let lo = tables[a].iter().map(|v| v.0).min().unwrap_or(0);
+        let hi = tables[a].iter().map(|v| v.0).max().unwrap_or(0) + 1;
+        start[ga] = lo;
+        len[ga] = (hi - lo + 1) as usize;
+    }
+    // The region, windowed; padding beyond the grid.
     let (hu, mask) = (&pre.volume.hu, &pre.lung.mask);
-    let at = |z: i64, y: i64, x: i64| -> f32 {
-        if z < 0
-            || y < 0
-            || x < 0
-            || z >= shape[0] as i64
-            || y >= shape[1] as i64
-            || x >= shape[2] as i64
-        {
-            pad
-        } else {
-            let i = [z as usize, y as usize, x as usize];
-            w.value(hu[i], mask[i] != 0)
-        }
-    };
-    let exact = t.is_exact();
+    let mut region = Array3::<f32>::zeros(len);
+    region
+        .axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(rz, mut plane)| {
+            let z = start[0] + rz as i64;
+            for ((ry, rx), v) in plane.indexed_iter_mut() {
+                let (y, x) = (start[1] + ry as i64, start[2] + rx as i64);
+                *v = if z < 0
+                    || y < 0
+                    || x < 0
+                    || z >= shape[0] as i64
+                    || y >= shape[1] as i64
+                    || x >= shape[2] as i64
+                {
+                    pad
+                } else {
+                    let i = [z as usize, y as usize, x as usize];
+                    w.value(hu[i], mask[i] != 0)
+                };
+            }
+        });
+    let region = region.as_standard_layout();
+    let src = region.as_slice().unwrap_or(&[]);
+    let stride = [len[1] * len[2], len[2], 1];
+    // Per output axis: offsets into the region, the step to the upper neighbour, weights.
+    let offs: [Vec<(usize, f32)>; 3] = [0, 1, 2].map(|a| {
+        let ga = t.perm[a];
+        tables[a]
+            .iter()
+            .map(|&(lo, wt)| ((lo - start[ga]) as usize * stride[ga], wt))
+            .collect()
+    });
+    let step = [0, 1, 2].map(|a| stride[t.perm[a]]);
+    let lerp = |a: f32, b: f32, wt: f32| a + wt * (b - a);
     let mut out = Array3::<f32>::zeros(t.size_vox);
     out.axis_iter_mut(Axis(0))
         .into_par_iter()
         .enumerate()
         .for_each(|(oz, mut plane)| {
-            for ((oy, ox), v) in plane.indexed_iter_mut() {
-                let g = t.to_grid([oz as f64, oy as f64, ox as f64]);
-                *v = if exact {
-                    at(
-                        g[0].round() as i64,
-                        g[1].round() as i64,
-                        g[2].round() as i64,
-                    )
-                } else {
-                    let f = g.map(f64::floor);
-                    let r = [0, 1, 2].map(|a| (g[a] - f[a]) as f32);
-                    let b = f.map(|v| v as i64);
-                    let mut acc = 0.0f32;
-                    for dz in 0..2 {
-                        let wz = if dz == 0 { 1.0 - r[0] } else { r[0] };
-                        for dy in 0..2 {
-                            let wy = if dy == 0 { 1.0 - r[1] } else { r[1] };
-                            for dx in 0..2 {
-                                let wx = if dx == 0 { 1.0 - r[2] } else { r[2] };
-                                let wt = wz * wy * wx;
-                                if wt != 0.0 {
-                                    acc += wt * at(b[0] + dz, b[1] + dy, b[2] + dx);
-                                }
-                            }
-                        }
-                    }
-                    acc
-                };
+            let (z0, wz) = offs[0][oz];
+            for (oy, mut row) in plane.rows_mut().into_iter().enumerate() {
+                let (y0, wy) = offs[1][oy];
+                let base = z0 + y0;
+                for (v, &(x0, wx)) in row.iter_mut().zip(&offs[2]) {
+                    let i = base + x0;
+                    let at = |d: usize| src[i + d];
+                    let c00 = lerp(at(0), at(step[2]), wx);
+                    let c01 = lerp(at(step[1]), at(step[1] + step[2]), wx);
+                    let c10 = lerp(at(step[0]), at(step[0] + step[2]), wx);
+                    let c11 = lerp(at(step[0] + step[1]), at(step[0] + step[1] + step[2]), wx);
+                    *v = lerp(lerp(c00, c01, wy), lerp(c10, c11, wy), wz);
+                }
             }
         });
     out

@@ -239,3 +239,53 @@ pub fn image_shape(s: &TrainSample) -> [usize; 3] {
     let (d, h, w) = s.image.dim();
     [d, h, w]
 }
+
+/// Makes the batches of `plan` (consecutive chunks of `batch_size` specs) on worker threads,
+/// up to `ahead` batches before the consumer, and hands them to `consume` in plan order on
+/// the calling thread: the data pipeline runs while the network trains on the previous
+/// batch. Samples within a batch are made in parallel (rayon); the result does not depend
+/// on the threads (each sample has its own seed). Stops at the first error, from either
+/// side.
+#[allow(clippy::too_many_arguments)]
+pub fn for_each_batch(
+    scans: &[TrainScan],
+    plan: &[SampleSpec],
+    batch_size: usize,
+    size_vox: [usize; 3],
+    head: &HeadLayout,
+    config: &SamplerConfig,
+    ahead: usize,
+    mut consume: impl FnMut(usize, Vec<TrainSample>) -> Result<()>,
+) -> Result<()> {
+    use rayon::prelude::*;
+    if batch_size == 0 {
+        return Err(Error::InvalidArgument(
+            "batch size must be at least 1".into(),
+        ));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<TrainSample>>>(ahead.max(1));
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for chunk in plan.chunks(batch_size) {
+                let batch: Result<Vec<TrainSample>> = chunk
+                    .par_iter()
+                    .map(|spec| {
+                        let scan = scans.get(spec.scan).ok_or_else(|| {
+                            Error::InvalidArgument(format!("no scan {}", spec.scan))
+                        })?;
+                        make_sample(scan, spec, size_vox, head, config)
+                    })
+                    .collect();
+                let failed = batch.is_err();
+                // The consumer hung up (it failed): stop making batches.
+                if tx.send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for (i, batch) in rx.iter().enumerate() {
+            consume(i, batch?)?;
+        }
+        Ok(())
+    })
+}
