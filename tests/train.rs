@@ -585,3 +585,75 @@ fn cut_patch_matches_a_plain_trilinear_loop() {
         assert!(worst < 1e-5, "draw {k}: {t:?}: max |difference| {worst}");
     }
 }
+
+/// The child process of `a_process_killed_while_saving_leaves_a_loadable_checkpoint`: saves
+/// checkpoints in a loop until killed. Does nothing when run on its own.
+#[test]
+#[ignore = "run by a_process_killed_while_saving_leaves_a_loadable_checkpoint"]
+fn checkpoint_writer_child() {
+    use lungcad::train::loss::LossConfig;
+    use lungcad::train::Trainer;
+    let Ok(dir) = std::env::var("LUNGCAD_CHECKPOINT_CHILD_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let (pre, _) = phantom();
+    let t = Trainer::new(&tiny_detector(&pre.config), LossConfig::default());
+    for i in 0u64.. {
+        t.save_checkpoint(
+            &dir,
+            &format!("save-{:04}", i % 3),
+            &serde_json::json!({ "save": i }),
+        )
+        .unwrap();
+    }
+}
+
+/// A real kill (SIGKILL on Unix) of a process that is saving checkpoints in a loop, at
+/// several moments: whatever it was doing, the latest checkpoint loads and resumes.
+#[test]
+fn a_process_killed_while_saving_leaves_a_loadable_checkpoint() {
+    use lungcad::train::checkpoint;
+    use lungcad::train::loss::LossConfig;
+    use lungcad::train::Trainer;
+    let exe = std::env::current_exe().unwrap();
+    let (device, _) = lungcad::model::select_device(lungcad::model::DeviceChoice::Cpu).unwrap();
+    let mut saves_seen = Vec::new();
+    for (round, wait_ms) in [400u64, 530, 610, 770, 890, 1130].into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "checkpoint_writer_child",
+                "--test-threads",
+                "1",
+            ])
+            .env("LUNGCAD_CHECKPOINT_CHILD_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the first complete checkpoint, then a while more, then kill.
+        let t0 = std::time::Instant::now();
+        while checkpoint::latest(dir.path()).ok().flatten().is_none() {
+            assert!(
+                t0.elapsed().as_secs() < 120,
+                "round {round}: no checkpoint written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (_, state) = Trainer::resume(dir.path(), &device, LossConfig::default())
+            .unwrap_or_else(|e| panic!("round {round}: {e}"))
+            .unwrap_or_else(|| panic!("round {round}: no checkpoint"));
+        saves_seen.push(state["save"].as_u64().unwrap());
+    }
+    println!("killed after saves {saves_seen:?}");
+    assert!(
+        saves_seen.iter().any(|&s| s > 0),
+        "the child saved more than once"
+    );
+}
