@@ -234,12 +234,6 @@ pub fn stack_images(samples: &[TrainSample]) -> Vec<f32> {
     out
 }
 
-/// The image shape of a sample (for the batch tensor).
-pub fn image_shape(s: &TrainSample) -> [usize; 3] {
-    let (d, h, w) = s.image.dim();
-    [d, h, w]
-}
-
 /// Makes the batches of `plan` (consecutive chunks of `batch_size` specs) on worker threads,
 /// up to `ahead` batches before the consumer, and hands them to `consume` in plan order on
 /// the calling thread: the data pipeline runs while the network trains on the previous
