@@ -507,12 +507,10 @@ fn detect_runs_end_to_end_on_lidc() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("net.json");
-    std::fs::write(
-        &config,
-        r#"{"channels": [4, 4, 8, 8, 8], "blocks": [1, 1, 1, 1], "decoder_channels": 8}"#,
-    )
-    .unwrap();
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/detector_tiny/detector_config.json"
+    );
     let model = dir.path().join("untrained.safetensors");
     let init = lungcad()
         .args(["init-model", "--seed", "3", "--out"])

@@ -9,27 +9,14 @@ mod common;
 
 use lungcad::detect::HeadLayout;
 use lungcad::model::{select_device, Detector, DetectorConfig, DeviceChoice};
-use lungcad::preprocess::{preprocess, PatchConfig, PreprocessConfig};
+use lungcad::preprocess::{preprocess, PreprocessConfig};
 use lungcad::{Geometry, Limits};
 
 fn tiny() -> (DetectorConfig, PreprocessConfig) {
-    let config = DetectorConfig {
-        channels: [4, 4, 8, 8, 8],
-        blocks: [1, 1, 1, 1],
-        decoder_channels: 8,
-        decoder_blocks: 1,
-        ..DetectorConfig::default()
-    };
-    let pre = PreprocessConfig {
-        spacing_mm: [2.0; 3],
-        patch: PatchConfig {
-            size_vox: [32; 3],
-            overlap_vox: [8; 3],
-            pad_hu: 0.0,
-        },
-        ..PreprocessConfig::default()
-    };
-    (config, pre)
+    (
+        common::tiny_detector_config(),
+        common::tiny_preprocess_config(),
+    )
 }
 
 fn input(batch: usize, seed: u64) -> Vec<f32> {

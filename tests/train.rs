@@ -3,23 +3,14 @@
 mod common;
 
 use lungcad::detect::VoxelNodule;
-use lungcad::preprocess::{preprocess, PatchConfig, PreprocessConfig};
+use lungcad::preprocess::preprocess;
 use lungcad::train::augment::{cut_patch, AugmentConfig, PatchTransform};
 use lungcad::{Geometry, Limits};
 
 fn phantom() -> (lungcad::preprocess::Preprocessed, VoxelNodule) {
     let g = Geometry::new([2.5, 2.0, 2.0], [-150.0, -120.0, -100.0]);
     let (v, nodule_world, _) = common::chest_phantom(g, [60, 120, 150], true);
-    let cfg = PreprocessConfig {
-        spacing_mm: [2.0; 3],
-        patch: PatchConfig {
-            size_vox: [32; 3],
-            overlap_vox: [8; 3],
-            pad_hu: 0.0,
-        },
-        ..PreprocessConfig::default()
-    };
-    let pre = preprocess(&v, &cfg, &Limits::default()).unwrap();
+    let pre = preprocess(&v, &common::tiny_preprocess_config(), &Limits::default()).unwrap();
     let c = pre.geometry().world_to_voxel(nodule_world);
     (
         pre,
@@ -257,19 +248,11 @@ fn loss_is_small_for_the_ideal_output_and_large_for_its_opposite() {
 #[test]
 fn training_steps_lower_the_loss_on_the_cpu() {
     use lungcad::detect::HeadLayout;
-    use lungcad::model::{select_device, Detector, DetectorConfig, DeviceChoice};
     use lungcad::train::loss::LossConfig;
     use lungcad::train::sampler::{make_sample, SampleSpec, SamplerConfig};
     use lungcad::train::Trainer;
     let s = scan();
-    let config = DetectorConfig {
-        channels: [4, 4, 8, 8, 8],
-        blocks: [1, 1, 1, 1],
-        decoder_channels: 8,
-        ..DetectorConfig::default()
-    };
-    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
-    let detector = Detector::new(config, s.pre.config.clone(), &device, 1).unwrap();
+    let detector = tiny_detector(&s.pre.config);
     let head = HeadLayout::default();
     let cfg = SamplerConfig::default();
     let batch: Vec<_> = (0..4)
@@ -304,15 +287,9 @@ fn training_steps_lower_the_loss_on_the_cpu() {
 }
 
 fn tiny_detector(pre: &lungcad::preprocess::PreprocessConfig) -> lungcad::model::Detector {
-    use lungcad::model::{select_device, Detector, DetectorConfig, DeviceChoice};
-    let config = DetectorConfig {
-        channels: [4, 4, 8, 8, 8],
-        blocks: [1, 1, 1, 1],
-        decoder_channels: 8,
-        ..DetectorConfig::default()
-    };
+    use lungcad::model::{select_device, Detector, DeviceChoice};
     let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
-    Detector::new(config, pre.clone(), &device, 1).unwrap()
+    Detector::new(common::tiny_detector_config(), pre.clone(), &device, 1).unwrap()
 }
 
 /// Resuming from a checkpoint continues the run exactly (weights and Adam's moments), and

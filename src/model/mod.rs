@@ -486,26 +486,20 @@ impl Detector {
                 format!(
                     "weights do not fit the network: {} missing ({}), {} errors ({})",
                     applied.missing.len(),
-                    applied
-                        .missing
-                        .iter()
-                        .take(3)
-                        .map(|m| format!("{m:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    first_three(&applied.missing),
                     applied.errors.len(),
-                    applied
-                        .errors
-                        .iter()
-                        .take(3)
-                        .map(|m| format!("{m:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    first_three(&applied.errors),
                 ),
             ));
         }
         Ok(detector)
     }
+}
+
+/// The first three items of a list, for an error message.
+fn first_three<T: std::fmt::Debug>(items: &[T]) -> String {
+    let shown: Vec<String> = items.iter().take(3).map(|m| format!("{m:?}")).collect();
+    shown.join(", ")
 }
 
 /// The `__metadata__` map of a safetensors file's header, read without loading tensors.

@@ -10,7 +10,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use std::io::Write;
+use crate::io::metaimage::AtomicFile;
 use std::path::{Path, PathBuf};
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -23,13 +23,6 @@ fn checkpoint_error(path: &Path, message: impl Into<String>) -> Error {
         path: path.to_path_buf(),
         message: message.into(),
     }
-}
-
-/// Writes `bytes` to `path` and flushes them to the disk.
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
 }
 
 fn sync_path(path: &Path) -> Result<()> {
@@ -47,8 +40,10 @@ fn sync_dir(path: &Path) {
 }
 
 /// Saves a checkpoint named `name` in `dir`: `fill(tmp)` writes the checkpoint's files into
-/// the temporary folder `tmp`; then the folder is synced, renamed to `dir/name` and `latest`
-/// is pointed at it. An existing checkpoint of that name is replaced.
+/// the temporary folder `tmp`; then each file and the folder are synced, the folder is
+/// renamed to `dir/name` and `latest` is pointed at it (through [`AtomicFile`]). An existing
+/// checkpoint of that name is replaced; replacing the one `latest` points to leaves a moment with no checkpoint, so
+/// give each checkpoint a new name (`epoch-0003`).
 pub fn save_atomically(
     dir: &Path,
     name: &str,
@@ -71,9 +66,9 @@ pub fn save_atomically(
         std::fs::remove_dir_all(&fin).map_err(|e| Error::io(&fin, e))?;
     }
     std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
-    let pointer_tmp = dir.join(format!(".{LATEST}.tmp"));
-    write_synced(&pointer_tmp, name.as_bytes())?;
-    std::fs::rename(&pointer_tmp, dir.join(LATEST)).map_err(|e| Error::io(dir, e))?;
+    let mut pointer = AtomicFile::create(&dir.join(LATEST))?;
+    pointer.write_with(|w| w.write_all(name.as_bytes()))?;
+    pointer.commit()?;
     sync_dir(dir);
     Ok(fin)
 }

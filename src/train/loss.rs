@@ -56,12 +56,13 @@ fn bce_with_logits(z: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
 }
 
 /// The loss of `output` (the head's `(B, 5A, D, H, W)`) against `targets` (one
-/// [`crate::detect::encode_targets`] map per patch, same layout).
-pub fn detection_loss(
+/// [`crate::detect::encode_targets`] map per patch, same layout), borrowed.
+pub fn detection_loss<'a>(
     output: Tensor<5>,
-    targets: &[Array4<f32>],
+    targets: impl IntoIterator<Item = &'a Array4<f32>>,
     config: &LossConfig,
 ) -> Result<Loss> {
+    let targets: Vec<&Array4<f32>> = targets.into_iter().collect();
     let [b, c, d, h, w] = output.dims();
     if targets.len() != b || targets.iter().any(|t| t.dim() != (c, d, h, w)) {
         return Err(Error::InvalidArgument(format!(

@@ -57,9 +57,8 @@ impl Trainer {
             TensorData::new(sampler::stack_images(samples), [samples.len(), 1, d, h, w]),
             &self.device,
         );
-        let targets: Vec<_> = samples.iter().map(|s| s.targets.clone()).collect();
         let out = self.net.forward(x);
-        let loss = detection_loss(out, &targets, &self.loss)?;
+        let loss = detection_loss(out, samples.iter().map(|s| &s.targets), &self.loss)?;
         let grads = GradientsParams::from_grads(loss.total.backward(), &self.net);
         self.net = self.optim.step(lr, self.net.clone(), grads);
         Ok(loss.parts)
@@ -83,7 +82,9 @@ impl Trainer {
             })?;
             let text = serde_json::to_string_pretty(state)
                 .map_err(|e| Error::InvalidArgument(format!("checkpoint state: {e}")))?;
-            checkpoint::write_synced(&tmp.join(checkpoint::STATE_FILE), text.as_bytes())
+            // Synced with the folder's other files by save_atomically.
+            let state = tmp.join(checkpoint::STATE_FILE);
+            std::fs::write(&state, text).map_err(|e| Error::io(&state, e))
         })
     }
 

@@ -109,3 +109,27 @@ pub fn chest_phantom(
     let lungs_ml = 2.0 * 4.0 / 3.0 * std::f64::consts::PI * 50.0 * 70.0 * 100.0 / 1000.0;
     (v, nodule, lungs_ml)
 }
+
+/// A detector small enough for tests on the CPU: the shape of `tests/fixtures/detector_tiny`.
+pub fn tiny_detector_config() -> lungcad::model::DetectorConfig {
+    lungcad::model::DetectorConfig {
+        channels: [4, 4, 8, 8, 8],
+        blocks: [1, 1, 1, 1],
+        decoder_channels: 8,
+        decoder_blocks: 1,
+        ..Default::default()
+    }
+}
+
+/// Preprocessing at 2 mm with 32³ patches (8 voxels of overlap), for tiny detectors.
+pub fn tiny_preprocess_config() -> lungcad::preprocess::PreprocessConfig {
+    lungcad::preprocess::PreprocessConfig {
+        spacing_mm: [2.0; 3],
+        patch: lungcad::preprocess::PatchConfig {
+            size_vox: [32; 3],
+            overlap_vox: [8; 3],
+            pad_hu: 0.0,
+        },
+        ..Default::default()
+    }
+}
