@@ -14,6 +14,12 @@ torch.no_grad(), with all cores (torch.set_num_threads(os.cpu_count())). On a GP
 (--torch-device cuda) each PyTorch pass ends with torch.cuda.synchronize(), as lungcad's
 ends with reading the output back. Ratio = PyTorch's time / lungcad's (above 1: lungcad is
 faster).
+
+--train times training steps instead (`lungcad benchmark --train`): forward, backward and
+an Adam step, the network in training mode (batch statistics). lungcad's loss is its
+detection loss (BCE with hard-negative top-k, smooth L1); PyTorch's is the mean square of
+the output, a cheaper loss on the same output, so the comparison slightly favours PyTorch
+(the loss is a few small tensors against a 3-D U-Net's convolutions).
 """
 import argparse
 import json
@@ -28,7 +34,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "python", "reference"))
 
 
-def torch_times(model, batch_sizes, patch, repeats, device):
+def torch_times(model, batch_sizes, patch, repeats, device, train=False):
     import numpy as np
     import torch
     from detector import load_lungcad_model
@@ -36,14 +42,23 @@ def torch_times(model, batch_sizes, patch, repeats, device):
     torch.set_num_threads(os.cpu_count())
     net, _ = load_lungcad_model(model)
     net = net.to(device)
+    if train:
+        net.train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     rows = []
     for b in batch_sizes:
         x = torch.from_numpy(np.random.default_rng(0).random((b, 1, patch, patch, patch), dtype=np.float32)).to(device)
 
         def one():
             t = time.perf_counter()
-            with torch.no_grad():
+            if train:
+                opt.zero_grad()
                 y = net(x)
+                y.square().mean().backward()
+                opt.step()
+            else:
+                with torch.no_grad():
+                    y = net(x)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             _ = y
@@ -64,6 +79,7 @@ def main():
     ap.add_argument("--device", default="cpu", help="lungcad's device: cpu, wgpu, cuda")
     ap.add_argument("--torch-device", default="cpu")
     ap.add_argument("--model")
+    ap.add_argument("--train", action="store_true", help="time training steps instead of inference passes")
     ap.add_argument("--lungcad", default=os.path.join(ROOT, "target", "release", "lungcad"))
     a = ap.parse_args()
     sizes = [int(s) for s in a.batch_sizes.split(",")]
@@ -74,14 +90,16 @@ def main():
             subprocess.run([a.lungcad, "init-model", "--out", model], check=True, stderr=subprocess.DEVNULL)
         p = subprocess.run(
             [a.lungcad, "benchmark", "--model", model, "--device", a.device, "--batch-sizes", a.batch_sizes,
-             "--patch", str(a.patch), "--repeats", str(a.repeats), "--json"],
+             "--patch", str(a.patch), "--repeats", str(a.repeats), "--json"] + (["--train"] if a.train else []),
             check=True, stdout=subprocess.PIPE, text=True)
         ours = json.loads(p.stdout)
-        version, theirs = torch_times(model, sizes, a.patch, a.repeats, a.torch_device)
+        version, theirs = torch_times(model, sizes, a.patch, a.repeats, a.torch_device, a.train)
     print(f"default detector, {ours['parameters']} parameters, {ours['gflops_per_patch']:.1f} GFLOPs per {a.patch}^3 patch; "
           f"{os.cpu_count()} CPU cores")
-    print(f"lungcad on {ours['device']}; PyTorch {version} eager fp32 on {a.torch_device}")
-    print("batch | lungcad s/pass | lungcad patches/s | PyTorch s/pass | PyTorch patches/s | PyTorch time / lungcad time")
+    unit = "step" if a.train else "pass"
+    print(f"{ours['mode']}: lungcad on {ours['device']} (peak resident memory {ours['peak_rss_bytes'] / 1e9:.2f} GB); "
+          f"PyTorch {version} eager fp32 on {a.torch_device}")
+    print(f"batch | lungcad s/{unit} | lungcad patches/s | PyTorch s/{unit} | PyTorch patches/s | PyTorch time / lungcad time")
     print("---|---|---|---|---|---")
     for o, t in zip(ours["results"], theirs):
         print(f"{o['batch_size']} | {o['median_s']:.3f} | {o['patches_per_s']:.2f} | {t['median_s']:.3f} | "

@@ -111,6 +111,11 @@ pub enum Error {
     #[error("{}: checkpoint: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
 
+    /// A file of the training cache (preprocessed scans) that cannot be read: truncated,
+    /// another format version, a header that does not parse.
+    #[error("{}: training cache: {message}", path.display())]
+    Cache { path: PathBuf, message: String },
+
     /// The compute device could not be used (no wgpu adapter, no CUDA in this build, a
     /// failed read-back).
     #[error("device: {0}")]
@@ -174,6 +179,7 @@ impl Error {
             Error::Preprocess { .. } => "preprocess",
             Error::Model { .. } => "model",
             Error::Checkpoint { .. } => "checkpoint",
+            Error::Cache { .. } => "cache",
             Error::Device(_) => "device",
             Error::InvalidArgument(_) => "argument",
         }

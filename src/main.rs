@@ -3,6 +3,8 @@
 // See lib.rs: `Error` is large by design and only built on the cold path.
 #![allow(clippy::result_large_err)]
 
+mod cli;
+
 use clap::{Args, Parser, Subcommand};
 use lungcad::{Error, Limits, LoadConfig, Volume};
 use std::path::PathBuf;
@@ -102,6 +104,11 @@ enum Command {
         #[arg(long)]
         overlay: Option<PathBuf>,
     },
+    /// Train the detector on a dataset (LUNA16, Tianchi, NIfTI or DICOM with a LUNA16-style
+    /// CSV): scans are preprocessed once into a cache, epochs of augmented 128³ patches run
+    /// in batches, validation CPM after each epoch keeps the best model, and a checkpoint
+    /// per epoch lets --resume continue exactly.
+    Train(cli::train::TrainArgs),
     /// Write a model file with freshly initialised, untrained weights (the starting point of
     /// training, and a way to run the pipeline end to end before training).
     InitModel {
@@ -119,7 +126,9 @@ enum Command {
         preprocess_config: Option<PathBuf>,
     },
     /// Time the network's forward pass on random input: patches/s per batch size, after one
-    /// warm-up pass per size (on a GPU the first pass compiles and autotunes kernels).
+    /// warm-up pass per size (on a GPU the first pass compiles and autotunes kernels). With
+    /// --train, time training steps (forward, backward, Adam) instead. Reports the process's
+    /// peak resident memory (Linux) too: run one batch size per process to read each one's.
     Benchmark {
         /// Model file; without one, the default network, untrained (speed does not depend on
         /// the weights).
@@ -137,6 +146,9 @@ enum Command {
         /// Timed passes per batch size (the median is reported).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Time training steps instead of inference passes.
+        #[arg(long)]
+        train: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -316,6 +328,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             out,
             overlay,
         )?,
+        Command::Train(args) => cli::train::train_command(args)?,
         Command::InitModel {
             out,
             seed,
@@ -356,8 +369,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             batch_sizes,
             patch,
             repeats,
+            train,
             json,
-        } => benchmark_command(model, &device, &batch_sizes, patch, repeats, json)?,
+        } => benchmark_command(model, &device, &batch_sizes, patch, repeats, train, json)?,
         Command::Eval {
             annotations,
             excluded,
@@ -492,6 +506,7 @@ fn benchmark_command(
     batch_sizes: &[usize],
     patch: Option<usize>,
     repeats: usize,
+    train: bool,
     json: bool,
 ) -> Result<(), Error> {
     use lungcad::model as m;
@@ -524,15 +539,21 @@ fn benchmark_command(
                 (rng >> 40) as f32 / (1u64 << 24) as f32
             })
             .collect();
+        let mut pass: Box<dyn FnMut() -> Result<(), Error>> = if train {
+            let samples = training_batch(&detector, &input, b, size)?;
+            let mut trainer =
+                lungcad::train::Trainer::new(&detector, Default::default(), &Default::default());
+            Box::new(move || trainer.step(&samples, 1e-4).map(|_| ()))
+        } else {
+            Box::new(|| detector.forward_batch(input.clone(), b, size).map(|_| ()))
+        };
         let t = std::time::Instant::now();
-        detector.forward_batch(input.clone(), b, size)?;
+        pass()?;
         let first_s = t.elapsed().as_secs_f64();
         let mut times: Vec<f64> = (0..repeats)
             .map(|_| {
                 let t = std::time::Instant::now();
-                detector
-                    .forward_batch(input.clone(), b, size)
-                    .map(|_| t.elapsed().as_secs_f64())
+                pass().map(|_| t.elapsed().as_secs_f64())
             })
             .collect::<Result<_, _>>()?;
         times.sort_by(f64::total_cmp);
@@ -546,8 +567,9 @@ fn benchmark_command(
         });
         if !json {
             println!(
-                "batch {b:>3}: {:>8.3} s per pass (median of {repeats}), {:>8.2} patches/s; first pass {:.3} s",
+                "batch {b:>3}: {:>8.3} s per {} (median of {repeats}), {:>8.2} patches/s; first {:.3} s",
                 median_s,
+                if train { "training step" } else { "pass" },
                 b as f64 / median_s,
                 first_s
             );
@@ -559,6 +581,8 @@ fn benchmark_command(
             "{}",
             serde_json::json!({
                 "device": dev_name,
+                "mode": if train { "training step" } else { "inference" },
+                "peak_rss_bytes": peak_rss_bytes(),
                 "patch_vox": size,
                 "parameters": cost.parameters,
                 "gflops_per_patch": cost.gflops(),
@@ -567,13 +591,59 @@ fn benchmark_command(
         );
     } else {
         eprintln!(
-            "{dev_name}, {:?} patches, {} parameters, {:.1} GFLOPs per patch",
+            "{dev_name}, {:?} patches, {} parameters, {:.1} GFLOPs per patch (forward){}",
             size,
             cost.parameters,
-            cost.gflops()
+            cost.gflops(),
+            peak_rss_bytes()
+                .map(|b| format!(", peak resident memory {:.2} GB", b as f64 / 1e9))
+                .unwrap_or_default()
         );
     }
     Ok(())
+}
+
+/// Training samples of random images, each with one 10 mm nodule at its centre as target.
+fn training_batch(
+    detector: &lungcad::model::Detector,
+    input: &[f32],
+    batch: usize,
+    size: [usize; 3],
+) -> Result<Vec<lungcad::train::sampler::TrainSample>, Error> {
+    use lungcad::detect::{encode_targets, VoxelNodule};
+    let nodule = VoxelNodule {
+        centre_vox: size.map(|n| n as f64 / 2.0),
+        diameter_mm: 10.0,
+    };
+    let spacing = detector.preprocess.spacing_mm;
+    let targets = encode_targets(
+        &detector.config.head,
+        size,
+        spacing,
+        &[nodule],
+        &Default::default(),
+    )?;
+    let per: usize = size.iter().product();
+    (0..batch)
+        .map(|k| {
+            let image =
+                ndarray::Array3::from_shape_vec(size, input[k * per..(k + 1) * per].to_vec())
+                    .map_err(|e| Error::InvalidArgument(format!("patch: {e}")))?;
+            Ok(lungcad::train::sampler::TrainSample {
+                image,
+                targets: targets.clone(),
+                nodules: vec![nodule],
+            })
+        })
+        .collect()
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 struct PreprocessOutputs {

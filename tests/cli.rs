@@ -562,3 +562,121 @@ fn detect_runs_end_to_end_on_lidc() {
     assert_eq!(j["detections"].as_array().map(|a| a.len()), Some(100));
     assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
 }
+
+/// `lungcad train` on phantoms: a config file and flags, progress to stderr, a run folder
+/// whose model `lungcad detect` reads; `--resume` extends the run; bad input fails in one
+/// line.
+#[test]
+fn train_writes_a_run_that_detect_reads_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    common::phantom_dataset(&data, 2);
+    let config = lungcad::train::run::TrainConfig {
+        detector: common::tiny_detector_config(),
+        preprocess: common::tiny_preprocess_config(),
+        ..Default::default()
+    };
+    let config_path = dir.path().join("train.json");
+    std::fs::write(&config_path, config.to_json()).unwrap();
+    let out = dir.path().join("run");
+    let train = |extra: &[&str]| {
+        lungcad()
+            .args(["train", "--device", "cpu", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let printed = train(&[
+        "--config",
+        config_path.to_str().unwrap(),
+        "--print-config",
+        "--epochs",
+        "3",
+    ]);
+    assert!(printed.status.success());
+    let shown =
+        lungcad::train::run::TrainConfig::from_json(&String::from_utf8_lossy(&printed.stdout))
+            .unwrap();
+    assert_eq!(shown.epochs, 3);
+    assert_eq!(shown.detector, config.detector);
+    assert!(!out.exists(), "--print-config writes nothing");
+
+    let args = [
+        "--config",
+        config_path.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--patches-per-epoch",
+        "4",
+        "--val-fraction",
+        "0.5",
+    ];
+    let run = train(&args);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("epoch 1: loss"), "{err}");
+    assert!(err.contains("validation CPM"), "{err}");
+    let model = out.join("model.safetensors");
+    for f in [
+        "metrics.jsonl",
+        "curves.png",
+        "split.json",
+        "train_config.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let scan = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "mhd"))
+        .unwrap();
+    let det = lungcad()
+        .arg("detect")
+        .arg(&scan)
+        .arg("--model")
+        .arg(&model)
+        .args(["--device", "cpu", "--threshold", "0.5"])
+        .output()
+        .unwrap();
+    assert!(
+        det.status.success(),
+        "{}",
+        String::from_utf8_lossy(&det.stderr)
+    );
+
+    // Again without --resume: refused; with it, epoch 2 follows.
+    let again = train(&args);
+    assert!(!again.status.success());
+    let e = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        e.contains("already holds a training run") && e.lines().count() == 1,
+        "{e}"
+    );
+    let resumed = train(&["--resume", "--epochs", "2"]);
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{err}");
+    assert!(
+        err.contains("epoch 2: loss") && !err.contains("epoch 1: loss"),
+        "{err}"
+    );
+
+    // No annotations: one line naming the file.
+    let bad = lungcad()
+        .args(["train", "--data"])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && e.contains("annotations.csv"),
+        "{e}"
+    );
+}

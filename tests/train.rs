@@ -110,7 +110,7 @@ fn scan() -> lungcad::train::sampler::TrainScan {
     let (pre, nodule) = phantom();
     lungcad::train::sampler::TrainScan {
         series_uid: "phantom".into(),
-        pre,
+        data: lungcad::train::sampler::ScanData::Memory(pre),
         nodules: vec![nodule],
     }
 }
@@ -252,7 +252,7 @@ fn training_steps_lower_the_loss_on_the_cpu() {
     use lungcad::train::sampler::{make_sample, SampleSpec, SamplerConfig};
     use lungcad::train::Trainer;
     let s = scan();
-    let detector = tiny_detector(&s.pre.config);
+    let detector = tiny_detector(s.data.config());
     let head = HeadLayout::default();
     let cfg = SamplerConfig::default();
     let batch: Vec<_> = (0..4)
@@ -265,7 +265,7 @@ fn training_steps_lower_the_loss_on_the_cpu() {
             make_sample(&s, &spec, [32; 3], &head, &cfg).unwrap()
         })
         .collect();
-    let mut trainer = Trainer::new(&detector, LossConfig::default());
+    let mut trainer = Trainer::new(&detector, LossConfig::default(), &Default::default());
     let losses: Vec<f64> = (0..30)
         .map(|_| trainer.step(&batch, 3e-3).unwrap().total)
         .collect();
@@ -302,7 +302,7 @@ fn checkpoints_resume_exactly_and_survive_an_interrupted_save() {
     use lungcad::train::sampler::{make_sample, SampleSpec, SamplerConfig};
     use lungcad::train::Trainer;
     let s = scan();
-    let detector = tiny_detector(&s.pre.config);
+    let detector = tiny_detector(s.data.config());
     let batch: Vec<_> = (0..2)
         .map(|i| {
             let spec = SampleSpec {
@@ -324,7 +324,7 @@ fn checkpoints_resume_exactly_and_survive_an_interrupted_save() {
     let ckpts = dir.path().join("checkpoints");
     assert!(checkpoint::latest(&ckpts).unwrap().is_none());
 
-    let mut t = Trainer::new(&detector, LossConfig::default());
+    let mut t = Trainer::new(&detector, LossConfig::default(), &Default::default());
     for _ in 0..3 {
         t.step(&batch, 3e-3).unwrap();
     }
@@ -335,9 +335,10 @@ fn checkpoints_resume_exactly_and_survive_an_interrupted_save() {
         .collect();
 
     let (device, _) = lungcad::model::select_device(lungcad::model::DeviceChoice::Cpu).unwrap();
-    let (mut r, state) = Trainer::resume(&ckpts, &device, LossConfig::default())
-        .unwrap()
-        .unwrap();
+    let (mut r, state) =
+        Trainer::resume(&ckpts, &device, LossConfig::default(), &Default::default())
+            .unwrap()
+            .unwrap();
     assert_eq!(state["step"], 3);
     let resumed: Vec<f64> = (0..2)
         .map(|_| r.step(&batch, 3e-3).unwrap().total)
@@ -349,7 +350,7 @@ fn checkpoints_resume_exactly_and_survive_an_interrupted_save() {
     let folder = checkpoint::latest(&ckpts).unwrap().unwrap();
     let weights_only =
         lungcad::model::Detector::load(folder.join(checkpoint::MODEL_FILE), &device).unwrap();
-    let mut fresh = Trainer::new(&weights_only, LossConfig::default());
+    let mut fresh = Trainer::new(&weights_only, LossConfig::default(), &Default::default());
     let first = fresh.step(&batch, 3e-3).unwrap().total;
     let second = fresh.step(&batch, 3e-3).unwrap().total;
     assert_eq!(first, after[0], "the same weights give the same loss");
@@ -367,9 +368,11 @@ fn checkpoints_resume_exactly_and_survive_an_interrupted_save() {
     .unwrap();
     std::fs::write(ckpts.join(".latest.tmp"), b"step-").unwrap();
     assert_eq!(checkpoint::latest(&ckpts).unwrap().unwrap(), folder);
-    assert!(Trainer::resume(&ckpts, &device, LossConfig::default())
-        .unwrap()
-        .is_some());
+    assert!(
+        Trainer::resume(&ckpts, &device, LossConfig::default(), &Default::default())
+            .unwrap()
+            .is_some()
+    );
     // The next save cleans up and moves the pointer.
     t.save_checkpoint(&ckpts, "step-5", &serde_json::json!({"step": 5}))
         .unwrap();
@@ -485,10 +488,10 @@ fn the_same_seed_gives_the_same_losses() {
     use lungcad::train::Trainer;
     let scans = vec![scan()];
     let run = |seed: u64| {
-        let detector = tiny_detector(&scans[0].pre.config);
+        let detector = tiny_detector(scans[0].data.config());
         let cfg = SamplerConfig::default();
         let plan = plan_epoch(&scans, 8, 0, seed, &cfg).unwrap();
-        let mut t = Trainer::new(&detector, LossConfig::default());
+        let mut t = Trainer::new(&detector, LossConfig::default(), &Default::default());
         let mut losses = Vec::new();
         for_each_batch(
             &scans,
@@ -575,7 +578,11 @@ fn checkpoint_writer_child() {
     };
     let dir = std::path::PathBuf::from(dir);
     let (pre, _) = phantom();
-    let t = Trainer::new(&tiny_detector(&pre.config), LossConfig::default());
+    let t = Trainer::new(
+        &tiny_detector(&pre.config),
+        LossConfig::default(),
+        &Default::default(),
+    );
     for i in 0u64.. {
         t.save_checkpoint(
             &dir,
@@ -623,9 +630,14 @@ fn a_process_killed_while_saving_leaves_a_loadable_checkpoint() {
         std::thread::sleep(std::time::Duration::from_millis(wait_ms));
         child.kill().unwrap();
         child.wait().unwrap();
-        let (_, state) = Trainer::resume(dir.path(), &device, LossConfig::default())
-            .unwrap_or_else(|e| panic!("round {round}: {e}"))
-            .unwrap_or_else(|| panic!("round {round}: no checkpoint"));
+        let (_, state) = Trainer::resume(
+            dir.path(),
+            &device,
+            LossConfig::default(),
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("round {round}: {e}"))
+        .unwrap_or_else(|| panic!("round {round}: no checkpoint"));
         saves_seen.push(state["save"].as_u64().unwrap());
     }
     println!("killed after saves {saves_seen:?}");
@@ -633,4 +645,308 @@ fn a_process_killed_while_saving_leaves_a_loadable_checkpoint() {
         saves_seen.iter().any(|&s| s > 0),
         "the child saved more than once"
     );
+}
+
+fn dataset(dir: &std::path::Path, cache: &std::path::Path) -> lungcad::train::run::Dataset {
+    let ann = lungcad::eval::Annotations::from_csv(dir.join("annotations.csv")).unwrap();
+    let load = lungcad::LoadConfig::default();
+    let (scans, missing) = lungcad::train::dataset::find_scans(dir, &ann, None, &load).unwrap();
+    assert!(missing.is_empty());
+    lungcad::train::run::Dataset {
+        scans,
+        load,
+        cache_dir: cache.to_path_buf(),
+    }
+}
+
+/// Patches read from the on-disk cache are the in-memory patches, bit for bit; the cache is
+/// reused, rebuilt when its source or file changes, and versioned by the config.
+#[test]
+fn the_cache_gives_the_same_patches_and_is_rebuilt_when_stale() {
+    use lungcad::detect::HeadLayout;
+    use lungcad::train::cache::ScanCache;
+    use lungcad::train::sampler::{make_sample, plan_epoch, SamplerConfig, ScanData, TrainScan};
+    let dir = tempfile::tempdir().unwrap();
+    common::phantom_dataset(dir.path(), 1);
+    let data = dataset(dir.path(), &dir.path().join("cache"));
+    let src = &data.scans[0];
+    let config = common::tiny_preprocess_config();
+    let cache = ScanCache::open(&data.cache_dir, &config).unwrap();
+    let (cached, now) = cache.prepare(src, &data.load).unwrap();
+    assert!(now);
+    let (again, now) = cache.prepare(src, &data.load).unwrap();
+    assert!(!now, "a prepared scan is read back, not made again");
+
+    let v = lungcad::load(&src.path, &data.load).unwrap();
+    let pre = preprocess(&v, &config, &Limits::default()).unwrap();
+    let back = again.load().unwrap();
+    assert_eq!(back.volume.hu, pre.volume.hu);
+    assert_eq!(back.lung.mask, pre.lung.mask);
+    assert_eq!(back.crop, pre.crop);
+    assert_eq!(back.geometry(), pre.geometry());
+
+    let memory = vec![TrainScan::new(
+        &src.series_uid,
+        ScanData::Memory(pre),
+        &src.nodules,
+    )];
+    let disk = vec![TrainScan::new(
+        &src.series_uid,
+        ScanData::Cached(cached),
+        &src.nodules,
+    )];
+    let cfg = SamplerConfig::default();
+    let head = HeadLayout::default();
+    // Positives and negatives, augmented, some reaching beyond the grid.
+    for spec in plan_epoch(&memory, 24, 1, 3, &cfg).unwrap() {
+        let a = make_sample(&memory[0], &spec, [32; 3], &head, &cfg).unwrap();
+        let b = make_sample(&disk[0], &spec, [32; 3], &head, &cfg).unwrap();
+        assert_eq!(a.image, b.image, "{spec:?}");
+        assert_eq!(a.targets, b.targets, "{spec:?}");
+    }
+    let corner = lungcad::train::augment::PatchTransform::identity([-10.0, 3.0, 140.0], [32; 3]);
+    let from_disk = match &disk[0].data {
+        ScanData::Cached(c) => {
+            lungcad::train::augment::cut_patch_with(&corner, |s, l| c.windowed_region(s, l))
+                .unwrap()
+        }
+        ScanData::Memory(_) => unreachable!(),
+    };
+    match &memory[0].data {
+        ScanData::Memory(p) => {
+            assert_eq!(lungcad::train::augment::cut_patch(p, &corner), from_disk)
+        }
+        ScanData::Cached(_) => unreachable!(),
+    }
+
+    // A truncated cache file is made again; so is one whose source changed.
+    let file = again.path().to_path_buf();
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let e = lungcad::train::cache::CachedScan::open(&file).unwrap_err();
+    assert_eq!(e.category(), "cache", "{e}");
+    assert!(cache.prepare(src, &data.load).unwrap().1);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let raw = src.path.with_extension("raw");
+    let bytes = std::fs::read(&raw).unwrap();
+    std::fs::write(&raw, &bytes).unwrap();
+    std::fs::write(&src.path, std::fs::read(&src.path).unwrap()).unwrap();
+    assert!(
+        cache.prepare(src, &data.load).unwrap().1,
+        "source rewritten"
+    );
+    // Another config, another folder.
+    let mut other = config.clone();
+    other.crop_margin_mm = 4.0;
+    let other = ScanCache::open(&data.cache_dir, &other).unwrap();
+    assert_ne!(other.dir(), cache.dir());
+    assert!(other.prepare(src, &data.load).unwrap().1);
+}
+
+fn tiny_run_config(epochs: usize) -> lungcad::train::run::TrainConfig {
+    use lungcad::train::optim::ScheduleConfig;
+    use lungcad::train::run::TrainConfig;
+    let mut c = TrainConfig {
+        epochs,
+        batch_size: 4,
+        micro_batch_size: Some(2),
+        patches_per_epoch: Some(24),
+        seed: 9,
+        detector: common::tiny_detector_config(),
+        preprocess: common::tiny_preprocess_config(),
+        schedule: ScheduleConfig::constant(5e-3),
+        ..TrainConfig::default()
+    };
+    c.validation.fraction = 0.34;
+    c
+}
+
+fn epoch_losses(out: &std::path::Path) -> Vec<f64> {
+    use lungcad::train::run::{read_metrics, Record};
+    read_metrics(&out.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Step(s) => Some(s.loss.total),
+            Record::Epoch(_) => None,
+        })
+        .collect()
+}
+
+/// A short run on phantoms on the CPU lowers the loss, validates, writes checkpoints, the
+/// best and final models, the metrics and the curves; the same seed gives the same losses,
+/// and a run stopped after two epochs and resumed ends exactly where the uninterrupted run
+/// does.
+#[test]
+fn a_short_run_learns_and_resumes_exactly() {
+    use lungcad::model::{select_device, Detector, DeviceChoice};
+    use lungcad::train::run::{train, Event};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    common::phantom_dataset(&data_dir, 3);
+    let data = dataset(&data_dir, &dir.path().join("cache"));
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+
+    let full = dir.path().join("full");
+    let mut prepared_now = 0;
+    let mut validations = 0;
+    let summary = train(
+        &tiny_run_config(4),
+        &data,
+        &full,
+        &device,
+        false,
+        &mut |e| match e {
+            Event::Prepared {
+                prepared_now: true, ..
+            } => prepared_now += 1,
+            Event::Epoch(e) => validations += e.validation.is_some() as usize,
+            _ => {}
+        },
+    )
+    .unwrap();
+    assert_eq!(prepared_now, 3, "each scan preprocessed once");
+    assert_eq!(validations, 4);
+    let losses = epoch_losses(&full);
+    println!("losses: {losses:.3?}");
+    assert_eq!(losses.len(), 24, "4 epochs of 6 steps");
+    let first = losses[..6].iter().sum::<f64>() / 6.0;
+    let last = losses[18..].iter().sum::<f64>() / 6.0;
+    assert!(last < 0.7 * first, "loss {first:.3} -> {last:.3}");
+    let last_epoch = summary.last_epoch.clone().unwrap();
+    let v = last_epoch.validation.unwrap();
+    assert_eq!((v.scans, v.nodules), (1, 1));
+    assert!(v.cpm.is_some_and(|c| (0.0..=1.0).contains(&c)));
+    for f in [
+        "train_config.json",
+        "split.json",
+        "curves.png",
+        "model.safetensors",
+    ] {
+        assert!(full.join(f).is_file(), "{f}");
+    }
+    assert!(Detector::load(&summary.final_model, &device).is_ok());
+    if let Some((best, _, _)) = &summary.best {
+        assert!(Detector::load(best, &device).is_ok());
+    }
+    // Two checkpoints kept: epochs 3 and 4.
+    let mut kept: Vec<String> = std::fs::read_dir(full.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("epoch-"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["epoch-0003", "epoch-0004"]);
+
+    // Stopped after 2 epochs (as if killed after the second checkpoint, with a partial
+    // third epoch in the log), then resumed to 4: the same losses, bit for bit.
+    let part = dir.path().join("part");
+    train(
+        &tiny_run_config(2),
+        &data,
+        &part,
+        &device,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(epoch_losses(&part), losses[..12]);
+    let mut log = std::fs::read_to_string(part.join("metrics.jsonl")).unwrap();
+    log += "{\"kind\":\"step\",\"epoch\":3,\"step\":13,\"lr\":0.003,\"loss\":{\"positive\":1,\"negative\":1,\"regression\":1,\"total\":9,\"positives\":1},\"patches\":4,\"step_s\":1,\"data_wait_s\":0}\n";
+    std::fs::write(part.join("metrics.jsonl"), log).unwrap();
+    let again = train(
+        &tiny_run_config(4),
+        &data,
+        &part,
+        &device,
+        false,
+        &mut |_| {},
+    );
+    assert!(
+        again.is_err(),
+        "a run folder is not overwritten without resume"
+    );
+    let mut prepared_now = 0;
+    train(&tiny_run_config(4), &data, &part, &device, true, &mut |e| {
+        if let Event::Prepared {
+            prepared_now: true, ..
+        } = e
+        {
+            prepared_now += 1
+        }
+    })
+    .unwrap();
+    assert_eq!(prepared_now, 0, "the cache is shared");
+    assert_eq!(epoch_losses(&part), losses);
+    // Resuming with another config is refused.
+    let mut other = tiny_run_config(5);
+    other.seed = 10;
+    let e = train(&other, &data, &part, &device, true, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("another config"), "{e}");
+}
+
+/// Micro-batch losses add up to the batch's loss (gradient accumulation normalises over the
+/// whole batch).
+#[test]
+fn micro_batch_losses_sum_to_the_batch_loss() {
+    use burn::prelude::{Tensor, TensorData};
+    use lungcad::detect::HeadLayout;
+    use lungcad::train::loss::{detection_loss, micro_batch_loss, BatchCounts, LossConfig};
+    use lungcad::train::sampler::{make_sample, plan_epoch, SamplerConfig};
+    let s = scan();
+    let scans = vec![s];
+    let cfg = SamplerConfig::default();
+    let head = HeadLayout::default();
+    let samples: Vec<_> = plan_epoch(&scans, 4, 0, 5, &cfg)
+        .unwrap()
+        .iter()
+        .map(|spec| make_sample(&scans[0], spec, [32; 3], &head, &cfg).unwrap())
+        .collect();
+    let (device, _) = lungcad::model::select_device(lungcad::model::DeviceChoice::Cpu).unwrap();
+    let [c, d, h, w] = [15, 8, 8, 8];
+    let mut rng = lungcad::rng::SplitMix64::new(3);
+    let values: Vec<f32> = (0..4 * c * d * h * w)
+        .map(|_| (rng.uniform() * 4.0 - 2.0) as f32)
+        .collect();
+    let output = |from: usize, n: usize| {
+        let per = c * d * h * w;
+        Tensor::<5>::from_data(
+            TensorData::new(
+                values[from * per..(from + n) * per].to_vec(),
+                [n, c, d, h, w],
+            ),
+            &device,
+        )
+    };
+    let config = LossConfig::default();
+    let whole = detection_loss(output(0, 4), samples.iter().map(|s| &s.targets), &config).unwrap();
+    let counts = BatchCounts::of(samples.iter().map(|s| &s.targets), &config);
+    assert!(counts.positives > 0);
+    let mut sum = lungcad::train::loss::LossParts::default();
+    for k in [0, 2] {
+        let part = micro_batch_loss(
+            output(k, 2),
+            samples[k..k + 2].iter().map(|s| &s.targets),
+            &config,
+            &counts,
+        )
+        .unwrap();
+        sum += part.parts;
+    }
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+    assert!(
+        close(sum.total, whole.parts.total),
+        "{sum:?} vs {:?}",
+        whole.parts
+    );
+    assert!(close(sum.positive, whole.parts.positive));
+    assert!(close(sum.negative, whole.parts.negative));
+    assert!(close(sum.regression, whole.parts.regression));
+    assert_eq!(sum.positives, whole.parts.positives);
 }

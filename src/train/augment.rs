@@ -162,6 +162,44 @@ pub fn cut_patch(pre: &Preprocessed, t: &PatchTransform) -> Array3<f32> {
     let shape = pre.shape();
     let w = &pre.config.window;
     let pad = w.normalize(pre.config.patch.pad_hu);
+    let (hu, mask) = (&pre.volume.hu, &pre.lung.mask);
+    let region = |start: [i64; 3], len: [usize; 3]| -> Result<Array3<f32>> {
+        let mut region = Array3::<f32>::zeros(len);
+        region
+            .axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(rz, mut plane)| {
+                let z = start[0] + rz as i64;
+                for ((ry, rx), v) in plane.indexed_iter_mut() {
+                    let (y, x) = (start[1] + ry as i64, start[2] + rx as i64);
+                    *v = if z < 0
+                        || y < 0
+                        || x < 0
+                        || z >= shape[0] as i64
+                        || y >= shape[1] as i64
+                        || x >= shape[2] as i64
+                    {
+                        pad
+                    } else {
+                        let i = [z as usize, y as usize, x as usize];
+                        w.value(hu[i], mask[i] != 0)
+                    };
+                }
+            });
+        Ok(region)
+    };
+    // The closure above cannot fail.
+    cut_patch_with(t, region).unwrap_or_else(|_| Array3::from_elem(t.size_vox, pad))
+}
+
+/// [`cut_patch`] on any source of windowed voxels: `region(start, len)` returns the windowed
+/// grid region `[start, start + len)` (padding beyond the grid), read once per patch. The
+/// on-disk cache ([`super::cache`]) reads it from its file.
+pub fn cut_patch_with(
+    t: &PatchTransform,
+    region: impl FnOnce([i64; 3], [usize; 3]) -> Result<Array3<f32>>,
+) -> Result<Array3<f32>> {
     let c_out = t.centre_out();
     // Per output axis: the lower grid index and the weight of the upper one.
     let tables: [Vec<(i64, f32)>; 3] = [0, 1, 2].map(|a| {
@@ -183,31 +221,14 @@ pub fn cut_patch(pre: &Preprocessed, t: &PatchTransform) -> Array3<f32> {
         start[ga] = lo;
         len[ga] = (hi - lo + 1) as usize;
     }
-    // The region, windowed; padding beyond the grid.
-    let (hu, mask) = (&pre.volume.hu, &pre.lung.mask);
-    let mut region = Array3::<f32>::zeros(len);
-    region
-        .axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(rz, mut plane)| {
-            let z = start[0] + rz as i64;
-            for ((ry, rx), v) in plane.indexed_iter_mut() {
-                let (y, x) = (start[1] + ry as i64, start[2] + rx as i64);
-                *v = if z < 0
-                    || y < 0
-                    || x < 0
-                    || z >= shape[0] as i64
-                    || y >= shape[1] as i64
-                    || x >= shape[2] as i64
-                {
-                    pad
-                } else {
-                    let i = [z as usize, y as usize, x as usize];
-                    w.value(hu[i], mask[i] != 0)
-                };
-            }
-        });
+    let region = region(start, len)?;
+    if region.dim() != (len[0], len[1], len[2]) {
+        return Err(Error::InvalidArgument(format!(
+            "a patch region of {:?} voxels was asked for, {:?} given",
+            len,
+            region.dim()
+        )));
+    }
     let region = region.as_standard_layout();
     let src = region.as_slice().unwrap_or(&[]);
     let stride = [len[1] * len[2], len[2], 1];
@@ -241,5 +262,5 @@ pub fn cut_patch(pre: &Preprocessed, t: &PatchTransform) -> Array3<f32> {
                 }
             }
         });
-    out
+    Ok(out)
 }

@@ -50,9 +50,63 @@ pub struct LossParts {
     pub positives: usize,
 }
 
+impl std::ops::AddAssign for LossParts {
+    /// Adds a micro-batch's share (see [`micro_batch_loss`]).
+    fn add_assign(&mut self, o: LossParts) {
+        self.positive += o.positive;
+        self.negative += o.negative;
+        self.regression += o.regression;
+        self.total += o.total;
+        self.positives += o.positives;
+    }
+}
+
 /// Stable binary cross-entropy on logits: `max(z, 0) - z y + ln(1 + e^-|z|)`.
 fn bce_with_logits(z: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
     z.clone().clamp_min(0.0) - z.clone() * y + z.abs().neg().exp().log1p()
+}
+
+/// What the terms of a batch's loss are normalised by: counted over the whole batch, so
+/// the losses of its micro-batches (gradient accumulation) add up to the batch's loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub patches: usize,
+    /// Positive anchor cells over the batch.
+    pub positives: usize,
+    /// Hard negatives mined per patch: `hard_negatives_per_patch`, or fewer when a patch of
+    /// the batch has fewer negative cells.
+    pub hard_negatives: usize,
+}
+
+impl BatchCounts {
+    /// Counts `targets` (one [`crate::detect::encode_targets`] map per patch).
+    pub fn of<'a>(
+        targets: impl IntoIterator<Item = &'a Array4<f32>>,
+        config: &LossConfig,
+    ) -> BatchCounts {
+        let mut counts = BatchCounts {
+            patches: 0,
+            positives: 0,
+            hard_negatives: config.hard_negatives_per_patch,
+        };
+        for t in targets {
+            let anchors = t.dim().0 / CHANNELS_PER_ANCHOR;
+            let (mut pos, mut neg) = (0, 0);
+            for a in 0..anchors {
+                for &l in t
+                    .index_axis(ndarray::Axis(0), a * CHANNELS_PER_ANCHOR)
+                    .iter()
+                {
+                    pos += (l == POSITIVE) as usize;
+                    neg += (l == NEGATIVE) as usize;
+                }
+            }
+            counts.patches += 1;
+            counts.positives += pos;
+            counts.hard_negatives = counts.hard_negatives.min(neg);
+        }
+        counts
+    }
 }
 
 /// The loss of `output` (the head's `(B, 5A, D, H, W)`) against `targets` (one
@@ -61,6 +115,20 @@ pub fn detection_loss<'a>(
     output: Tensor<5>,
     targets: impl IntoIterator<Item = &'a Array4<f32>>,
     config: &LossConfig,
+) -> Result<Loss> {
+    let targets: Vec<&Array4<f32>> = targets.into_iter().collect();
+    let counts = BatchCounts::of(targets.iter().copied(), config);
+    micro_batch_loss(output, targets, config, &counts)
+}
+
+/// The share of a batch's loss that the micro-batch `output`/`targets` carries, normalised
+/// by the whole batch's `counts`: the micro-batches' losses (and gradients) sum to the
+/// batch's.
+pub fn micro_batch_loss<'a>(
+    output: Tensor<5>,
+    targets: impl IntoIterator<Item = &'a Array4<f32>>,
+    config: &LossConfig,
+    counts: &BatchCounts,
 ) -> Result<Loss> {
     let targets: Vec<&Array4<f32>> = targets.into_iter().collect();
     let [b, c, d, h, w] = output.dims();
@@ -78,10 +146,9 @@ pub fn detection_loss<'a>(
     }
     let device = output.device();
     let anchors = c / CHANNELS_PER_ANCHOR;
-    let cells = anchors * d * h * w;
     // Labels and regression targets, split on the CPU: (B, A, cells/A) and (B, A, 4, ...).
-    let mut labels = Vec::with_capacity(b * cells);
-    let mut regress = Vec::with_capacity(b * cells * 4);
+    let mut labels = Vec::with_capacity(b * anchors * d * h * w);
+    let mut regress = Vec::with_capacity(b * anchors * d * h * w * 4);
     for t in targets {
         let t = t.as_standard_layout();
         let flat = t.as_slice().unwrap_or(&[]);
@@ -95,17 +162,18 @@ pub fn detection_loss<'a>(
             regress.extend_from_slice(&flat[base..base + 4 * per]);
         }
     }
+    let cells = anchors * d * h * w;
     let positives = labels.iter().filter(|&&l| l == POSITIVE).count();
-    let negatives_per_patch: Vec<usize> = labels
-        .chunks(cells)
-        .map(|p| p.iter().filter(|&&l| l == NEGATIVE).count())
-        .collect();
     debug_assert!(labels
         .iter()
         .all(|&l| l == POSITIVE || l == NEGATIVE || l == IGNORED));
-    let k = config
-        .hard_negatives_per_patch
-        .min(negatives_per_patch.iter().copied().min().unwrap_or(0));
+    let k = counts.hard_negatives;
+    if positives > counts.positives || b > counts.patches {
+        return Err(Error::InvalidArgument(format!(
+            "a micro-batch of {b} patches with {positives} positives is larger than its batch \
+             ({counts:?})"
+        )));
+    }
 
     let out = output.reshape([b, anchors, CHANNELS_PER_ANCHOR, d * h * w]);
     let logits = out
@@ -120,7 +188,7 @@ pub fn detection_loss<'a>(
 
     let pos_f = pos.clone().float();
     let positive = if positives > 0 {
-        (bce.clone() * pos_f.clone()).sum() / positives as f64
+        (bce.clone() * pos_f.clone()).sum() / counts.positives as f64
     } else {
         Tensor::<1>::zeros([1], &device)
     };
@@ -128,7 +196,8 @@ pub fn detection_loss<'a>(
         bce.mask_fill(neg.bool_not(), -1.0)
             .reshape([b, cells])
             .topk(k, 1)
-            .mean()
+            .sum()
+            / (counts.patches * k) as f64
     } else {
         Tensor::<1>::zeros([1], &device)
     };
@@ -140,11 +209,11 @@ pub fn detection_loss<'a>(
         let diff = reg - t;
         let a = diff.clone().abs();
         let sl1 = (diff.square() * 0.5).mask_where(a.clone().greater_equal_elem(1.0), a - 0.5);
-        (sl1 * pos_f).sum() / positives as f64
+        (sl1 * pos_f).sum() / counts.positives as f64
     } else {
         Tensor::<1>::zeros([1], &device)
     };
-    let (wp, wn) = if positives > 0 {
+    let (wp, wn) = if counts.positives > 0 {
         (0.5, 0.5)
     } else {
         (0.0, 1.0)

@@ -6,11 +6,14 @@
 //! own seed drawn from the run's seed and the epoch, so samples can be made on any number
 //! of threads, in any order, and still be the same.
 
-use super::augment::{cut_patch, AugmentConfig, PatchTransform};
+use super::augment::{cut_patch, cut_patch_with, AugmentConfig, PatchTransform};
+use super::cache::CachedScan;
 use crate::detect::{encode_targets, HeadLayout, TargetConfig, VoxelNodule};
 use crate::error::{Error, Result};
-use crate::preprocess::Preprocessed;
+use crate::eval::Finding;
+use crate::preprocess::{Preprocessed, VoxelBox};
 use crate::rng::SplitMix64;
+use crate::volume::Geometry;
 use ndarray::{Array3, Array4};
 use serde::{Deserialize, Serialize};
 
@@ -64,12 +67,76 @@ impl SamplerConfig {
     }
 }
 
+/// Where a training scan's voxels are: in memory, or in the on-disk cache (read region by
+/// region; [`super::cache`]). Both give the same patches.
+pub enum ScanData {
+    Memory(Preprocessed),
+    Cached(CachedScan),
+}
+
+impl ScanData {
+    pub fn geometry(&self) -> &Geometry {
+        match self {
+            ScanData::Memory(p) => p.geometry(),
+            ScanData::Cached(c) => c.geometry(),
+        }
+    }
+
+    /// The preprocessing the scan went through.
+    pub fn config(&self) -> &crate::preprocess::PreprocessConfig {
+        match self {
+            ScanData::Memory(p) => &p.config,
+            ScanData::Cached(c) => c.config(),
+        }
+    }
+
+    pub fn crop(&self) -> VoxelBox {
+        match self {
+            ScanData::Memory(p) => p.crop,
+            ScanData::Cached(c) => c.crop(),
+        }
+    }
+
+    fn in_lung(&self, zyx: [usize; 3]) -> Result<bool> {
+        match self {
+            ScanData::Memory(p) => Ok(p.lung.mask.get(zyx).copied().unwrap_or(0) != 0),
+            ScanData::Cached(c) => c.in_lung(zyx),
+        }
+    }
+
+    fn cut(&self, t: &PatchTransform) -> Result<Array3<f32>> {
+        match self {
+            ScanData::Memory(p) => Ok(cut_patch(p, t)),
+            ScanData::Cached(c) => cut_patch_with(t, |start, len| c.windowed_region(start, len)),
+        }
+    }
+}
+
 /// A scan ready for sampling: its preprocessed grid and its nodules on that grid.
 pub struct TrainScan {
     pub series_uid: String,
-    pub pre: Preprocessed,
+    pub data: ScanData,
     /// Nodules in the preprocessed grid's voxels.
     pub nodules: Vec<VoxelNodule>,
+}
+
+impl TrainScan {
+    /// A scan with its annotated nodules (world millimetres) mapped onto its grid.
+    pub fn new(series_uid: impl Into<String>, data: ScanData, nodules: &[Finding]) -> Self {
+        let g = data.geometry();
+        let nodules = nodules
+            .iter()
+            .map(|f| VoxelNodule {
+                centre_vox: g.world_to_voxel([f.coord_x, f.coord_y, f.coord_z]),
+                diameter_mm: f.effective_diameter_mm(),
+            })
+            .collect();
+        TrainScan {
+            series_uid: series_uid.into(),
+            data,
+            nodules,
+        }
+    }
 }
 
 /// One patch of an epoch, before it is made.
@@ -162,8 +229,8 @@ pub fn make_sample(
     config: &SamplerConfig,
 ) -> Result<TrainSample> {
     let mut rng = SplitMix64::new(spec.seed);
-    let pre = &scan.pre;
-    let spacing = pre.geometry().spacing_mm;
+    let data = &scan.data;
+    let spacing = data.geometry().spacing_mm;
     let transform = {
         // Draw the augmentation first: the jitter room depends on its scale.
         let t = PatchTransform::draw([0.0; 3], size_vox, spacing, &config.augment, &mut rng);
@@ -181,14 +248,14 @@ pub fn make_sample(
                 }
                 c
             }
-            None => random_lung_voxel(pre, &mut rng),
+            None => random_lung_voxel(data, &mut rng)?,
         };
         PatchTransform {
             centre_vox: centre,
             ..t
         }
     };
-    let image = cut_patch(pre, &transform);
+    let image = data.cut(&transform)?;
     let inside: Vec<VoxelNodule> = scan
         .nodules
         .iter()
@@ -212,17 +279,16 @@ pub fn make_sample(
 
 /// A uniformly drawn voxel of the lung mask inside the crop (by rejection; the crop's
 /// centre when 1,000 tries find none).
-fn random_lung_voxel(pre: &Preprocessed, rng: &mut SplitMix64) -> [f64; 3] {
-    let c = pre.crop;
-    let mask = &pre.lung.mask;
+fn random_lung_voxel(data: &ScanData, rng: &mut SplitMix64) -> Result<[f64; 3]> {
+    let c = data.crop();
     let size = [0, 1, 2].map(|a| c.end[a].saturating_sub(c.start[a]).max(1));
     for _ in 0..1000 {
         let v = [0, 1, 2].map(|a| c.start[a] + rng.below(size[a]));
-        if mask.get(v).copied().unwrap_or(0) != 0 {
-            return v.map(|x| x as f64);
+        if data.in_lung(v)? {
+            return Ok(v.map(|x| x as f64));
         }
     }
-    [0, 1, 2].map(|a| c.start[a] as f64 + size[a] as f64 / 2.0)
+    Ok([0, 1, 2].map(|a| c.start[a] as f64 + size[a] as f64 / 2.0))
 }
 
 /// Stacks samples' images into one `(B, 1, D, H, W)` buffer.

@@ -133,3 +133,24 @@ pub fn tiny_preprocess_config() -> lungcad::preprocess::PreprocessConfig {
         ..Default::default()
     }
 }
+
+/// `n` phantom chests (shifted in the world, so each has its own nodule coordinates) as
+/// LUNA16-style `<uid>.mhd` files with an `annotations.csv`.
+pub fn phantom_dataset(dir: &std::path::Path, n: usize) {
+    use lungcad::io::metaimage::{write, WriteOptions};
+    let mut csv = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
+    for i in 0..n {
+        let shift = 7.0 * i as f64;
+        let g = lungcad::Geometry::new([2.5, 2.0, 2.0], [-150.0 + shift, -120.0 - shift, -100.0]);
+        let (v, c, _) = chest_phantom(g, [60, 120, 150], true);
+        let uid = format!("1.2.826.0.1.3680043.9.7.{i}");
+        write(
+            &v,
+            &dir.join(format!("{uid}.mhd")),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        csv += &format!("{uid},{},{},{},12\n", c[0], c[1], c[2]);
+    }
+    std::fs::write(dir.join("annotations.csv"), csv).unwrap();
+}

@@ -1,0 +1,424 @@
+//! The on-disk cache of preprocessed scans: each scan of a dataset is loaded, resampled and
+//! lung-masked once, and epochs read the patches they need straight from the cache file,
+//! so a dataset of any size trains in bounded memory (a scan is never held whole while
+//! sampling).
+//!
+//! ```text
+//! <cache>/v1-<key>/config.json          the PreprocessConfig the folder was made with
+//! <cache>/v1-<key>/<series uid>.lcc     one preprocessed scan
+//! ```
+//!
+//! The folder is named by the format version and a hash of the preprocessing config, so a
+//! changed config never reads stale data. A `.lcc` file is `LUNGCADC`, the header's length
+//! (u64 little endian), the header (JSON: series UID, grid shape and geometry, lung mask
+//! facts, crop, config, and the size and modification time of the source it was made from),
+//! then the resampled HU volume (`i16` LE, `(z, y, x)`) and the lung mask (`u8`). A scan whose
+//! source changed is prepared again. Files are written under a temporary name and renamed
+//! when complete, so an interrupted preparation leaves no half file behind.
+//!
+//! Reading a patch reads, per slice of the region it touches, the rows it spans (whole
+//! rows: one read per slice and array); the windowing is the same as in memory, so a patch
+//! from the cache equals the patch cut from the [`Preprocessed`] scan bit for bit.
+
+use super::dataset::ScanSource;
+use crate::error::{Error, Result};
+use crate::io::metaimage::AtomicFile;
+use crate::io::LoadConfig;
+use crate::preprocess::{LungMask, PreprocessConfig, PreprocessTimings, Preprocessed, VoxelBox};
+use crate::volume::{Geometry, Volume, VolumeInfo};
+use ndarray::{Array3, Axis};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Version of the `.lcc` layout; part of the cache folder's name.
+pub const CACHE_FORMAT: u32 = 1;
+const MAGIC: &[u8; 8] = b"LUNGCADC";
+/// Headers are small (a config and a few boxes); a larger one is a corrupt file.
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+/// What a cache file was made from: the source's path, size and modification time (files;
+/// a DICOM folder is named by path only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SourceStamp {
+    path: String,
+    bytes: Option<u64>,
+    modified_ns: Option<u128>,
+}
+
+impl SourceStamp {
+    fn of(source: &ScanSource) -> SourceStamp {
+        let meta = (!source.dicom)
+            .then(|| std::fs::metadata(&source.path).ok())
+            .flatten();
+        SourceStamp {
+            path: source.path.to_string_lossy().into_owned(),
+            bytes: meta.as_ref().map(|m| m.len()),
+            modified_ns: meta
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    format: u32,
+    series_uid: String,
+    shape: [usize; 3],
+    geometry: Geometry,
+    crop: VoxelBox,
+    lung_box: VoxelBox,
+    lung_volume_ml: f64,
+    mask_volume_ml: f64,
+    components: usize,
+    config: PreprocessConfig,
+    source: SourceStamp,
+}
+
+/// A versioned cache folder for one preprocessing config.
+#[derive(Debug, Clone)]
+pub struct ScanCache {
+    dir: PathBuf,
+    config: PreprocessConfig,
+}
+
+/// FNV-1a, 64 bits: a stable hash for folder names (not for security).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A file name for a series UID: UIDs (digits and dots) and names such as `LKDS-00001` are
+/// kept; any other character becomes `_`, and then a hash of the UID is appended so two
+/// UIDs never share a file.
+fn file_name(uid: &str) -> String {
+    let safe: String = uid
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe == uid && !uid.starts_with('.') && !uid.is_empty() {
+        format!("{uid}.lcc")
+    } else {
+        format!("{safe}-{:016x}.lcc", fnv1a(uid.as_bytes()))
+    }
+}
+
+fn cache_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Cache {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+impl ScanCache {
+    /// The cache folder for `config` under `root` (created if missing).
+    pub fn open(root: &Path, config: &PreprocessConfig) -> Result<ScanCache> {
+        config.validate()?;
+        let json = config.to_json();
+        let dir = root.join(format!("v{CACHE_FORMAT}-{:016x}", fnv1a(json.as_bytes())));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let readme = dir.join("config.json");
+        if !readme.exists() {
+            let mut f = AtomicFile::create(&readme)?;
+            f.write_with(|w| w.write_all(json.as_bytes()))?;
+            f.commit()?;
+        }
+        Ok(ScanCache {
+            dir,
+            config: config.clone(),
+        })
+    }
+
+    /// The versioned folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cached scan of `source`: read from the cache when it is there and was made from
+    /// the same source, else loaded, preprocessed and written first. Returns it and whether
+    /// it was prepared now.
+    pub fn prepare(&self, source: &ScanSource, load: &LoadConfig) -> Result<(CachedScan, bool)> {
+        let path = self.dir.join(file_name(&source.series_uid));
+        let stamp = SourceStamp::of(source);
+        if path.exists() {
+            // A file that fails to open (truncated, older layout) is made again.
+            if let Ok(c) = CachedScan::open(&path) {
+                if c.header.source == stamp
+                    && c.header.config == self.config
+                    && c.header.series_uid == source.series_uid
+                {
+                    return Ok((c, false));
+                }
+            }
+        }
+        let volume = crate::io::load(&source.path, &source.load_config(load))?;
+        let pre = crate::preprocess::preprocess_owned(volume, &self.config, &load.limits)?;
+        write_scan(&path, &pre, &source.series_uid, stamp)?;
+        Ok((CachedScan::open(&path)?, true))
+    }
+}
+
+/// Writes `pre` as a cache file at `path` (atomically).
+fn write_scan(path: &Path, pre: &Preprocessed, uid: &str, source: SourceStamp) -> Result<()> {
+    let header = Header {
+        format: CACHE_FORMAT,
+        series_uid: uid.to_string(),
+        shape: pre.shape(),
+        geometry: *pre.geometry(),
+        crop: pre.crop,
+        lung_box: pre.lung.lung_box,
+        lung_volume_ml: pre.lung.lung_volume_ml,
+        mask_volume_ml: pre.lung.mask_volume_ml,
+        components: pre.lung.components,
+        config: pre.config.clone(),
+        source,
+    };
+    let json = serde_json::to_vec(&header)
+        .map_err(|e| cache_error(path, format!("header to JSON: {e}")))?;
+    let mut f = AtomicFile::create(path)?;
+    f.write_with(|w| {
+        w.write_all(MAGIC)?;
+        w.write_all(&(json.len() as u64).to_le_bytes())?;
+        w.write_all(&json)?;
+        let mut buf = Vec::with_capacity(1 << 16);
+        for plane in pre.volume.hu.axis_iter(Axis(0)) {
+            buf.clear();
+            for v in plane.iter() {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            w.write_all(&buf)?;
+        }
+        for plane in pre.lung.mask.axis_iter(Axis(0)) {
+            buf.clear();
+            buf.extend(plane.iter().copied());
+            w.write_all(&buf)?;
+        }
+        Ok(())
+    })?;
+    f.commit()
+}
+
+/// A preprocessed scan in the cache: its header in memory, its voxels on disk.
+#[derive(Debug, Clone)]
+pub struct CachedScan {
+    path: PathBuf,
+    header: Header,
+    /// Byte offset of the HU volume.
+    data_offset: u64,
+}
+
+impl CachedScan {
+    /// Opens a cache file, checking its magic, format, header and length.
+    pub fn open(path: &Path) -> Result<CachedScan> {
+        let bad = |m: String| cache_error(path, m);
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut head = [0u8; 16];
+        f.read_exact(&mut head)
+            .map_err(|_| bad("shorter than its 16-byte preamble".into()))?;
+        if &head[..8] != MAGIC {
+            return Err(bad("not a lungcad cache file (no LUNGCADC magic)".into()));
+        }
+        let header_len = u64::from_le_bytes(head[8..].try_into().unwrap_or([0; 8]));
+        if header_len > MAX_HEADER_BYTES || 16 + header_len > file_len {
+            return Err(bad(format!("header length {header_len} is not plausible")));
+        }
+        let mut json = vec![0u8; header_len as usize];
+        f.read_exact(&mut json)
+            .map_err(|e| bad(format!("reading the header: {e}")))?;
+        let header: Header =
+            serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
+        if header.format != CACHE_FORMAT {
+            return Err(bad(format!(
+                "cache format {}, this build reads {CACHE_FORMAT}",
+                header.format
+            )));
+        }
+        let voxels = header
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &s| n.checked_mul(s as u64));
+        let expected = voxels.and_then(|v| v.checked_mul(3)?.checked_add(16 + header_len));
+        if expected != Some(file_len) {
+            return Err(bad(format!(
+                "{file_len} bytes, but a {:?} grid needs {expected:?}",
+                header.shape
+            )));
+        }
+        let shape_ok = header.shape.iter().all(|&n| n > 0)
+            && (0..3).all(|a| header.crop.end[a] <= header.shape[a]);
+        if !shape_ok {
+            return Err(bad(format!(
+                "grid {:?} or crop {:?} is not plausible",
+                header.shape, header.crop
+            )));
+        }
+        Ok(CachedScan {
+            path: path.to_path_buf(),
+            data_offset: 16 + header_len,
+            header,
+        })
+    }
+
+    pub fn series_uid(&self) -> &str {
+        &self.header.series_uid
+    }
+
+    /// The preprocessed grid's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.header.geometry
+    }
+
+    pub fn shape(&self) -> [usize; 3] {
+        self.header.shape
+    }
+
+    /// The region the detector tiles (lungs' box plus margin).
+    pub fn crop(&self) -> VoxelBox {
+        self.header.crop
+    }
+
+    pub fn config(&self) -> &PreprocessConfig {
+        &self.header.config
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn voxels(&self) -> u64 {
+        self.header.shape.iter().map(|&n| n as u64).product()
+    }
+
+    fn index(&self, zyx: [usize; 3]) -> u64 {
+        let [_, ny, nx] = self.header.shape.map(|n| n as u64);
+        (zyx[0] as u64 * ny + zyx[1] as u64) * nx + zyx[2] as u64
+    }
+
+    fn read_at(&self, f: &mut File, offset: u64, buf: &mut [u8]) -> Result<()> {
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(buf))
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Whether voxel `zyx` of the grid is in the lung mask (`false` beyond the grid).
+    pub fn in_lung(&self, zyx: [usize; 3]) -> Result<bool> {
+        if (0..3).any(|a| zyx[a] >= self.header.shape[a]) {
+            return Ok(false);
+        }
+        let mut f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut b = [0u8];
+        let at = self.data_offset + 2 * self.voxels() + self.index(zyx);
+        self.read_at(&mut f, at, &mut b)?;
+        Ok(b[0] != 0)
+    }
+
+    /// The windowed grid region `[start, start + len)` (voxels beyond the grid take the
+    /// padding value), as [`crate::train::augment::cut_patch_with`] asks for it.
+    pub fn windowed_region(&self, start: [i64; 3], len: [usize; 3]) -> Result<Array3<f32>> {
+        let config = &self.header.config;
+        let w = &config.window;
+        let pad = w.normalize(config.patch.pad_hu);
+        let shape = self.header.shape.map(|n| n as i64);
+        let mut out = Array3::from_elem(len, pad);
+        // The part of the region inside the grid.
+        let lo = [0, 1, 2].map(|a| start[a].clamp(0, shape[a]));
+        let hi = [0, 1, 2].map(|a| (start[a] + len[a] as i64).clamp(0, shape[a]));
+        if (0..3).any(|a| lo[a] >= hi[a]) {
+            return Ok(out);
+        }
+        let rows = (hi[1] - lo[1]) as usize;
+        let nx = shape[2] as usize;
+        let mut f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut hu_bytes = vec![0u8; rows * nx * 2];
+        let mut mask = vec![0u8; rows * nx];
+        let mask_offset = self.data_offset + 2 * self.voxels();
+        for z in lo[0]..hi[0] {
+            let first = self.index([z as usize, lo[1] as usize, 0]);
+            self.read_at(&mut f, self.data_offset + 2 * first, &mut hu_bytes)?;
+            self.read_at(&mut f, mask_offset + first, &mut mask)?;
+            let mut plane = out.index_axis_mut(Axis(0), (z - start[0]) as usize);
+            for r in 0..rows {
+                let oy = (lo[1] + r as i64 - start[1]) as usize;
+                for x in lo[2]..hi[2] {
+                    let i = r * nx + x as usize;
+                    let hu = i16::from_le_bytes([hu_bytes[2 * i], hu_bytes[2 * i + 1]]);
+                    plane[[oy, (x - start[2]) as usize]] = w.value(hu, mask[i] != 0);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole scan back in memory (for validation, which runs the detector over every
+    /// tile).
+    pub fn load(&self) -> Result<Preprocessed> {
+        let h = &self.header;
+        let n = self.voxels() as usize;
+        let mut bytes = Vec::new();
+        let mut f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        f.seek(SeekFrom::Start(self.data_offset))
+            .and_then(|_| f.read_to_end(&mut bytes))
+            .map_err(|e| Error::io(&self.path, e))?;
+        if bytes.len() != 3 * n {
+            return Err(cache_error(&self.path, "changed while being read"));
+        }
+        let (hu_bytes, mask) = bytes.split_at(2 * n);
+        let hu: Vec<i16> = hu_bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let shape = h.shape;
+        let as_grid = |e: ndarray::ShapeError| cache_error(&self.path, format!("grid: {e}"));
+        let hu = Array3::from_shape_vec(shape, hu).map_err(as_grid)?;
+        let mask = Array3::from_shape_vec(shape, mask.to_vec()).map_err(as_grid)?;
+        let mut volume = Volume::new(hu, h.geometry)?;
+        volume.info = VolumeInfo {
+            series_uid: Some(h.series_uid.clone()),
+            format: "lungcad cache".into(),
+            slice_count: shape[0],
+            ..VolumeInfo::default()
+        };
+        Ok(Preprocessed {
+            volume,
+            lung: LungMask {
+                mask,
+                lung_box: h.lung_box,
+                lung_volume_ml: h.lung_volume_ml,
+                mask_volume_ml: h.mask_volume_ml,
+                components: h.components,
+            },
+            crop: h.crop,
+            config: h.config.clone(),
+            timings: PreprocessTimings::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_keep_uids_and_never_collide() {
+        assert_eq!(file_name("1.2.840.113"), "1.2.840.113.lcc");
+        assert_eq!(file_name("LKDS-00001"), "LKDS-00001.lcc");
+        let a = file_name("a/b");
+        let b = file_name("a_b");
+        assert!(a.starts_with("a_b-") && a.ends_with(".lcc"), "{a}");
+        assert_ne!(a, b);
+        assert!(!file_name("../x").contains('/'));
+        assert_ne!(file_name(".."), "...lcc");
+    }
+}
