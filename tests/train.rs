@@ -884,6 +884,22 @@ fn a_short_run_learns_and_resumes_exactly() {
     .unwrap();
     assert_eq!(prepared_now, 0, "the cache is shared");
     assert_eq!(epoch_losses(&part), losses);
+    // Resuming on another dataset (one scan fewer) is refused.
+    let fewer = lungcad::train::run::Dataset {
+        scans: data.scans[..2].to_vec(),
+        load: data.load.clone(),
+        cache_dir: data.cache_dir.clone(),
+    };
+    let e = train(
+        &tiny_run_config(5),
+        &fewer,
+        &part,
+        &device,
+        true,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("differ"), "{e}");
     // Resuming with another config is refused.
     let mut other = tiny_run_config(5);
     other.seed = 10;

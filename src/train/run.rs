@@ -407,6 +407,31 @@ pub fn train(
         )));
     }
 
+    // The state of the run resumed: its config must be this one (but for the epochs).
+    let resumed = match &existing {
+        Some(folder) => {
+            let path = folder.join(checkpoint::STATE_FILE);
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let mut state: RunState =
+                serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+                    path: path.clone(),
+                    message: format!("state: {e}"),
+                })?;
+            let mut same = state.config.clone();
+            same.epochs = config.epochs;
+            if &same != config {
+                return Err(Error::InvalidArgument(format!(
+                    "{} was trained with another config (see its {CONFIG_FILE}); only the \
+                     number of epochs may change on resume",
+                    out.display()
+                )));
+            }
+            state.config = config.clone();
+            Some(state)
+        }
+        None => None,
+    };
+
     // Split and cache.
     let (train_src, val_src) = split_scans(&data.scans, config.validation.fraction, config.seed);
     if train_src.iter().all(|s| s.nodules.is_empty()) {
@@ -418,7 +443,21 @@ pub fn train(
         "train": train_src.iter().map(|s| &s.series_uid).collect::<Vec<_>>(),
         "validation": val_src.iter().map(|s| &s.series_uid).collect::<Vec<_>>(),
     });
-    write_text_atomically(&out.join(SPLIT_FILE), &format!("{split:#}\n"))?;
+    let split_path = out.join(SPLIT_FILE);
+    if resumed.is_some() {
+        let before: serde_json::Value = std::fs::read_to_string(&split_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if before != split {
+            return Err(Error::InvalidArgument(format!(
+                "the dataset's scans differ from those the run in {} was split from (see its \
+                 {SPLIT_FILE}): resuming would train on another split",
+                out.display()
+            )));
+        }
+    }
+    write_text_atomically(&split_path, &format!("{split:#}\n"))?;
     write_text_atomically(&out.join(CONFIG_FILE), &(config.to_json() + "\n"))?;
     let cache = ScanCache::open(&data.cache_dir, &config.preprocess)?;
     let total = train_src.len() + val_src.len();
@@ -449,26 +488,11 @@ pub fn train(
     }
 
     // The network, fresh or resumed.
-    let (mut trainer, mut state) = match existing {
-        Some(_) => {
-            let (trainer, value) =
+    let (mut trainer, mut state) = match resumed {
+        Some(state) => {
+            let (trainer, _) =
                 Trainer::resume(&ckpt_dir, device, config.loss.clone(), &config.optimizer)?
                     .ok_or_else(|| Error::InvalidArgument("the checkpoint vanished".into()))?;
-            let mut state: RunState =
-                serde_json::from_value(value).map_err(|e| Error::Checkpoint {
-                    path: ckpt_dir.clone(),
-                    message: format!("state: {e}"),
-                })?;
-            let mut same = state.config.clone();
-            same.epochs = config.epochs;
-            if &same != config {
-                return Err(Error::InvalidArgument(format!(
-                    "{} was trained with another config (see its {CONFIG_FILE}); only the \
-                     number of epochs may change on resume",
-                    out.display()
-                )));
-            }
-            state.config = config.clone();
             (trainer, state)
         }
         None => {
