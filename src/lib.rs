@@ -34,6 +34,7 @@ pub mod model;
 pub mod preprocess;
 pub(crate) mod render;
 pub mod rng;
+pub mod synth;
 pub mod train;
 pub mod volume;
 

@@ -109,6 +109,11 @@ enum Command {
     /// in batches, validation CPM after each epoch keeps the best model, and a checkpoint
     /// per epoch lets --resume continue exactly.
     Train(cli::train::TrainArgs),
+    /// Make synthetic chest CT phantoms with known nodules (deterministic by seed): body,
+    /// ribs, spine, heart, lungs with texture, vessel trees, airways, and solid, part-solid,
+    /// ground-glass, juxtapleural and juxtavascular nodules of 3 to 30 mm, as MetaImage or
+    /// DICOM with a LUNA16 annotations.csv.
+    Synth(cli::synth::SynthArgs),
     /// Write a model file with freshly initialised, untrained weights (the starting point of
     /// training, and a way to run the pipeline end to end before training).
     InitModel {
@@ -329,6 +334,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             overlay,
         )?,
         Command::Train(args) => cli::train::train_command(args)?,
+        Command::Synth(args) => cli::synth::synth_command(args)?,
         Command::InitModel {
             out,
             seed,

@@ -563,15 +563,20 @@ fn detect_runs_end_to_end_on_lidc() {
     assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
 }
 
-/// `lungcad train` on phantoms: a config file and flags, progress to stderr, a run folder
+/// `lungcad train` on `lungcad synth` phantoms: a config file and flags, progress to stderr, a run folder
 /// whose model `lungcad detect` reads; `--resume` extends the run; bad input fails in one
 /// line.
 #[test]
 fn train_writes_a_run_that_detect_reads_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
+    // The project's own phantoms, as `lungcad synth` writes them.
     let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    common::phantom_dataset(&data, 2);
+    let synth = lungcad()
+        .args(["synth", "--coarse", "--count", "2", "--seed", "1", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
     let config = lungcad::train::run::TrainConfig {
         detector: common::tiny_detector_config(),
         preprocess: common::tiny_preprocess_config(),
@@ -679,4 +684,74 @@ fn train_writes_a_run_that_detect_reads_and_resumes() {
         !bad.status.success() && e.contains("annotations.csv"),
         "{e}"
     );
+}
+
+/// `lungcad synth`: deterministic phantoms as MetaImage and DICOM (the same voxels and
+/// geometry), with a LUNA16 annotations.csv whose nodules lie in the lungs of the image.
+#[test]
+fn synth_writes_phantoms_as_metaimage_and_dicom_with_their_annotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("phantoms");
+    let run = lungcad()
+        .args([
+            "synth", "--count", "2", "--seed", "40", "--coarse", "--format", "both", "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let ann = lungcad::eval::Annotations::from_csv(out.join("annotations.csv")).unwrap();
+    assert!(ann.len() >= 2);
+    assert_eq!(
+        std::fs::read(out.join("annotations.csv")).unwrap(),
+        std::fs::read(out.join("mhd/annotations.csv")).unwrap()
+    );
+    let listing: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("phantoms.json")).unwrap()).unwrap();
+    assert_eq!(listing["phantoms"].as_array().unwrap().len(), 2);
+    let uid = ann.findings[0].seriesuid.clone();
+    let mhd = lungcad::load(out.join(format!("mhd/{uid}.mhd")), &Default::default()).unwrap();
+    let dcm = lungcad::load(out.join(format!("dicom/{uid}")), &Default::default()).unwrap();
+    assert_eq!(mhd.hu, dcm.hu);
+    assert_eq!(dcm.info.series_uid.as_deref(), Some(uid.as_str()));
+    for a in 0..3 {
+        assert!((mhd.origin_mm()[a] - dcm.origin_mm()[a]).abs() < 1e-3);
+        assert!((mhd.spacing_mm()[a] - dcm.spacing_mm()[a]).abs() < 1e-4);
+    }
+    // Same seed, same phantom.
+    let again = dir.path().join("again");
+    let run = lungcad()
+        .args(["synth", "--count", "1", "--seed", "40", "--coarse", "--out"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let v = lungcad::load(again.join(format!("{uid}.mhd")), &Default::default()).unwrap();
+    assert_eq!(v.hu, mhd.hu);
+    // The nodules are in the lungs lungcad's own preprocessing finds.
+    let pre =
+        lungcad::preprocess::preprocess(&mhd, &Default::default(), &Default::default()).unwrap();
+    assert_eq!(pre.lung.components, 1, "two lungs joined by the airways");
+    assert!(
+        (2000.0..9000.0).contains(&pre.lung.lung_volume_ml),
+        "{}",
+        pre.lung.lung_volume_ml
+    );
+    for f in ann.findings.iter().filter(|f| f.seriesuid == uid) {
+        let c = pre
+            .geometry()
+            .world_to_voxel([f.coord_x, f.coord_y, f.coord_z]);
+        let c = c.map(|v| v.round() as usize);
+        assert_eq!(pre.lung.mask[c], 1, "{f:?} outside the lung mask");
+    }
+    let bad = lungcad()
+        .args(["synth", "--format", "png", "--out"])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
 }
