@@ -134,6 +134,11 @@ impl RgbImage {
     }
 }
 
+/// Colours the plots share: background, ink, grid lines.
+pub(crate) const WHITE: [u8; 3] = [255, 255, 255];
+pub(crate) const BLACK: [u8; 3] = [0, 0, 0];
+pub(crate) const GRID: [u8; 3] = [225, 225, 225];
+
 /// Width of one character cell of the font, in font pixels (5 wide plus 1 of spacing).
 pub(crate) const GLYPH_ADVANCE: i64 = 6;
 /// Height of the font, in font pixels.

@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::volume::{Geometry, Volume, VolumeInfo};
+use crate::volume::{dot, norm, Geometry, Volume, VolumeInfo};
 use ndarray::{Array3, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -148,12 +148,8 @@ fn add_scaled(a: [f64; 3], d: [f64; 3], s: f64) -> [f64; 3] {
     [a[0] + d[0] * s, a[1] + d[1] * s, a[2] + d[2] * s]
 }
 
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
 fn normalise(a: [f64; 3]) -> [f64; 3] {
-    let n = dot(a, a).sqrt().max(1e-12);
+    let n = norm(a).max(1e-12);
     [a[0] / n, a[1] / n, a[2] / n]
 }
 

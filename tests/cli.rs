@@ -576,7 +576,11 @@ fn train_writes_a_run_that_detect_reads_and_resumes() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    assert!(
+        synth.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synth.stderr)
+    );
     let config = lungcad::train::run::TrainConfig {
         detector: common::tiny_detector_config(),
         preprocess: common::tiny_preprocess_config(),

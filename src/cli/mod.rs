@@ -3,3 +3,14 @@
 
 pub mod synth;
 pub mod train;
+
+use lungcad::Error;
+use std::path::Path;
+
+/// An I/O error naming its file.
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,9 +1,10 @@
 //! `lungcad synth`.
 
+use super::io_error;
 use clap::Args;
 use lungcad::synth::{generate, SynthConfig};
 use lungcad::Error;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct SynthArgs {
@@ -31,13 +32,6 @@ pub struct SynthArgs {
     /// Print the config in use as JSON and exit.
     #[arg(long)]
     print_config: bool,
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
 }
 
 pub fn synth_command(args: SynthArgs) -> Result<(), Error> {

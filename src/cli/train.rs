@@ -72,10 +72,7 @@ pub struct TrainArgs {
 }
 
 fn read(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })
+    std::fs::read_to_string(path).map_err(|e| super::io_error(path, e))
 }
 
 impl TrainArgs {

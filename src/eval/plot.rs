@@ -6,7 +6,7 @@
 use super::{froc, FrocResult, OPERATING_POINTS};
 use crate::error::{Error, Result};
 pub use crate::render::RgbImage;
-use crate::render::{text_width, GLYPH_HEIGHT};
+use crate::render::{text_width, BLACK, GLYPH_HEIGHT, GRID, WHITE};
 use std::path::Path;
 
 /// How to draw the plot.
@@ -36,9 +36,6 @@ impl Default for PlotOptions {
     }
 }
 
-const WHITE: [u8; 3] = [255, 255, 255];
-const BLACK: [u8; 3] = [0, 0, 0];
-const GRID: [u8; 3] = [225, 225, 225];
 const CURVE: [u8; 3] = [31, 90, 170];
 const BAND: [u8; 3] = [31, 119, 180];
 const POINT: [u8; 3] = [214, 39, 40];

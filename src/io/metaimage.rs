@@ -1039,6 +1039,13 @@ impl AtomicFile {
         })
     }
 
+    /// Writes `bytes` to `dest` atomically (temporary file, sync, rename).
+    pub(crate) fn write_bytes(dest: &Path, bytes: &[u8]) -> Result<()> {
+        let mut f = AtomicFile::create(dest)?;
+        f.write_with(|w| w.write_all(bytes))?;
+        f.commit()
+    }
+
     /// Runs `f` on the temporary file; I/O errors name the temporary file.
     pub(crate) fn write_with(
         &mut self,

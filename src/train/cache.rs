@@ -130,9 +130,7 @@ impl ScanCache {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let readme = dir.join("config.json");
         if !readme.exists() {
-            let mut f = AtomicFile::create(&readme)?;
-            f.write_with(|w| w.write_all(json.as_bytes()))?;
-            f.commit()?;
+            AtomicFile::write_bytes(&readme, json.as_bytes())?;
         }
         Ok(ScanCache {
             dir,

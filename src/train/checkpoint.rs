@@ -66,9 +66,7 @@ pub fn save_atomically(
         std::fs::remove_dir_all(&fin).map_err(|e| Error::io(&fin, e))?;
     }
     std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
-    let mut pointer = AtomicFile::create(&dir.join(LATEST))?;
-    pointer.write_with(|w| w.write_all(name.as_bytes()))?;
-    pointer.commit()?;
+    AtomicFile::write_bytes(&dir.join(LATEST), name.as_bytes())?;
     sync_dir(dir);
     Ok(fin)
 }

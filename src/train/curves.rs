@@ -3,13 +3,10 @@
 
 use super::run::Record;
 use crate::error::Result;
-use crate::render::{text_width, RgbImage, GLYPH_HEIGHT};
+use crate::render::{text_width, RgbImage, BLACK, GLYPH_HEIGHT, GRID, WHITE};
 
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 640;
-const WHITE: [u8; 3] = [255, 255, 255];
-const BLACK: [u8; 3] = [0, 0, 0];
-const GRID: [u8; 3] = [225, 225, 225];
 const STEP: [u8; 3] = [160, 190, 230];
 const EPOCH: [u8; 3] = [31, 90, 170];
 const CPM: [u8; 3] = [214, 39, 40];

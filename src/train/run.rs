@@ -310,12 +310,6 @@ pub fn split_scans(
     (train, val)
 }
 
-fn write_text_atomically(path: &Path, text: &str) -> Result<()> {
-    let mut f = AtomicFile::create(path)?;
-    f.write_with(|w| w.write_all(text.as_bytes()))?;
-    f.commit()
-}
-
 /// Saves a model file atomically (a temporary file renamed into place).
 fn save_model_atomically(detector: &Detector, path: &Path) -> Result<()> {
     let name = path
@@ -363,7 +357,7 @@ impl MetricsLog {
             text.push_str(&serde_json::to_string(r).unwrap_or_default());
             text.push('\n');
         }
-        write_text_atomically(path, &text)?;
+        AtomicFile::write_bytes(path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
@@ -407,14 +401,16 @@ pub fn train(
         )));
     }
 
-    // The state of the run resumed: its config must be this one (but for the epochs).
+    // The run resumed: its trainer and state; its config must be this one (but for the
+    // epochs).
     let resumed = match &existing {
-        Some(folder) => {
-            let path = folder.join(checkpoint::STATE_FILE);
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        Some(_) => {
+            let (trainer, value) =
+                Trainer::resume(&ckpt_dir, device, config.loss.clone(), &config.optimizer)?
+                    .ok_or_else(|| Error::InvalidArgument("the checkpoint vanished".into()))?;
             let mut state: RunState =
-                serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-                    path: path.clone(),
+                serde_json::from_value(value).map_err(|e| Error::Checkpoint {
+                    path: ckpt_dir.clone(),
                     message: format!("state: {e}"),
                 })?;
             let mut same = state.config.clone();
@@ -427,7 +423,7 @@ pub fn train(
                 )));
             }
             state.config = config.clone();
-            Some(state)
+            Some((trainer, state))
         }
         None => None,
     };
@@ -457,8 +453,8 @@ pub fn train(
             )));
         }
     }
-    write_text_atomically(&split_path, &format!("{split:#}\n"))?;
-    write_text_atomically(&out.join(CONFIG_FILE), &(config.to_json() + "\n"))?;
+    AtomicFile::write_bytes(&split_path, format!("{split:#}\n").as_bytes())?;
+    AtomicFile::write_bytes(&out.join(CONFIG_FILE), (config.to_json() + "\n").as_bytes())?;
     let cache = ScanCache::open(&data.cache_dir, &config.preprocess)?;
     let total = train_src.len() + val_src.len();
     let mut prepared = 0;
@@ -489,12 +485,7 @@ pub fn train(
 
     // The network, fresh or resumed.
     let (mut trainer, mut state) = match resumed {
-        Some(state) => {
-            let (trainer, _) =
-                Trainer::resume(&ckpt_dir, device, config.loss.clone(), &config.optimizer)?
-                    .ok_or_else(|| Error::InvalidArgument("the checkpoint vanished".into()))?;
-            (trainer, state)
-        }
+        Some(resumed) => resumed,
         None => {
             let detector = Detector::new(
                 config.detector.clone(),
