@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::volume::{dot, norm, Geometry, Volume, VolumeInfo};
+use crate::volume::{dot, norm, sub, Geometry, Volume, VolumeInfo};
 use ndarray::{Array3, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -138,10 +138,6 @@ fn uid(rng: &mut SplitMix64) -> String {
 
 fn lerp(r: [f64; 2], t: f64) -> f64 {
     r[0] + (r[1] - r[0]) * t
-}
-
-fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
 }
 
 fn add_scaled(a: [f64; 3], d: [f64; 3], s: f64) -> [f64; 3] {

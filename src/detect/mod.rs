@@ -30,6 +30,12 @@ pub struct DecodeConfig {
     /// NMS drops a candidate whose cube overlaps a more probable kept one by more than
     /// this IoU. Default 0.1.
     pub nms_iou: f64,
+    /// NMS also drops a candidate whose centre lies within a more probable kept one's
+    /// radius (LUNA16 would count it a double detection of the same nodule). Default true.
+    pub suppress_inside: bool,
+    /// A kept candidate's centre becomes the probability-weighted mean of the centres of
+    /// the candidates its cube suppressed ([`nms::NmsConfig::fuse_centres`]). Default false.
+    pub fuse_centres: bool,
     /// At most this many detections per scan. Default 100.
     pub max_detections: usize,
 }
@@ -39,6 +45,8 @@ impl Default for DecodeConfig {
         DecodeConfig {
             min_probability: 0.1,
             nms_iou: 0.1,
+            suppress_inside: true,
+            fuse_centres: false,
             max_detections: 100,
         }
     }
@@ -66,8 +74,12 @@ pub fn detections(
             .filter(|c| c.probability >= config.min_probability)
             .collect(),
         grid.spacing_mm,
-        config.nms_iou,
-        config.max_detections,
+        &nms::NmsConfig {
+            max_iou: config.nms_iou,
+            suppress_inside: config.suppress_inside,
+            fuse_centres: config.fuse_centres,
+            max_keep: config.max_detections,
+        },
     );
     kept.into_iter()
         .map(|c| Detection {
