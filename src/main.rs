@@ -22,6 +22,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make a synthetic chest CT with known nodules, find them with the shipped model and
+    /// print what was found against the truth; writes the detections (CSV, JSON), the truth
+    /// (CSV) and an overlay PNG with the detections circled.
+    Demo(cli::demo::DemoArgs),
     /// Describe a CT: series UID, modality, shape, spacing, origin, direction, HU range.
     Info {
         #[command(flatten)]
@@ -73,37 +77,7 @@ enum Command {
     /// Find nodules: preprocess with the model's settings, run the network over the lung
     /// tiles in batches, decode, 3-D NMS; prints the detections (world mm, LPS) and writes
     /// them as a LUNA16 CSV or JSON, and an overlay PNG.
-    Detect {
-        #[command(flatten)]
-        input: Input,
-        /// Model file (safetensors with lungcad metadata; see `lungcad init-model`).
-        #[arg(long)]
-        model: PathBuf,
-        /// Where the network runs: auto (a wgpu GPU when there is one, else cpu), wgpu (any
-        /// adapter, software ones such as lavapipe too), cpu (burn flex, multi-threaded) or cuda
-        /// (builds with the cuda feature).
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Tiles per forward pass; memory grows with it, not with the scan (on the CPU about
-        /// 0.6 GB per 128³ tile). Default: 32 on a GPU, 4 on the CPU (where larger batches
-        /// are no faster).
-        #[arg(long)]
-        batch_size: Option<usize>,
-        /// Lowest probability reported.
-        #[arg(long, default_value_t = lungcad::detect::DecodeConfig::default().min_probability)]
-        threshold: f32,
-        /// Most detections reported.
-        #[arg(long, default_value_t = lungcad::detect::DecodeConfig::default().max_detections)]
-        max_detections: usize,
-        /// Write the detections: .csv (LUNA16 submission columns
-        /// seriesuid,coordX,coordY,coordZ,probability) or .json (adds diameter_mm). Repeat
-        /// to write both.
-        #[arg(long)]
-        out: Vec<PathBuf>,
-        /// Write a PNG with axial, coronal and sagittal slices through the top detections.
-        #[arg(long)]
-        overlay: Option<PathBuf>,
-    },
+    Detect(cli::detect::DetectArgs),
     /// Train the detector on a dataset (LUNA16, Tianchi, NIfTI or DICOM with a LUNA16-style
     /// CSV): scans are preprocessed once into a cache, epochs of augmented 128³ patches run
     /// in batches, validation CPM after each epoch keeps the best model, and a checkpoint
@@ -311,28 +285,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             print_config,
             json,
         )?,
-        Command::Detect {
-            input,
-            model,
-            device,
-            batch_size,
-            threshold,
-            max_detections,
-            out,
-            overlay,
-        } => detect_command(
-            input,
-            &model,
-            &device,
-            batch_size,
-            lungcad::detect::DecodeConfig {
-                min_probability: threshold,
-                max_detections,
-                ..lungcad::detect::DecodeConfig::default()
-            },
-            out,
-            overlay,
-        )?,
+        Command::Demo(args) => cli::demo::demo_command(args)?,
+        Command::Detect(args) => cli::detect::detect_command(args)?,
         Command::Train(args) => cli::train::train_command(args)?,
         Command::Synth(args) => cli::synth::synth_command(args)?,
         Command::InitModel {
@@ -407,101 +361,6 @@ fn run(cli: Cli) -> Result<(), Error> {
                 eprintln!("wrote {}", png.display());
             }
         }
-    }
-    Ok(())
-}
-
-/// Default tiles per forward pass on a GPU.
-const DEFAULT_GPU_BATCH: usize = 32;
-/// Default tiles per forward pass on the CPU: the CPU backend is as fast per tile at batch
-/// 1 as at 8 (docs/PERFORMANCE.md), and each 128³ tile holds about 0.6 GB of activations.
-const DEFAULT_CPU_BATCH: usize = 4;
-
-fn detect_command(
-    input: Input,
-    model: &std::path::Path,
-    device: &str,
-    batch_size: Option<usize>,
-    decode: lungcad::detect::DecodeConfig,
-    out: Vec<PathBuf>,
-    overlay: Option<PathBuf>,
-) -> Result<(), Error> {
-    use lungcad::{detect, model as m, preprocess};
-    for o in &out {
-        let name = o.to_string_lossy().to_ascii_lowercase();
-        if !(name.ends_with(".csv") || name.ends_with(".json")) {
-            return Err(Error::InvalidArgument(format!(
-                "{}: detections are written as .csv or .json",
-                o.display()
-            )));
-        }
-    }
-    let (dev, dev_name) = m::select_device(device.parse()?)?;
-    let detector = m::Detector::load(model, &dev)?;
-    let batch_size = batch_size.unwrap_or(if dev_name.starts_with("cpu") {
-        DEFAULT_CPU_BATCH
-    } else {
-        DEFAULT_GPU_BATCH
-    });
-    let t0 = std::time::Instant::now();
-    let volume = input.load()?;
-    let uid = volume.info.series_uid.clone().unwrap_or_else(|| {
-        input
-            .ct
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
-    let limits = Limits {
-        max_voxels: input.max_voxels,
-        ..Limits::default()
-    };
-    let pre = preprocess::preprocess_owned(volume, &detector.preprocess, &limits)?;
-    let t1 = std::time::Instant::now();
-    let tiles = pre.tiles()?.len();
-    let bar = indicatif::ProgressBar::new(tiles as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} tiles, {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(format!("detect on {dev_name}"));
-    let candidates =
-        detector.candidates(&pre, batch_size, decode.min_probability, &mut |done, _| {
-            bar.set_position(done as u64)
-        })?;
-    bar.finish_and_clear();
-    let t2 = std::time::Instant::now();
-    let n_candidates = candidates.len();
-    let dets = detect::detections(candidates, pre.geometry(), &decode);
-    println!("rank  coordX_mm  coordY_mm  coordZ_mm  diameter_mm  probability");
-    for (i, d) in dets.iter().enumerate() {
-        println!(
-            "{:>4}  {:>9.2}  {:>9.2}  {:>9.2}  {:>11.1}  {:>11.4}",
-            i + 1,
-            d.centre_world[0],
-            d.centre_world[1],
-            d.centre_world[2],
-            d.diameter_mm,
-            d.probability
-        );
-    }
-    eprintln!(
-        "{} detection(s) from {n_candidates} candidate(s) over {tiles} tile(s) in batches of {batch_size} on {dev_name}; preprocessing {:.2} s, network {:.2} s",
-        dets.len(),
-        (t1 - t0).as_secs_f64(),
-        (t2 - t1).as_secs_f64()
-    );
-    for o in &out {
-        if o.to_string_lossy().to_ascii_lowercase().ends_with(".json") {
-            detect::write_json(&dets, &uid, o)?;
-        } else {
-            detect::write_csv(&dets, &uid, o)?;
-        }
-        eprintln!("wrote {}", o.display());
-    }
-    if let Some(p) = &overlay {
-        detect::write_overlay_png(&pre.volume, &dets, 5, p)?;
-        eprintln!("wrote {}", p.display());
     }
     Ok(())
 }

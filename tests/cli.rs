@@ -759,3 +759,87 @@ fn synth_writes_phantoms_as_metaimage_and_dicom_with_their_annotations() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+#[test]
+fn demo_finds_the_phantoms_nodules_with_the_shipped_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let run = lungcad()
+        .args(["demo", "--device", "cpu", "--threshold", "0.9", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{stdout}");
+    // The truth it prints is the phantom's: the same seed gives the same nodules.
+    let truth = lungcad::eval::Annotations::from_csv(out.join("truth.csv")).unwrap();
+    let phantom = lungcad::synth::generate(
+        5000,
+        &serde_json::from_str(include_str!("../models/phantom-v1/synth_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(truth.len(), phantom.nodules.len());
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("found "))
+        .expect("a summary line");
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let (found, total): (usize, usize) = (words[1].parse().unwrap(), words[3].parse().unwrap());
+    assert_eq!(total, truth.len(), "{summary}");
+    assert_eq!(found, total, "the shipped model misses a nodule: {summary}");
+    let (_, dets) = read_detections_csv(&out.join("detections.csv"));
+    assert!(!dets.is_empty());
+    assert!(dets.iter().all(|d| d.0 == phantom.series_uid));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("detections.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        json["detections"].as_array().map(|a| a.len()),
+        Some(dets.len())
+    );
+    let png = std::fs::read(out.join("overlay.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+
+    // detect without --model runs the shipped model too.
+    let ct = dir.path().join("phantom.mha");
+    lungcad::save(&phantom.volume, &ct).unwrap();
+    let csv = dir.path().join("det.csv");
+    let run = lungcad()
+        .arg("detect")
+        .arg(&ct)
+        .args(["--device", "cpu", "--out"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The file holds the phantom to MetaImage's precision, so allow rounding.
+    let (_, again) = read_detections_csv(&csv);
+    assert_eq!(
+        again.len(),
+        dets.len(),
+        "detect and demo disagree on the same phantom"
+    );
+    for (a, b) in again.iter().zip(&dets) {
+        assert!((a.2 - b.2).abs() < 1e-3, "{a:?} against {b:?}");
+        assert!(
+            (0..3).all(|k| (a.1[k] - b.1[k]).abs() < 0.1),
+            "{a:?} against {b:?}"
+        );
+    }
+
+    let bad = lungcad()
+        .args(["demo", "--threshold", "2", "--out"])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

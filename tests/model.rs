@@ -339,3 +339,61 @@ fn pytorch_reference_gives_the_same_outputs_both_ways() {
     println!("PyTorch weights: lungcad vs PyTorch max |difference| {diff:.2e}");
     assert!(diff < 1e-4, "{diff}");
 }
+
+#[test]
+fn the_shipped_model_finds_a_held_out_phantoms_nodules() {
+    use lungcad::model::{SHIPPED_MODEL, SHIPPED_MODEL_NAME};
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    assert!(
+        SHIPPED_MODEL.len() <= 25 << 20,
+        "{} bytes",
+        SHIPPED_MODEL.len()
+    );
+    let d = Detector::shipped(&device).unwrap();
+    // It carries the configs its model card documents.
+    let train = lungcad::train::run::TrainConfig::from_json(include_str!(
+        "../models/phantom-v1/train_config.json"
+    ))
+    .unwrap();
+    assert_eq!(d.config, train.detector);
+    assert_eq!(d.preprocess, train.preprocess);
+    // Seed 5010: the smallest of the model card's held-out phantoms (training used seeds
+    // 1000 to 1063).
+    let synth: lungcad::synth::SynthConfig =
+        serde_json::from_str(include_str!("../models/phantom-v1/synth_config.json")).unwrap();
+    let phantom = lungcad::synth::generate(5010, &synth).unwrap();
+    let run = d
+        .detect(
+            phantom.volume,
+            32,
+            &lungcad::detect::DecodeConfig::default(),
+            &Limits::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert!(run.tiles > 0 && run.candidates >= run.detections.len());
+    for n in &phantom.nodules {
+        let hit = run.detections.iter().find(|det| {
+            let dist = (0..3)
+                .map(|k| (det.centre_world[k] - n.centre_world[k]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            dist <= n.diameter_mm / 2.0
+        });
+        println!("{n:?}: {hit:?}");
+        assert!(
+            hit.is_some_and(|h| h.probability >= 0.5),
+            "missed {n:?} among {:?}",
+            &run.detections[..run.detections.len().min(10)]
+        );
+    }
+    // Corrupt bytes are an error naming where they came from.
+    let e = Detector::from_bytes(
+        SHIPPED_MODEL[..1000].to_vec(),
+        std::path::Path::new(SHIPPED_MODEL_NAME),
+        &device,
+    )
+    .unwrap_err();
+    assert_eq!(e.category(), "model");
+    assert!(e.to_string().contains(SHIPPED_MODEL_NAME), "{e}");
+}

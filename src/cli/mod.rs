@@ -1,6 +1,8 @@
 //! Commands of the `lungcad` binary that need more than a few lines (the binary's own
 //! modules; the library knows nothing of them).
 
+pub mod demo;
+pub mod detect;
 pub mod synth;
 pub mod train;
 

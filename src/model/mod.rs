@@ -22,12 +22,15 @@ pub mod ops;
 pub use burn::tensor::Device;
 pub use net::DetectorNet;
 
-use crate::detect::{decode_patch, Candidate, HeadLayout};
+use crate::detect::{decode_patch, Candidate, DecodeConfig, Detection, HeadLayout};
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::preprocess::{PreprocessConfig, Preprocessed};
+use crate::volume::Volume;
 use burn::prelude::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Instant;
 
 /// The model file format this build reads and writes.
 pub const MODEL_FORMAT: &str = "1";
@@ -450,9 +453,28 @@ impl Detector {
     /// format version, with configs that do not parse, or whose tensors are missing, of the
     /// wrong shape or corrupt, is an [`Error::Model`] naming the file.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+        use std::io::Read;
         let path = path.as_ref();
-        let meta = read_safetensors_metadata(path)?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len > MAX_MODEL_BYTES {
+            return Err(model_error(
+                path,
+                format!("{len} bytes, more than the {MAX_MODEL_BYTES} a model file may have"),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.take(MAX_MODEL_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        Detector::from_bytes(bytes, path, device)
+    }
+
+    /// [`Detector::load`] from the bytes of a model file; `origin` names it in errors.
+    pub fn from_bytes(bytes: Vec<u8>, origin: &Path, device: &Device) -> Result<Self> {
+        use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+        let path = origin;
+        let meta = safetensors_metadata(&bytes, path)?;
         let format = meta.get("lungcad_model_format").ok_or_else(|| {
             model_error(
                 path,
@@ -475,7 +497,8 @@ impl Detector {
             .map_err(|e| model_error(path, format!("preprocess_config: {e}")))?;
         let mut detector = Detector::new(config, preprocess, device, 0)
             .map_err(|e| model_error(path, format!("its configs: {e}")))?;
-        let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter);
+        let mut store =
+            SafetensorsStore::from_bytes(Some(bytes)).with_from_adapter(PyTorchToBurnAdapter);
         let applied = detector
             .net
             .load_from(&mut store)
@@ -494,6 +517,72 @@ impl Detector {
         }
         Ok(detector)
     }
+
+    /// The model shipped inside lungcad ([`SHIPPED_MODEL`]), on `device`.
+    pub fn shipped(device: &Device) -> Result<Self> {
+        Detector::from_bytes(
+            SHIPPED_MODEL.to_vec(),
+            Path::new(SHIPPED_MODEL_NAME),
+            device,
+        )
+    }
+
+    /// Finds the nodules of a CT: preprocesses it with this model's settings (the volume is
+    /// dropped once resampled), runs the network over the lung tiles in batches of
+    /// `batch_size` (memory is bounded by the batch), decodes and applies NMS. Detections
+    /// are in world millimetres, most probable first. `progress(done, total)` is called
+    /// after each batch of tiles.
+    pub fn detect(
+        &self,
+        volume: Volume,
+        batch_size: usize,
+        decode: &DecodeConfig,
+        limits: &Limits,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<DetectionRun> {
+        let t0 = Instant::now();
+        let pre = crate::preprocess::preprocess_owned(volume, &self.preprocess, limits)?;
+        let t1 = Instant::now();
+        let tiles = pre.tiles()?.len();
+        let found = self.candidates(&pre, batch_size, decode.min_probability, progress)?;
+        let candidates = found.len();
+        let detections = crate::detect::detections(found, pre.geometry(), decode);
+        Ok(DetectionRun {
+            detections,
+            tiles,
+            candidates,
+            preprocess_s: (t1 - t0).as_secs_f64(),
+            network_s: t1.elapsed().as_secs_f64(),
+            preprocessed: pre,
+        })
+    }
+}
+
+/// The model compiled into lungcad: trained on synthetic phantoms only (see
+/// `models/phantom-v1/README.md`, its model card). It is what `lungcad demo` and
+/// `lungcad detect` without `--model` run. It has not been trained on real CT.
+pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../models/phantom-v1/model.safetensors");
+/// How errors name [`SHIPPED_MODEL`].
+pub const SHIPPED_MODEL_NAME: &str = "<shipped model phantom-v1>";
+
+/// Largest model file [`Detector::load`] reads (2 GiB).
+pub const MAX_MODEL_BYTES: u64 = 2 << 30;
+
+/// What [`Detector::detect`] found in one CT, and what it took.
+#[derive(Debug, Clone)]
+pub struct DetectionRun {
+    /// Most probable first, world millimetres.
+    pub detections: Vec<Detection>,
+    /// The preprocessed scan the network saw.
+    pub preprocessed: Preprocessed,
+    /// Tiles run through the network.
+    pub tiles: usize,
+    /// Candidates decoded before NMS.
+    pub candidates: usize,
+    /// Seconds spent preprocessing (resample, lung mask, crop).
+    pub preprocess_s: f64,
+    /// Seconds spent in the network, decoding and NMS.
+    pub network_s: f64,
 }
 
 /// The first three items of a list, for an error message.
@@ -502,18 +591,22 @@ fn first_three<T: std::fmt::Debug>(items: &[T]) -> String {
     shown.join(", ")
 }
 
-/// The `__metadata__` map of a safetensors file's header, read without loading tensors.
-pub fn read_safetensors_metadata(path: &Path) -> Result<std::collections::HashMap<String, String>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|_| {
-        model_error(
-            path,
-            "not a safetensors file (shorter than its 8-byte header length)",
-        )
-    })?;
+/// The `__metadata__` map of a safetensors file's header; `origin` names the file in errors.
+pub fn safetensors_metadata(
+    bytes: &[u8],
+    origin: &Path,
+) -> Result<std::collections::HashMap<String, String>> {
+    let path = origin;
+    let file_len = bytes.len() as u64;
+    let len: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            model_error(
+                path,
+                "not a safetensors file (shorter than its 8-byte header length)",
+            )
+        })?;
     let n = u64::from_le_bytes(len);
     if n > 100 << 20 || n + 8 > file_len {
         return Err(model_error(
@@ -521,9 +614,8 @@ pub fn read_safetensors_metadata(path: &Path) -> Result<std::collections::HashMa
             format!("not a safetensors file (header length {n} for a file of {file_len} bytes)"),
         ));
     }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&header)
+    let header = &bytes[8..8 + n as usize];
+    let v: serde_json::Value = serde_json::from_slice(header)
         .map_err(|e| model_error(path, format!("safetensors header is not JSON: {e}")))?;
     let mut out = std::collections::HashMap::new();
     if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
