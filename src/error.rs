@@ -92,7 +92,6 @@ pub enum Error {
     #[error("evaluation: {0}")]
     Eval(String),
 
-    /// A caller passed an invalid argument or configuration.
     /// Preprocessing could not go on (no lungs found, a patch larger than allowed...).
     /// `source_name` is the series UID, or a description of the volume when it has none.
     #[error("preprocessing {source_name}: {message}")]
@@ -121,6 +120,7 @@ pub enum Error {
     #[error("device: {0}")]
     Device(String),
 
+    /// A caller passed an invalid argument or configuration.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }
@@ -156,7 +156,8 @@ pub enum SeriesProblem {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An [`Error::Io`] naming `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,

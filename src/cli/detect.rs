@@ -50,13 +50,6 @@ pub struct RunArgs {
     pub batch_size: Option<usize>,
 }
 
-/// Default tiles per forward pass on a GPU.
-const DEFAULT_GPU_BATCH: usize = 32;
-/// Voxels per forward pass on the CPU by default: the CPU backend is as fast per tile at
-/// batch 1 as at 8 (docs/PERFORMANCE.md), and each 128³ tile holds about 0.6 GB of
-/// activations.
-const DEFAULT_CPU_BATCH_VOXELS: usize = 4 * 128 * 128 * 128;
-
 impl RunArgs {
     /// The device, its name, and the model on it (`model`, or the shipped one).
     pub fn load(&self, model: Option<&Path>) -> Result<(Detector, String), Error> {
@@ -67,14 +60,8 @@ impl RunArgs {
 
     /// Tiles per forward pass for `detector` on the device named `device_name`.
     pub fn batch_size(&self, detector: &Detector, device_name: &str) -> usize {
-        self.batch_size.unwrap_or_else(|| {
-            if device_name.starts_with("cpu") {
-                let voxels: usize = detector.preprocess.patch.size_vox.iter().product();
-                (DEFAULT_CPU_BATCH_VOXELS / voxels.max(1)).clamp(1, DEFAULT_GPU_BATCH)
-            } else {
-                DEFAULT_GPU_BATCH
-            }
-        })
+        self.batch_size
+            .unwrap_or_else(|| detector.default_batch_size(device_name))
     }
 }
 

@@ -1,8 +1,7 @@
 //! `lungcad train`.
 
 use clap::Args;
-use lungcad::eval::Annotations;
-use lungcad::train::run::{self, Dataset, Event, TrainConfig};
+use lungcad::train::run::{self, Dataset, Event, TrainConfig, TrainOverrides};
 use lungcad::Error;
 use lungcad::{Limits, LoadConfig};
 use std::path::{Path, PathBuf};
@@ -79,36 +78,23 @@ impl TrainArgs {
     /// The config: the run's own on --resume, else --config or the defaults; then the
     /// flags.
     fn config(&self) -> Result<TrainConfig, Error> {
-        let mut c = if self.resume {
-            TrainConfig::from_json(&read(&self.out.join(run::CONFIG_FILE))?)?
+        let base = if self.resume {
+            run::run_config(&self.out)?
         } else if let Some(p) = &self.config {
             TrainConfig::from_json(&read(p)?)?
         } else {
             TrainConfig::default()
         };
-        if let Some(v) = self.epochs {
-            c.epochs = v;
+        TrainOverrides {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            micro_batch_size: self.micro_batch_size,
+            patches_per_epoch: self.patches_per_epoch,
+            lr: self.lr,
+            val_fraction: self.val_fraction,
+            seed: self.seed,
         }
-        if let Some(v) = self.batch_size {
-            c.batch_size = v;
-        }
-        if let Some(v) = self.micro_batch_size {
-            c.micro_batch_size = Some(v);
-        }
-        if let Some(v) = self.patches_per_epoch {
-            c.patches_per_epoch = Some(v);
-        }
-        if let Some(v) = self.lr {
-            c.schedule.lr = v;
-        }
-        if let Some(v) = self.val_fraction {
-            c.validation.fraction = v;
-        }
-        if let Some(v) = self.seed {
-            c.seed = v;
-        }
-        c.validate()?;
-        Ok(c)
+        .apply(base)
     }
 }
 
@@ -118,16 +104,6 @@ pub fn train_command(args: TrainArgs) -> Result<(), Error> {
         println!("{}", config.to_json());
         return Ok(());
     }
-    let annotations_path = args
-        .annotations
-        .clone()
-        .unwrap_or_else(|| args.data.join("annotations.csv"));
-    let annotations = Annotations::from_csv(&annotations_path)?;
-    let excluded_path = args.excluded.clone().or_else(|| {
-        let p = args.data.join("annotations_excluded.csv");
-        p.exists().then_some(p)
-    });
-    let excluded = excluded_path.map(Annotations::from_csv).transpose()?;
     let load = LoadConfig {
         limits: Limits {
             max_voxels: args.max_voxels,
@@ -135,14 +111,13 @@ pub fn train_command(args: TrainArgs) -> Result<(), Error> {
         },
         ..LoadConfig::default()
     };
-    let (scans, missing) =
-        lungcad::train::dataset::find_scans(&args.data, &annotations, excluded.as_ref(), &load)?;
-    if scans.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "no scans (.mhd, .mha, .nii, .nii.gz or DICOM) under {}",
-            args.data.display()
-        )));
-    }
+    let (data, missing) = Dataset::from_folder(
+        &args.data,
+        args.annotations.as_deref(),
+        args.excluded.as_deref(),
+        load,
+        args.cache.clone().unwrap_or_else(|| args.out.join("cache")),
+    )?;
     if !missing.is_empty() {
         eprintln!(
             "warning: {} annotated series not found under {} (first: {})",
@@ -152,11 +127,6 @@ pub fn train_command(args: TrainArgs) -> Result<(), Error> {
         );
     }
     let (device, device_name) = lungcad::model::select_device(args.device.parse()?)?;
-    let data = Dataset {
-        scans,
-        load,
-        cache_dir: args.cache.clone().unwrap_or_else(|| args.out.join("cache")),
-    };
     let style = |t: &str| {
         indicatif::ProgressStyle::with_template(t)
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())

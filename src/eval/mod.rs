@@ -234,7 +234,7 @@ impl EvalInputs {
 
 /// How to evaluate. The defaults are the official LUNA16 settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct EvalConfig {
     /// At most this many candidates per scan are evaluated (default 100, as in the official
     /// evaluation); see the module documentation for how ties at the cut are treated.

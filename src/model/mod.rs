@@ -335,6 +335,18 @@ impl Detector {
         &self.device
     }
 
+    /// Tiles per forward pass when the caller does not choose: [`DEFAULT_GPU_BATCH`] on a
+    /// GPU; on the CPU (a `device_name` from [`select_device`] starting with `cpu`), as many
+    /// tiles as hold [`DEFAULT_CPU_BATCH_VOXELS`], at most [`DEFAULT_GPU_BATCH`].
+    pub fn default_batch_size(&self, device_name: &str) -> usize {
+        if device_name.starts_with("cpu") {
+            let voxels: usize = self.preprocess.patch.size_vox.iter().product();
+            (DEFAULT_CPU_BATCH_VOXELS / voxels.max(1)).clamp(1, DEFAULT_GPU_BATCH)
+        } else {
+            DEFAULT_GPU_BATCH
+        }
+    }
+
     /// This detector's configs and device with another network of the same shape.
     pub(crate) fn with_net(&self, net: DetectorNet) -> Detector {
         Detector {
@@ -564,6 +576,13 @@ impl Detector {
 pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../models/phantom-v1/model.safetensors");
 /// How errors name [`SHIPPED_MODEL`].
 pub const SHIPPED_MODEL_NAME: &str = "<shipped model phantom-v1>";
+
+/// Default tiles per forward pass on a GPU.
+pub const DEFAULT_GPU_BATCH: usize = 32;
+/// Voxels per forward pass on the CPU by default: the CPU backend is as fast per tile at
+/// batch 1 as at 8 (docs/PERFORMANCE.md), and each 128³ tile holds about 0.6 GB of
+/// activations.
+pub const DEFAULT_CPU_BATCH_VOXELS: usize = 4 * 128 * 128 * 128;
 
 /// Largest model file [`Detector::load`] reads (2 GiB).
 pub const MAX_MODEL_BYTES: u64 = 2 << 30;

@@ -156,6 +156,55 @@ impl TrainConfig {
     }
 }
 
+/// What `lungcad train`'s flags (and `lungcad.train`'s arguments) change in a config.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrainOverrides {
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub micro_batch_size: Option<usize>,
+    pub patches_per_epoch: Option<usize>,
+    /// The schedule's peak learning rate.
+    pub lr: Option<f64>,
+    /// The validation fraction.
+    pub val_fraction: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+impl TrainOverrides {
+    /// `config` with these settings put over it, validated.
+    pub fn apply(&self, mut c: TrainConfig) -> Result<TrainConfig> {
+        if let Some(v) = self.epochs {
+            c.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
+        }
+        if let Some(v) = self.micro_batch_size {
+            c.micro_batch_size = Some(v);
+        }
+        if let Some(v) = self.patches_per_epoch {
+            c.patches_per_epoch = Some(v);
+        }
+        if let Some(v) = self.lr {
+            c.schedule.lr = v;
+        }
+        if let Some(v) = self.val_fraction {
+            c.validation.fraction = v;
+        }
+        if let Some(v) = self.seed {
+            c.seed = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// The config a run in `out` was started with (its [`CONFIG_FILE`]), for `--resume`.
+pub fn run_config(out: &Path) -> Result<TrainConfig> {
+    let path = out.join(CONFIG_FILE);
+    TrainConfig::from_json(&std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?)
+}
+
 /// A dataset to train on: its scans ([`super::dataset::find_scans`]), how to load them and
 /// where to cache them.
 pub struct Dataset {
@@ -163,6 +212,48 @@ pub struct Dataset {
     pub load: LoadConfig,
     /// Root of the preprocessing cache (a versioned folder is made inside).
     pub cache_dir: PathBuf,
+}
+
+impl Dataset {
+    /// The dataset of a folder, as `lungcad train --data` reads it: the nodules of
+    /// `annotations` (default `<data>/annotations.csv`), the irrelevant findings of
+    /// `excluded` (default `<data>/annotations_excluded.csv` when it exists), and the scans
+    /// found under `data` ([`super::dataset::find_scans`]). Also returns the annotated series
+    /// UIDs not found under `data`. No scan at all is an error.
+    pub fn from_folder(
+        data: &Path,
+        annotations: Option<&Path>,
+        excluded: Option<&Path>,
+        load: LoadConfig,
+        cache_dir: PathBuf,
+    ) -> Result<(Dataset, Vec<String>)> {
+        let annotations = match annotations {
+            Some(p) => Annotations::from_csv(p)?,
+            None => Annotations::from_csv(data.join("annotations.csv"))?,
+        };
+        let default_excluded = data.join("annotations_excluded.csv");
+        let excluded = match excluded {
+            Some(p) => Some(Annotations::from_csv(p)?),
+            None if default_excluded.exists() => Some(Annotations::from_csv(default_excluded)?),
+            None => None,
+        };
+        let (scans, missing) =
+            super::dataset::find_scans(data, &annotations, excluded.as_ref(), &load)?;
+        if scans.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "no scans (.mhd, .mha, .nii, .nii.gz or DICOM) under {}",
+                data.display()
+            )));
+        }
+        Ok((
+            Dataset {
+                scans,
+                load,
+                cache_dir,
+            },
+            missing,
+        ))
+    }
 }
 
 /// One line of `metrics.jsonl`.
