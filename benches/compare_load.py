@@ -7,7 +7,10 @@ pydicom+numpy, in the same run, on page-cached files; prints seconds, ratios and
 
 The default series is LIDC-IDRI-0001 under $LUNGCAD_DATA (default ../shared/data).
 lungcad is timed as the whole `lungcad info --json` process (start-up included), so its
-figure is conservative. Peak memory is the maximum resident set size of one
+figure is conservative. When the Python package is installed (`pip install ./python`), its
+`lungcad.load` is timed too, in this process and as a whole `python -c` process, against
+the CLI: the cost of the Python binding. Build the CLI and the package with the same
+profile (both release, or both `--profile dev`) for a like-for-like figure. Peak memory is the maximum resident set size of one
 `lungcad info` run, measured with GNU time (apt-get install time).
 """
 import argparse
@@ -62,6 +65,17 @@ def pydicom_load(series):
     return vol.shape
 
 
+def python_load(series):
+    import lungcad
+
+    return lungcad.load(series).shape
+
+
+def python_process(series):
+    code = "import sys, lungcad; lungcad.load(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, series], check=True)
+
+
 def best(fn, runs):
     times = []
     for _ in range(runs):
@@ -98,6 +112,16 @@ def main():
         ratio = "" if name.startswith("lungcad") else f"{b / lc[0]:.1f}x"
         print(f"{name:<22}{b:>9.3f}{m:>10.3f}{ratio:>19}")
     print(f"lungcad peak RSS: {rss:.1f} MiB = {rss / vol_mb:.2f}x the volume's bytes")
+    try:
+        import lungcad
+    except ImportError:
+        print("the Python package is not installed (pip install ./python): not timed")
+        return
+    python_load(a.series)  # import and first-call costs out of the timing
+    pi = best(lambda: python_load(a.series), a.runs)
+    pp = best(lambda: python_process(a.series), a.runs)
+    print(f"{'lungcad.load (Python)':<22}{pi[0]:>9.3f}{pi[1]:>10.3f}  {pi[0] / lc[0]:.2f}x the CLI's time")
+    print(f"{'python -c load':<22}{pp[0]:>9.3f}{pp[1]:>10.3f}  {pp[0] / lc[0]:.2f}x the CLI's time (interpreter, numpy and lungcad imports included)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,342 @@
+//! `Detector`, `Nodule`, and the phantoms (`synth`, `Phantom`, `SynthNodule`).
+
+use crate::errors::{invalid, json_to_py, py_to_json, run, to_py};
+use crate::volume::{limits, PyVolume};
+use lungcad::detect::DecodeConfig;
+use lungcad::model::{select_device, Detector};
+use lungcad::synth::{generate, SynthConfig};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::path::PathBuf;
+
+/// A detected nodule: centre in world LPS millimetres, diameter, probability, and the
+/// series it was found in.
+#[pyclass(frozen, eq, get_all, module = "lungcad", name = "Nodule")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct PyNodule {
+    pub coord_x: f64,
+    pub coord_y: f64,
+    pub coord_z: f64,
+    pub diameter_mm: f64,
+    pub probability: f64,
+    pub series_uid: Option<String>,
+}
+
+#[pymethods]
+impl PyNodule {
+    #[new]
+    #[pyo3(signature = (coord_x, coord_y, coord_z, diameter_mm, probability, series_uid = None))]
+    fn new(
+        coord_x: f64,
+        coord_y: f64,
+        coord_z: f64,
+        diameter_mm: f64,
+        probability: f64,
+        series_uid: Option<String>,
+    ) -> Self {
+        PyNodule {
+            coord_x,
+            coord_y,
+            coord_z,
+            diameter_mm,
+            probability,
+            series_uid,
+        }
+    }
+
+    /// The nodule with LUNA16's column names: seriesuid, coordX, coordY, coordZ,
+    /// probability, diameter_mm.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("seriesuid", &self.series_uid)?;
+        d.set_item("coordX", self.coord_x)?;
+        d.set_item("coordY", self.coord_y)?;
+        d.set_item("coordZ", self.coord_z)?;
+        d.set_item("probability", self.probability)?;
+        d.set_item("diameter_mm", self.diameter_mm)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Nodule(coord_x={:.2}, coord_y={:.2}, coord_z={:.2}, diameter_mm={:.1}, probability={:.4})",
+            self.coord_x, self.coord_y, self.coord_z, self.diameter_mm, self.probability
+        )
+    }
+}
+
+/// A nodule detector: a model on a device. One detector may be used from several threads
+/// at once; `detect` releases the GIL.
+#[pyclass(frozen, module = "lungcad", name = "Detector")]
+pub struct PyDetector {
+    /// Boxed: burn's tensors ask for 64-byte alignment, more than a Python object's memory
+    /// gives a pyclass.
+    inner: Box<Detector>,
+    device: String,
+    batch_size: usize,
+    model: String,
+}
+
+#[pymethods]
+impl PyDetector {
+    /// `model`: a lungcad model file, or None for the shipped model (phantom-v1, trained on
+    /// synthetic phantoms only). `device`: auto (a wgpu GPU when there is one, else the
+    /// CPU), wgpu, cpu or cuda. `batch_size`: tiles per forward pass (None: 32 on a GPU;
+    /// on the CPU as many tiles as hold 4 x 128³ voxels, at most 32).
+    #[new]
+    #[pyo3(signature = (model = None, device = "auto", batch_size = None))]
+    fn new(
+        py: Python<'_>,
+        model: Option<PathBuf>,
+        device: &str,
+        batch_size: Option<usize>,
+    ) -> PyResult<Self> {
+        if batch_size == Some(0) {
+            return Err(invalid("batch_size must be at least 1"));
+        }
+        let choice = device.parse().map_err(to_py)?;
+        let (inner, device) = run(py, || {
+            let (dev, name) = select_device(choice)?;
+            let d = match &model {
+                Some(p) => Detector::load(p, &dev)?,
+                None => Detector::shipped(&dev)?,
+            };
+            Ok((d, name))
+        })?;
+        let batch_size = batch_size.unwrap_or_else(|| inner.default_batch_size(&device));
+        let model = match model {
+            Some(p) => p.display().to_string(),
+            None => lungcad::model::SHIPPED_MODEL_NAME.to_string(),
+        };
+        Ok(PyDetector {
+            inner: Box::new(inner),
+            device,
+            batch_size,
+            model,
+        })
+    }
+
+    /// Finds the nodules of a CT (a `Volume`, or a path `load` reads), most probable
+    /// first, in world millimetres. Candidates below `threshold` are dropped, at most
+    /// `max_detections` are returned.
+    #[pyo3(signature = (ct, *, threshold = 0.1, max_detections = 100, max_voxels = None))]
+    fn detect(
+        &self,
+        py: Python<'_>,
+        ct: &Bound<'_, PyAny>,
+        threshold: f32,
+        max_detections: usize,
+        max_voxels: Option<u64>,
+    ) -> PyResult<Vec<PyNodule>> {
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(invalid(format!(
+                "threshold must be a probability in [0, 1], got {threshold}"
+            )));
+        }
+        enum Input {
+            Volume(lungcad::Volume),
+            Path(PathBuf),
+        }
+        let input = match ct.extract::<PyRef<'_, PyVolume>>() {
+            Ok(v) => Input::Volume(v.inner.clone()),
+            Err(_) => Input::Path(ct.extract::<PathBuf>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err(
+                    "detect takes a lungcad.Volume or a path (str or os.PathLike)",
+                )
+            })?),
+        };
+        let decode = DecodeConfig {
+            min_probability: threshold,
+            max_detections,
+            ..DecodeConfig::default()
+        };
+        let lim = limits(max_voxels);
+        let (found, uid) = run(py, || {
+            let (volume, stem) = match input {
+                Input::Volume(v) => (v, None),
+                Input::Path(p) => {
+                    let load = lungcad::LoadConfig {
+                        limits: lim.clone(),
+                        ..Default::default()
+                    };
+                    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
+                    (lungcad::load(&p, &load)?, stem)
+                }
+            };
+            let uid = volume.info.series_uid.clone().or(stem);
+            let run = self
+                .inner
+                .detect(volume, self.batch_size, &decode, &lim, &mut |_, _| {})?;
+            Ok((run.detections, uid))
+        })?;
+        Ok(found
+            .into_iter()
+            .map(|d| PyNodule {
+                coord_x: d.centre_world[0],
+                coord_y: d.centre_world[1],
+                coord_z: d.centre_world[2],
+                diameter_mm: d.diameter_mm,
+                probability: d.probability as f64,
+                series_uid: uid.clone(),
+            })
+            .collect())
+    }
+
+    /// The device the network runs on, e.g. `cpu (flex)` or `wgpu (NVIDIA H100, Vulkan)`.
+    #[getter]
+    fn device(&self) -> String {
+        self.device.clone()
+    }
+
+    /// Tiles per forward pass.
+    #[getter]
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The model file, or the shipped model's name.
+    #[getter]
+    fn model(&self) -> String {
+        self.model.clone()
+    }
+
+    /// The network's config (`DetectorConfig`) as a dict.
+    #[getter]
+    fn detector_config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let text = serde_json::to_string(&self.inner.config).map_err(|e| invalid(e.to_string()))?;
+        json_to_py(py, &text)
+    }
+
+    /// The preprocessing the model was trained with (`PreprocessConfig`) as a dict.
+    #[getter]
+    fn preprocess_config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, &self.inner.preprocess.to_json())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Detector(model='{}', device='{}', batch_size={})",
+            self.model, self.device, self.batch_size
+        )
+    }
+}
+
+/// A nodule placed in a phantom.
+#[pyclass(frozen, eq, get_all, module = "lungcad", name = "SynthNodule")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct PySynthNodule {
+    pub coord_x: f64,
+    pub coord_y: f64,
+    pub coord_z: f64,
+    pub diameter_mm: f64,
+    /// solid, part_solid, ground_glass, juxtapleural or juxtavascular.
+    pub kind: String,
+}
+
+#[pymethods]
+impl PySynthNodule {
+    fn __repr__(&self) -> String {
+        format!(
+            "SynthNodule(coord_x={:.2}, coord_y={:.2}, coord_z={:.2}, diameter_mm={:.1}, kind='{}')",
+            self.coord_x, self.coord_y, self.coord_z, self.diameter_mm, self.kind
+        )
+    }
+}
+
+/// A synthetic chest CT and its nodules.
+#[pyclass(frozen, module = "lungcad", name = "Phantom")]
+pub struct PyPhantom {
+    volume: Py<PyVolume>,
+    series_uid: String,
+    nodules: Vec<PySynthNodule>,
+}
+
+#[pymethods]
+impl PyPhantom {
+    #[getter]
+    fn volume(&self, py: Python<'_>) -> Py<PyVolume> {
+        self.volume.clone_ref(py)
+    }
+
+    #[getter]
+    fn nodules(&self) -> Vec<PySynthNodule> {
+        self.nodules.clone()
+    }
+
+    #[getter]
+    fn series_uid(&self) -> String {
+        self.series_uid.clone()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Phantom(nodules={})", self.nodules.len())
+    }
+}
+
+/// A synthetic chest CT phantom with known nodules, deterministic by `seed` (as
+/// `lungcad synth`). `coarse=True` starts from the small, fast config; keyword arguments
+/// are `SynthConfig` fields put over it.
+#[pyfunction]
+#[pyo3(signature = (seed, *, coarse = false, **config))]
+pub fn synth(
+    py: Python<'_>,
+    seed: u64,
+    coarse: bool,
+    config: Option<&Bound<'_, PyDict>>,
+) -> PyResult<PyPhantom> {
+    let base = if coarse {
+        SynthConfig::coarse()
+    } else {
+        SynthConfig::default()
+    };
+    let config = match config {
+        None => base,
+        Some(d) => {
+            let mut v = serde_json::to_value(&base).map_err(|e| invalid(e.to_string()))?;
+            let over: serde_json::Value = serde_json::from_str(&py_to_json(d.as_any())?)
+                .map_err(|e| invalid(e.to_string()))?;
+            merge(&mut v, over);
+            serde_json::from_value(v).map_err(|e| invalid(format!("phantom config: {e}")))?
+        }
+    };
+    let p = run(py, || {
+        config.validate()?;
+        generate(seed, &config)
+    })?;
+    let nodules = p
+        .nodules
+        .iter()
+        .map(|n| PySynthNodule {
+            coord_x: n.centre_world[0],
+            coord_y: n.centre_world[1],
+            coord_z: n.centre_world[2],
+            diameter_mm: n.diameter_mm,
+            kind: serde_json::to_value(n.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+        })
+        .collect();
+    Ok(PyPhantom {
+        series_uid: p.series_uid,
+        volume: Py::new(py, PyVolume { inner: p.volume })?,
+        nodules,
+    })
+}
+
+/// Puts `over` onto `base`, object by object (a partial nested config keeps the rest).
+pub fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}

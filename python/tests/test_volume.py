@@ -1,0 +1,188 @@
+"""Loading, Volume and its geometry, numpy and SimpleITK conversions, preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lungcad
+
+
+def test_lidc_0001_matches_pydicom(lidc_0001: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    vol = lungcad.load(lidc_0001)
+    slices = []
+    for f in sorted(lidc_0001.rglob("*")):
+        if not f.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception:
+            continue
+        if "PixelData" not in ds or ds.get("SeriesInstanceUID") != vol.series_uid:
+            continue
+        slices.append(ds)
+    normal = np.cross(
+        np.asarray(slices[0].ImageOrientationPatient[:3], float),
+        np.asarray(slices[0].ImageOrientationPatient[3:], float),
+    )
+    slices.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+    expected = np.stack(
+        [
+            np.round(
+                ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+            ).astype(np.int16)
+            for ds in slices
+        ]
+    )
+    assert vol.array.shape == expected.shape == vol.shape
+    np.testing.assert_array_equal(vol.array, expected)
+    np.testing.assert_allclose(vol.origin_mm, [float(v) for v in slices[0].ImagePositionPatient])
+    dy, dx = (float(v) for v in slices[0].PixelSpacing)
+    assert vol.spacing_mm[1:] == pytest.approx((dy, dx))
+    assert vol.format == "dicom" and vol.modality == "CT"
+
+
+def test_lidc_0001_geometry_matches_simpleitk(lidc_0001: Path) -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    vol = lungcad.load(lidc_0001)
+    reader = sitk.ImageSeriesReader()
+    folder = next(f.parent for f in sorted(lidc_0001.rglob("*.dcm")))
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), vol.series_uid))
+    image = reader.Execute()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), vol.array)
+    for zyx in [(0.0, 0.0, 0.0), (10.5, 200.25, 31.0), (132.0, 511.0, 511.0)]:
+        itk_point = image.TransformContinuousIndexToPhysicalPoint(zyx[::-1])
+        np.testing.assert_allclose(vol.voxel_to_world(zyx), itk_point, atol=1e-6)
+    back = lungcad.from_sitk(image, vol.series_uid)
+    assert back.spacing_mm == pytest.approx(vol.spacing_mm)
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-9)
+
+
+def rotation() -> np.ndarray:
+    a = np.deg2rad(20.0)
+    # Rows: world (x, y, z) unit vectors of voxel axes z, y, x; a rotation about world z.
+    return np.array(
+        [[0.0, 0.0, 1.0], [-np.sin(a), np.cos(a), 0.0], [np.cos(a), np.sin(a), 0.0]]
+    )
+
+
+def test_from_numpy_round_trips_array_and_geometry() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(-1024, 3000, size=(7, 9, 11), dtype=np.int16)
+    d = rotation()
+    vol = lungcad.Volume.from_numpy(a, (2.5, 0.7, 0.8), (-100.0, 20.0, 5.0), d, "1.2.3")
+    np.testing.assert_array_equal(vol.array, a)
+    assert vol.shape == (7, 9, 11)
+    assert vol.spacing_mm == (2.5, 0.7, 0.8)
+    assert vol.origin_mm == (-100.0, 20.0, 5.0)
+    np.testing.assert_allclose(vol.direction, d)
+    assert vol.series_uid == "1.2.3" and vol.format == "numpy"
+    zyx = (3.0, 4.5, 6.25)
+    expected = np.asarray(vol.origin_mm) + sum(
+        zyx[k] * vol.spacing_mm[k] * d[k] for k in range(3)
+    )
+    np.testing.assert_allclose(vol.voxel_to_world(zyx), expected, atol=1e-9)
+    np.testing.assert_allclose(vol.world_to_voxel(tuple(expected)), zyx, atol=1e-9)
+    # Other integer types are converted when they fit; the array is a read-only view.
+    vol32 = lungcad.Volume.from_numpy(a.astype(np.int32), (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(vol32.array, a)
+    assert vol32.origin_mm == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        vol.array[0, 0, 0] = 1
+
+
+def test_from_numpy_refuses_what_is_not_a_ct() -> None:
+    a = np.zeros((4, 5, 6), np.int16)
+    with pytest.raises(TypeError):
+        lungcad.Volume.from_numpy(a.astype(np.float32), (1.0, 1.0, 1.0))
+    with pytest.raises(lungcad.InvalidArgumentError):
+        lungcad.Volume.from_numpy(np.zeros((4, 5), np.int16), (1.0, 1.0, 1.0))
+    with pytest.raises(lungcad.InvalidArgumentError):
+        lungcad.Volume.from_numpy(np.full((2, 2, 2), 40000, np.int32), (1.0, 1.0, 1.0))
+    with pytest.raises(lungcad.GeometryError):
+        lungcad.Volume.from_numpy(a, (0.0, 1.0, 1.0))
+    with pytest.raises(lungcad.GeometryError):
+        lungcad.Volume.from_numpy(a, (1.0, 1.0, 1.0), direction=[[1, 0, 0], [1, 0, 0], [0, 0, 1]])
+
+
+def test_simpleitk_round_trip() -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    rng = np.random.default_rng(1)
+    a = rng.integers(-1000, 1000, size=(5, 6, 7), dtype=np.int16)
+    vol = lungcad.Volume.from_numpy(a, (2.0, 0.5, 0.75), (10.0, -20.0, 30.0), rotation())
+    image = lungcad.to_sitk(vol)
+    assert image.GetSpacing() == pytest.approx((0.75, 0.5, 2.0))
+    for zyx in [(0.0, 0.0, 0.0), (4.0, 2.5, 1.0)]:
+        np.testing.assert_allclose(
+            image.TransformContinuousIndexToPhysicalPoint(zyx[::-1]), vol.voxel_to_world(zyx)
+        )
+    back = lungcad.from_sitk(image)
+    np.testing.assert_array_equal(back.array, a)
+    assert back.spacing_mm == pytest.approx(vol.spacing_mm)
+    assert back.origin_mm == pytest.approx(vol.origin_mm)
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-12)
+
+
+def test_save_and_load_metaimage(tmp_path: Path) -> None:
+    a = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)
+    vol = lungcad.Volume.from_numpy(a, (2.0, 1.0, 0.5), (1.0, 2.0, 3.0), rotation())
+    vol.save(tmp_path / "v.mhd")
+    back = lungcad.load(tmp_path / "v.mhd")
+    np.testing.assert_array_equal(back.array, a)
+    assert back.spacing_mm == pytest.approx(vol.spacing_mm)
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-9)
+
+
+def test_load_errors_are_typed(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as e:
+        lungcad.load(tmp_path / "missing.mhd")
+    assert e.value.filename == str(tmp_path / "missing.mhd")
+    bad = tmp_path / "bad.mhd"
+    bad.write_text("NDims = 3\nDimSize = 2 2\n")
+    with pytest.raises(lungcad.FormatError):
+        lungcad.load(bad)
+    (tmp_path / "dicom").mkdir()
+    (tmp_path / "dicom" / "x.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    with pytest.raises(lungcad.DicomError):
+        lungcad.load(tmp_path / "dicom")
+    vol = lungcad.Volume.from_numpy(np.zeros((4, 4, 4), np.int16), (1.0, 1.0, 1.0))
+    vol.save(tmp_path / "v.mhd")
+    with pytest.raises(lungcad.LimitError):
+        lungcad.load(tmp_path / "v.mhd", max_voxels=10)
+    assert issubclass(lungcad.LimitError, lungcad.LungcadError)
+
+
+def test_preprocess_crop_maps_back_to_the_volume(coarse_phantom: lungcad.Phantom) -> None:
+    vol = coarse_phantom.volume
+    pre = lungcad.preprocess(vol, spacing_mm=(2.0, 2.0, 2.0), crop_margin_mm=4.0)
+    assert pre.array.dtype == np.float32 and pre.lung_mask.dtype == np.uint8
+    assert pre.array.shape == pre.lung_mask.shape
+    assert pre.spacing_mm == (2.0, 2.0, 2.0)
+    assert pre.volume.spacing_mm == (2.0, 2.0, 2.0)
+    assert pre.config["crop_margin_mm"] == 4.0
+    assert 0 < pre.lung_mask.sum() < pre.lung_mask.size
+    assert pre.lung_volume_ml > 500
+    np.testing.assert_allclose(
+        pre.voxel_to_world((0.0, 0.0, 0.0)), pre.volume.voxel_to_world(pre.crop_start_vox)
+    )
+    # Every nodule centre lies in the crop and in the lung mask.
+    for n in coarse_phantom.nodules:
+        z, y, x = (int(round(v)) for v in pre.world_to_voxel((n.coord_x, n.coord_y, n.coord_z)))
+        assert pre.lung_mask[z, y, x] == 1
+    with pytest.raises(lungcad.InvalidArgumentError, match="spacing"):
+        lungcad.preprocess(vol, spacing_mm=(0.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="unknown field"):
+        lungcad.preprocess(vol, spacing=(1.0, 1.0, 1.0))
+
+
+def test_default_configs_are_the_rust_defaults() -> None:
+    pre = lungcad.default_config("preprocess")
+    assert pre["spacing_mm"] == [1.0, 1.0, 1.0]
+    assert pre["patch"]["size_vox"] == [128, 128, 128]
+    assert lungcad.default_config("eval")["max_candidates_per_scan"] == 100
+    assert lungcad.default_config("train")["batch_size"] == 32
+    with pytest.raises(lungcad.InvalidArgumentError):
+        lungcad.default_config("nope")
