@@ -156,24 +156,9 @@ fn model_files_round_trip_and_bad_files_are_clear_errors() {
     }
 }
 
-/// The wgpu device, or None (skip) when there is no adapter, unless
-/// `LUNGCAD_REQUIRE_WGPU=1`, when that fails the test.
-fn wgpu_or_skip() -> Option<lungcad::model::Device> {
-    match select_device(DeviceChoice::Wgpu) {
-        Ok((gpu, _)) => Some(gpu),
-        Err(e) => {
-            if std::env::var("LUNGCAD_REQUIRE_WGPU").as_deref() == Ok("1") {
-                panic!("{e} but LUNGCAD_REQUIRE_WGPU=1 (install mesa-vulkan-drivers)");
-            }
-            eprintln!("SKIP: {e} (apt-get install mesa-vulkan-drivers for lavapipe)");
-            None
-        }
-    }
-}
-
 #[test]
 fn wgpu_and_cpu_agree() {
-    let Some(gpu) = wgpu_or_skip() else {
+    let Some(gpu) = common::wgpu_or_skip() else {
         return;
     };
     let (config, pre) = tiny();
@@ -263,7 +248,7 @@ fn pytorch_fixture_on_the_cpu() {
 
 #[test]
 fn pytorch_fixture_on_wgpu() {
-    let Some(device) = wgpu_or_skip() else {
+    let Some(device) = common::wgpu_or_skip() else {
         return;
     };
     let diff = pytorch_fixture_difference(&device);

@@ -34,6 +34,80 @@ pub fn upsample_nearest3d_2(x: Tensor<5>) -> Tensor<5> {
         .reshape([n, c, 2 * d, 2 * h, 2 * w])
 }
 
+/// 3-D max pooling of `(N, C, D, H, W)` with any window, stride and padding, as PyTorch's
+/// `max_pool3d(x, kernel, stride, padding)` (floor mode; padding never wins: it is `-inf`).
+/// Each of the window's offsets is a strided slice; the output is their elementwise max.
+pub fn max_pool3d(
+    x: Tensor<5>,
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+) -> Tensor<5> {
+    use burn::tensor::ops::PadMode;
+    use burn::tensor::Slice;
+    let dims = x.dims();
+    let out: [usize; 3] =
+        std::array::from_fn(|a| (dims[2 + a] + 2 * padding[a] - kernel[a]) / stride[a] + 1);
+    let x = if padding == [0; 3] {
+        x
+    } else {
+        x.pad(
+            [
+                (padding[0], padding[0]),
+                (padding[1], padding[1]),
+                (padding[2], padding[2]),
+            ],
+            PadMode::Constant(f32::NEG_INFINITY),
+        )
+    };
+    let mut acc: Option<Tensor<5>> = None;
+    for a in 0..kernel[0] {
+        for b in 0..kernel[1] {
+            for c in 0..kernel[2] {
+                let off = [a, b, c];
+                let axis = |k: usize| Slice {
+                    start: off[k] as isize,
+                    end: Some((off[k] + stride[k] * (out[k] - 1) + 1) as isize),
+                    step: stride[k] as isize,
+                };
+                let full = Slice {
+                    start: 0,
+                    end: None,
+                    step: 1,
+                };
+                let v = x.clone().slice([full, full, axis(0), axis(1), axis(2)]);
+                acc = Some(match acc {
+                    None => v,
+                    Some(m) => m.max_pair(v),
+                });
+            }
+        }
+    }
+    acc.unwrap_or(x)
+}
+
+/// Nearest-neighbour resizing of `(N, C, D, H, W)` to `size`, as PyTorch's
+/// `interpolate(x, size=size, mode="nearest")`: output index `o` of an axis of `n` reads
+/// input index `min(floor(o * (n / size)), n - 1)`, the scale in `f32` as PyTorch's.
+pub fn resize_nearest3d(x: Tensor<5>, size: [usize; 3]) -> Tensor<5> {
+    let dims = x.dims();
+    let device = x.device();
+    let mut x = x;
+    for a in 0..3 {
+        let (n, m) = (dims[2 + a], size[a]);
+        if n == m {
+            continue;
+        }
+        let scale = n as f32 / m as f32;
+        let idx: Vec<i64> = (0..m)
+            .map(|o| ((o as f32 * scale).floor() as usize).min(n - 1) as i64)
+            .collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [m]), &device);
+        x = x.select(2 + a, idx);
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +172,93 @@ mod tests {
                                 v[idx(dims, [n, c, z / 2, y / 2, x / 2])]
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `max_pool3d` against a plain loop, padding as `-inf`.
+    fn pool_loop(
+        v: &[f32],
+        dims: [usize; 5],
+        k: [usize; 3],
+        st: [usize; 3],
+        p: [usize; 3],
+    ) -> (Vec<f32>, [usize; 5]) {
+        let o: [usize; 3] = std::array::from_fn(|a| (dims[2 + a] + 2 * p[a] - k[a]) / st[a] + 1);
+        let od = [dims[0], dims[1], o[0], o[1], o[2]];
+        let mut out = vec![f32::NEG_INFINITY; od.iter().product()];
+        for n in 0..od[0] {
+            for c in 0..od[1] {
+                for z in 0..o[0] {
+                    for y in 0..o[1] {
+                        for x in 0..o[2] {
+                            let mut m = f32::NEG_INFINITY;
+                            for a in 0..k[0] {
+                                for b in 0..k[1] {
+                                    for e in 0..k[2] {
+                                        let iz = (z * st[0] + a) as isize - p[0] as isize;
+                                        let iy = (y * st[1] + b) as isize - p[1] as isize;
+                                        let ix = (x * st[2] + e) as isize - p[2] as isize;
+                                        if iz < 0 || iy < 0 || ix < 0 {
+                                            continue;
+                                        }
+                                        let (iz, iy, ix) = (iz as usize, iy as usize, ix as usize);
+                                        if iz >= dims[2] || iy >= dims[3] || ix >= dims[4] {
+                                            continue;
+                                        }
+                                        m = m.max(v[idx(dims, [n, c, iz, iy, ix])]);
+                                    }
+                                }
+                            }
+                            out[idx(od, [n, c, z, y, x])] = m;
+                        }
+                    }
+                }
+            }
+        }
+        (out, od)
+    }
+
+    #[test]
+    fn general_max_pool_matches_a_plain_loop() {
+        let device = Device::flex();
+        let cases = [
+            ([1, 2, 7, 6, 5], [3, 3, 3], [2, 2, 2], [1, 1, 1]),
+            ([2, 1, 6, 9, 4], [3, 2, 1], [2, 1, 2], [1, 0, 0]),
+            ([1, 3, 5, 6, 7], [1, 1, 1], [2, 2, 2], [0, 0, 0]),
+        ];
+        for (dims, k, st, p) in cases {
+            let v = data(dims, 3);
+            let x = Tensor::<5>::from_data(TensorData::new(v.clone(), dims), &device);
+            let out = max_pool3d(x, k, st, p);
+            let (expected, od) = pool_loop(&v, dims, k, st, p);
+            assert_eq!(out.dims(), od);
+            assert_eq!(out.into_data().try_into_vec::<f32>().unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn nearest_resize_matches_a_plain_loop() {
+        let device = Device::flex();
+        let dims = [1, 2, 3, 5, 4];
+        let size = [6, 10, 3];
+        let v = data(dims, 4);
+        let x = Tensor::<5>::from_data(TensorData::new(v.clone(), dims), &device);
+        let out = resize_nearest3d(x, size);
+        let od = [1, 2, 6, 10, 3];
+        assert_eq!(out.dims(), od);
+        let got = out.into_data().try_into_vec::<f32>().unwrap();
+        let src = |o: usize, n: usize, m: usize| {
+            ((o as f32 * (n as f32 / m as f32)).floor() as usize).min(n - 1)
+        };
+        for c in 0..2 {
+            for z in 0..6 {
+                for y in 0..10 {
+                    for x in 0..3 {
+                        let i = [0, c, src(z, 3, 6), src(y, 5, 10), src(x, 4, 3)];
+                        assert_eq!(got[idx(od, [0, c, z, y, x])], v[idx(dims, i)]);
                     }
                 }
             }

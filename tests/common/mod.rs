@@ -154,3 +154,18 @@ pub fn phantom_dataset(dir: &std::path::Path, n: usize) {
     }
     std::fs::write(dir.join("annotations.csv"), csv).unwrap();
 }
+
+/// The wgpu device, or None (skip) when there is no adapter, unless
+/// `LUNGCAD_REQUIRE_WGPU=1`, when that fails the test.
+pub fn wgpu_or_skip() -> Option<lungcad::model::Device> {
+    match lungcad::model::select_device(lungcad::model::DeviceChoice::Wgpu) {
+        Ok((gpu, _)) => Some(gpu),
+        Err(e) => {
+            if std::env::var("LUNGCAD_REQUIRE_WGPU").as_deref() == Ok("1") {
+                panic!("{e} but LUNGCAD_REQUIRE_WGPU=1 (install mesa-vulkan-drivers)");
+            }
+            eprintln!("SKIP: {e} (apt-get install mesa-vulkan-drivers for lavapipe)");
+            None
+        }
+    }
+}

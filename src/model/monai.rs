@@ -1,0 +1,528 @@
+//! MONAI's 3-D RetinaNet, as its `lung_nodule_ct_detection` bundle builds it: a ResNet
+//! (`monai.networks.nets.resnet.ResNet`, bottleneck or basic blocks) whose returned layers
+//! feed a feature pyramid (`resnet_fpn_feature_extractor`: lateral 1x1 convs, nearest
+//! top-down upsampling, 3x3 output convs, an extra max-pool level), and the RetinaNet
+//! classification and regression heads shared by every level (4 x (3x3 conv, GroupNorm,
+//! ReLU), then the output conv). Field names and a few key renamings
+//! ([`state_dict_remapping`]) make MONAI's `state_dict` load by name.
+//!
+//! The network sees MONAI's axis order: `(B, C, X, Y, Z)` with X, Y, Z the image's
+//! first, second and third index axes (after MONAI's orientation), which is why the stem's
+//! stride is `[2, 2, 1]` (the slice axis last). Outputs, per pyramid level: classification
+//! logits `(B, A * classes, X', Y', Z')` (no sigmoid) and box regression
+//! `(B, A * 6, X', Y', Z')`, as MONAI's `RetinaNet.forward`.
+//!
+//! ```text
+//! stem:   conv k7 (stride [2,2,1], pad 3, no bias), BN, ReLU, max pool k3 s2 p1
+//! layerN: blocks; bottleneck: 1x1, 3x3 (stride), 1x1 (x4 channels), BN after each,
+//!         shortcut 1x1 conv (bias) + BN when the shape changes
+//! FPN:    P_last = out(lat(C_last)); P_i = out(lat(C_i) + nearest(lat-sum above));
+//!         P_extra = P_last[::2, ::2, ::2]
+//! heads:  per level, 4 x (conv3 + GroupNorm(groups) + ReLU), conv3 to A*classes / A*6
+//! ```
+
+use super::ops::{max_pool3d, resize_nearest3d};
+use super::Device;
+use crate::error::{Error, Result};
+use burn::module::Module;
+use burn::nn::conv::{Conv3d, Conv3dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, PaddingConfig3d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The residual block of the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockKind {
+    /// `ResNetBlock` (resnet10/18/34): two 3x3 convs, expansion 1.
+    Basic,
+    /// `ResNetBottleneck` (resnet50/101/...): 1x1, 3x3, 1x1, expansion 4.
+    Bottleneck,
+}
+
+impl BlockKind {
+    pub fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+/// The network's settings; the defaults are the bundle's (ResNet-50, FPN on layers 1 and 2
+/// with 256 channels, 3 anchors, 1 class).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetinaNetConfig {
+    pub in_channels: usize,
+    pub block: BlockKind,
+    /// Blocks per ResNet layer (only the layers up to the last returned one are built).
+    /// Default `[3, 4, 6, 3]` (ResNet-50).
+    pub layers: [usize; 4],
+    /// Channels of each layer before expansion. Default `[64, 128, 256, 512]`.
+    pub block_inplanes: [usize; 4],
+    /// The stem convolution's kernel. Default `[7, 7, 7]`.
+    pub conv1_size: [usize; 3],
+    /// The stem convolution's stride. Default `[2, 2, 1]`.
+    pub conv1_stride: [usize; 3],
+    /// The layers (1-based) the pyramid is built on. Default `[1, 2]`.
+    pub returned_layers: Vec<usize>,
+    /// Channels of the pyramid and the heads. Default 256.
+    pub fpn_channels: usize,
+    pub num_anchors: usize,
+    pub num_classes: usize,
+    /// GroupNorm groups in the heads. Default 8.
+    pub head_groups: usize,
+    /// 3x3 conv + GroupNorm + ReLU layers in each head. Default 4.
+    pub head_layers: usize,
+}
+
+impl Default for RetinaNetConfig {
+    fn default() -> Self {
+        RetinaNetConfig {
+            in_channels: 1,
+            block: BlockKind::Bottleneck,
+            layers: [3, 4, 6, 3],
+            block_inplanes: [64, 128, 256, 512],
+            conv1_size: [7, 7, 7],
+            conv1_stride: [2, 2, 1],
+            returned_layers: vec![1, 2],
+            fpn_channels: 256,
+            num_anchors: 3,
+            num_classes: 1,
+            head_groups: 8,
+            head_layers: 4,
+        }
+    }
+}
+
+impl RetinaNetConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("RetinaNet config: {m}")));
+        let r = &self.returned_layers;
+        if r.is_empty()
+            || r.iter().any(|&l| !(1..=4).contains(&l))
+            || r.windows(2).any(|w| w[0] >= w[1])
+        {
+            return bad(format!(
+                "returned_layers must be increasing layers 1 to 4, got {r:?}"
+            ));
+        }
+        if self.in_channels == 0
+            || self.fpn_channels == 0
+            || self.num_anchors == 0
+            || self.num_classes == 0
+        {
+            return bad("channels, anchors and classes must be at least 1".into());
+        }
+        if self.head_groups == 0 || self.fpn_channels % self.head_groups != 0 {
+            return bad(format!(
+                "fpn_channels {} must be a multiple of head_groups {}",
+                self.fpn_channels, self.head_groups
+            ));
+        }
+        if self.block_inplanes.contains(&0)
+            || self.conv1_size.contains(&0)
+            || self.conv1_stride.contains(&0)
+        {
+            return bad("block_inplanes, conv1_size and conv1_stride must be positive".into());
+        }
+        if self.layers[..self.last_layer()].contains(&0) {
+            return bad(format!(
+                "every built layer needs a block, got {:?}",
+                self.layers
+            ));
+        }
+        Ok(())
+    }
+
+    fn last_layer(&self) -> usize {
+        self.returned_layers.iter().copied().max().unwrap_or(1)
+    }
+
+    /// Output channels of ResNet layer `l` (1-based).
+    fn layer_channels(&self, l: usize) -> usize {
+        self.block_inplanes[l - 1] * self.block.expansion()
+    }
+
+    /// The network with burn's default initialisation (weights are meant to be imported).
+    pub fn init(&self, device: &Device) -> Result<RetinaNet> {
+        self.validate()?;
+        Ok(RetinaNet::new(self, device))
+    }
+}
+
+fn conv(
+    c_in: usize,
+    c_out: usize,
+    k: [usize; 3],
+    stride: [usize; 3],
+    bias: bool,
+    device: &Device,
+) -> Conv3d {
+    Conv3dConfig::new([c_in, c_out], k)
+        .with_stride(stride)
+        .with_padding(PaddingConfig3d::Explicit(k[0] / 2, k[1] / 2, k[2] / 2))
+        .with_bias(bias)
+        .init(device)
+}
+
+fn bn(c: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(c).init(device)
+}
+
+/// A residual block (basic or bottleneck); `conv3`/`bn3` only in bottlenecks.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub conv1: Conv3d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv3d,
+    pub bn2: BatchNorm,
+    pub conv3: Option<Conv3d>,
+    pub bn3: Option<BatchNorm>,
+    /// MONAI's `downsample.0` and `downsample.1`.
+    pub downsample_conv: Option<Conv3d>,
+    pub downsample_bn: Option<BatchNorm>,
+}
+
+impl Block {
+    fn new(kind: BlockKind, c_in: usize, planes: usize, stride: usize, device: &Device) -> Self {
+        let out = planes * kind.expansion();
+        let s = [stride; 3];
+        let shortcut = stride != 1 || c_in != out;
+        let (conv1, conv2, conv3) = match kind {
+            BlockKind::Basic => (
+                conv(c_in, planes, [3; 3], s, false, device),
+                conv(planes, planes, [3; 3], [1; 3], false, device),
+                None,
+            ),
+            BlockKind::Bottleneck => (
+                conv(c_in, planes, [1; 3], [1; 3], false, device),
+                conv(planes, planes, [3; 3], s, false, device),
+                Some(conv(planes, out, [1; 3], [1; 3], false, device)),
+            ),
+        };
+        Block {
+            conv1,
+            bn1: bn(planes, device),
+            conv2,
+            bn2: bn(planes, device),
+            bn3: conv3.as_ref().map(|_| bn(out, device)),
+            conv3,
+            // MONAI keeps the shortcut conv's bias (bias_downsample=True, the default).
+            downsample_conv: shortcut.then(|| conv(c_in, out, [1; 3], s, true, device)),
+            downsample_bn: shortcut.then(|| bn(out, device)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let skip = match (&self.downsample_conv, &self.downsample_bn) {
+            (Some(c), Some(b)) => b.forward(c.forward(x.clone())),
+            _ => x.clone(),
+        };
+        let y = relu(self.bn1.forward(self.conv1.forward(x)));
+        let y = self.bn2.forward(self.conv2.forward(y));
+        let y = match (&self.conv3, &self.bn3) {
+            (Some(c), Some(b)) => b.forward(c.forward(relu(y))),
+            _ => y,
+        };
+        relu(y + skip)
+    }
+}
+
+/// The ResNet up to the last returned layer (MONAI's `feature_extractor.body`).
+#[derive(Module, Debug)]
+pub struct Body {
+    pub conv1: Conv3d,
+    pub bn1: BatchNorm,
+    /// MONAI's `layer1`, `layer2`, ...
+    pub layers: Vec<Vec<Block>>,
+}
+
+/// The feature pyramid (MONAI's `feature_extractor.fpn`).
+#[derive(Module, Debug)]
+pub struct Fpn {
+    pub inner_blocks: Vec<Conv3d>,
+    pub layer_blocks: Vec<Conv3d>,
+}
+
+/// `feature_extractor`.
+#[derive(Module, Debug)]
+pub struct FeatureExtractor {
+    pub body: Body,
+    pub fpn: Fpn,
+}
+
+/// A RetinaNet head: MONAI's `conv` Sequential (convs at 0, 3, 6, 9; GroupNorms at 1, 4, 7,
+/// 10) and its output conv (`cls_logits` or `bbox_reg`).
+#[derive(Module, Debug)]
+pub struct Head {
+    pub convs: Vec<Conv3d>,
+    pub norms: Vec<GroupNorm>,
+    pub out: Conv3d,
+}
+
+impl Head {
+    fn new(cfg: &RetinaNetConfig, out_channels: usize, device: &Device) -> Self {
+        let c = cfg.fpn_channels;
+        Head {
+            convs: (0..cfg.head_layers)
+                .map(|_| conv(c, c, [3; 3], [1; 3], true, device))
+                .collect(),
+            norms: (0..cfg.head_layers)
+                .map(|_| GroupNormConfig::new(cfg.head_groups, c).init(device))
+                .collect(),
+            out: conv(c, out_channels, [3; 3], [1; 3], true, device),
+        }
+    }
+
+    pub fn forward(&self, mut x: Tensor<5>) -> Tensor<5> {
+        for (c, n) in self.convs.iter().zip(&self.norms) {
+            x = relu(n.forward(c.forward(x)));
+        }
+        self.out.forward(x)
+    }
+}
+
+/// The network; build it with [`RetinaNetConfig::init`], fill it with [`RetinaNet::load_state_dict`].
+#[derive(Module, Debug)]
+pub struct RetinaNet {
+    pub feature_extractor: FeatureExtractor,
+    pub classification_head: Head,
+    pub regression_head: Head,
+    #[module(skip)]
+    returned_layers: Vec<usize>,
+}
+
+/// Per pyramid level (finest first): classification logits and box regression.
+#[derive(Debug, Clone)]
+pub struct HeadOutputs {
+    pub classification: Vec<Tensor<5>>,
+    pub box_regression: Vec<Tensor<5>>,
+}
+
+impl RetinaNet {
+    fn new(cfg: &RetinaNetConfig, device: &Device) -> Self {
+        // MONAI's stem has block_inplanes[0] channels.
+        let stem = cfg.block_inplanes[0];
+        let mut c_in = stem;
+        let mut layers = Vec::new();
+        for l in 1..=cfg.last_layer() {
+            let planes = cfg.block_inplanes[l - 1];
+            let stride = if l == 1 { 1 } else { 2 };
+            let blocks = (0..cfg.layers[l - 1])
+                .map(|b| {
+                    let blk = Block::new(
+                        cfg.block,
+                        c_in,
+                        planes,
+                        if b == 0 { stride } else { 1 },
+                        device,
+                    );
+                    c_in = planes * cfg.block.expansion();
+                    blk
+                })
+                .collect();
+            layers.push(blocks);
+        }
+        let f = cfg.fpn_channels;
+        RetinaNet {
+            feature_extractor: FeatureExtractor {
+                body: Body {
+                    conv1: conv(
+                        cfg.in_channels,
+                        stem,
+                        cfg.conv1_size,
+                        cfg.conv1_stride,
+                        false,
+                        device,
+                    ),
+                    bn1: bn(stem, device),
+                    layers,
+                },
+                fpn: Fpn {
+                    inner_blocks: cfg
+                        .returned_layers
+                        .iter()
+                        .map(|&l| conv(cfg.layer_channels(l), f, [1; 3], [1; 3], true, device))
+                        .collect(),
+                    layer_blocks: cfg
+                        .returned_layers
+                        .iter()
+                        .map(|_| conv(f, f, [3; 3], [1; 3], true, device))
+                        .collect(),
+                },
+            },
+            classification_head: Head::new(cfg, cfg.num_anchors * cfg.num_classes, device),
+            regression_head: Head::new(cfg, cfg.num_anchors * 6, device),
+            returned_layers: cfg.returned_layers.clone(),
+        }
+    }
+
+    /// The pyramid's levels, finest first (MONAI's "0", "1", ..., "pool").
+    pub fn features(&self, x: Tensor<5>) -> Vec<Tensor<5>> {
+        let body = &self.feature_extractor.body;
+        let mut x = relu(body.bn1.forward(body.conv1.forward(x)));
+        x = max_pool3d(x, [3; 3], [2; 3], [1; 3]);
+        let mut taps = Vec::new();
+        for (i, layer) in body.layers.iter().enumerate() {
+            for b in layer {
+                x = b.forward(x);
+            }
+            if self.returned_layers.contains(&(i + 1)) {
+                taps.push(x.clone());
+            }
+        }
+        let fpn = &self.feature_extractor.fpn;
+        let n = taps.len();
+        let mut last_inner = fpn.inner_blocks[n - 1].forward(taps[n - 1].clone());
+        let mut levels = vec![fpn.layer_blocks[n - 1].forward(last_inner.clone())];
+        for i in (0..n - 1).rev() {
+            let lateral = fpn.inner_blocks[i].forward(taps[i].clone());
+            let [_, _, d, h, w] = lateral.dims();
+            last_inner = lateral + resize_nearest3d(last_inner, [d, h, w]);
+            levels.insert(0, fpn.layer_blocks[i].forward(last_inner.clone()));
+        }
+        let top = levels[levels.len() - 1].clone();
+        levels.push(max_pool3d(top, [1; 3], [2; 3], [0; 3]));
+        levels
+    }
+
+    /// The heads' outputs on every level, as MONAI's `RetinaNet.forward`.
+    pub fn forward(&self, x: Tensor<5>) -> HeadOutputs {
+        let levels = self.features(x);
+        HeadOutputs {
+            classification: levels
+                .iter()
+                .map(|l| self.classification_head.forward(l.clone()))
+                .collect(),
+            box_regression: levels
+                .into_iter()
+                .map(|l| self.regression_head.forward(l))
+                .collect(),
+        }
+    }
+
+    /// Loads a MONAI `state_dict` saved as safetensors (PyTorch names). Every tensor of the
+    /// network must be there with its shape, and every tensor of the file must belong to the
+    /// network (batch norms' `num_batches_tracked` aside); the first mismatch is an
+    /// [`Error::Model`] naming the file.
+    pub fn load_state_dict(
+        &mut self,
+        bytes: Vec<u8>,
+        origin: &Path,
+        cfg: &RetinaNetConfig,
+    ) -> Result<()> {
+        use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+        let err = |m: String| Error::Model {
+            path: origin.to_path_buf(),
+            message: m,
+        };
+        // Checked below, to name the first problem rather than list them all.
+        let mut store = SafetensorsStore::from_bytes(Some(bytes))
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .validate(false)
+            .allow_partial(true);
+        for (from, to) in state_dict_remapping(cfg) {
+            store = store.with_key_remapping(from, to);
+        }
+        let applied = self
+            .load_from(&mut store)
+            .map_err(|e| err(format!("reading a MONAI state_dict: {e}")))?;
+        let unused: Vec<&String> = applied
+            .unused
+            .iter()
+            .filter(|k| !k.ends_with("num_batches_tracked"))
+            .collect();
+        if let Some(e) = applied.errors.first() {
+            return Err(err(format!(
+                "{} tensor(s) do not fit the network, the first: {e:?}",
+                applied.errors.len()
+            )));
+        }
+        if let Some(m) = applied.missing.first() {
+            return Err(err(format!(
+                "{} network tensor(s) missing from the state_dict, the first: {}",
+                applied.missing.len(),
+                monai_name(&m.0)
+            )));
+        }
+        if let Some(u) = unused.first() {
+            return Err(err(format!(
+                "{} tensor(s) of the state_dict are not in the network, the first: {} (is the config the one the weights were trained with?)",
+                unused.len(),
+                monai_name(u)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// MONAI's name of a tensor of this module tree (the inverse of
+/// [`state_dict_remapping`]), for messages.
+fn monai_name(ours: &str) -> String {
+    let mut parts: Vec<String> = ours.split('.').map(String::from).collect();
+    let mut i = 0;
+    while i < parts.len() {
+        let next = parts.get(i + 1).and_then(|p| p.parse::<usize>().ok());
+        match (parts[i].as_str(), next) {
+            ("layers", Some(n)) => {
+                parts[i] = format!("layer{}", n + 1);
+                parts.remove(i + 1);
+            }
+            ("convs", Some(n)) => {
+                parts[i] = "conv".into();
+                parts[i + 1] = (3 * n).to_string();
+            }
+            ("norms", Some(n)) => {
+                parts[i] = "conv".into();
+                parts[i + 1] = (3 * n + 1).to_string();
+            }
+            ("downsample_conv", _) => parts[i] = "downsample.0".into(),
+            ("downsample_bn", _) => parts[i] = "downsample.1".into(),
+            ("gamma", _) => parts[i] = "weight".into(),
+            ("beta", _) => parts[i] = "bias".into(),
+            ("out", _) if parts[0] == "classification_head" => parts[i] = "cls_logits".into(),
+            ("out", _) if parts[0] == "regression_head" => parts[i] = "bbox_reg".into(),
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.join(".")
+}
+
+/// Regex renamings from MONAI's `state_dict` keys to this module tree's.
+pub fn state_dict_remapping(cfg: &RetinaNetConfig) -> Vec<(String, String)> {
+    let mut m = Vec::new();
+    for l in 1..=4 {
+        m.push((
+            format!(r"^feature_extractor\.body\.layer{l}\."),
+            format!("feature_extractor.body.layers.{}.", l - 1),
+        ));
+    }
+    m.push((r"\.downsample\.0\.".into(), ".downsample_conv.".into()));
+    m.push((r"\.downsample\.1\.".into(), ".downsample_bn.".into()));
+    for head in ["classification_head", "regression_head"] {
+        for i in 0..cfg.head_layers {
+            m.push((
+                format!(r"^{head}\.conv\.{}\.", 3 * i),
+                format!("{head}.convs.{i}."),
+            ));
+            m.push((
+                format!(r"^{head}\.conv\.{}\.", 3 * i + 1),
+                format!("{head}.norms.{i}."),
+            ));
+        }
+    }
+    m.push((
+        r"^classification_head\.cls_logits\.".into(),
+        "classification_head.out.".into(),
+    ));
+    m.push((
+        r"^regression_head\.bbox_reg\.".into(),
+        "regression_head.out.".into(),
+    ));
+    m
+}

@@ -1,0 +1,180 @@
+//! MONAI's RetinaNet in burn against MONAI itself: a small network of the bundle's design
+//! with random weights, built and run by MONAI (tests/scripts/make_monai_fixture.py wrote
+//! tests/fixtures/monai/), loaded by name and run here on the CPU and on wgpu.
+
+mod common;
+
+use lungcad::model::monai::{HeadOutputs, RetinaNetConfig};
+use lungcad::model::{select_device, Device, DeviceChoice};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/monai")
+}
+
+fn read(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
+    let p = dir.join(name);
+    let bytes = std::fs::read(&p).unwrap();
+    (p, bytes)
+}
+
+fn fixture(name: &str) -> (PathBuf, Vec<u8>) {
+    read(&fixtures(), name)
+}
+
+/// The float32 tensors of a safetensors file: name to (shape, values).
+fn tensors(bytes: &[u8]) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = HashMap::new();
+    for (name, t) in header.as_object().unwrap() {
+        if name == "__metadata__" || t["dtype"] != "F32" {
+            continue;
+        }
+        let shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).unwrap();
+        let [a, b]: [usize; 2] = serde_json::from_value(t["data_offsets"].clone()).unwrap();
+        let values = data[a..b]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        out.insert(name.clone(), (shape, values));
+    }
+    out
+}
+
+/// The fixture's network settings (the script's SETTINGS, in this config's field names).
+fn fixture_config(weights: &[u8]) -> RetinaNetConfig {
+    let meta = lungcad::model::safetensors_metadata(weights, Path::new("fixture")).unwrap();
+    serde_json::from_str(&meta["settings"]).unwrap()
+}
+
+type Io = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// MONAI's network `stem` in `dir` (weights and io), run here on `device`.
+fn run_fixture(dir: &Path, stem: &str, device: &Device) -> (HeadOutputs, Io) {
+    use burn::prelude::*;
+    let (path, weights) = read(dir, &format!("{stem}.safetensors"));
+    let cfg = fixture_config(&weights);
+    let mut net = cfg.init(device).unwrap();
+    net.load_state_dict(weights, &path, &cfg).unwrap();
+    let (_, io) = read(dir, &format!("{stem}_io.safetensors"));
+    let io = tensors(&io);
+    let (shape, x) = io["input"].clone();
+    let x = Tensor::<5>::from_data(TensorData::new(x, shape), device);
+    (net.forward(x), io)
+}
+
+fn run(device: &Device) -> (HeadOutputs, Io) {
+    run_fixture(&fixtures(), "retinanet_small", device)
+}
+
+fn check(out: &HeadOutputs, io: &Io, tolerance: f32) {
+    for (key, maps) in [
+        ("classification", &out.classification),
+        ("box_regression", &out.box_regression),
+    ] {
+        assert_eq!(maps.len(), 3, "{key}: three pyramid levels");
+        for (i, m) in maps.iter().enumerate() {
+            let (shape, expected) = &io[&format!("{key}.{i}")];
+            assert_eq!(&m.dims().to_vec(), shape, "{key}.{i} shape");
+            let got = m.clone().into_data().try_into_vec::<f32>().unwrap();
+            let worst = got
+                .iter()
+                .zip(expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let scale = expected.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            eprintln!("{key}.{i}: max |lungcad - MONAI| {worst:.2e}, outputs up to {scale:.2e}");
+            assert!(
+                worst < tolerance,
+                "{key}.{i}: max |lungcad - MONAI| = {worst} (outputs up to {scale})"
+            );
+        }
+    }
+}
+
+#[test]
+fn head_outputs_match_monai_on_the_cpu() {
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (out, io) = run(&cpu);
+    check(&out, &io, 1e-4);
+}
+
+#[test]
+fn head_outputs_match_monai_on_wgpu() {
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    let (out, io) = run(&gpu);
+    check(&out, &io, 1e-4);
+}
+
+#[test]
+fn a_state_dict_that_does_not_fit_is_an_error_naming_the_tensor() {
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (path, weights) = fixture("retinanet_small.safetensors");
+    let good = fixture_config(&weights);
+    let load = |cfg: RetinaNetConfig| {
+        let mut net = cfg.init(&cpu).unwrap();
+        net.load_state_dict(weights.clone(), &path, &cfg)
+            .unwrap_err()
+            .to_string()
+    };
+    // Other widths: shapes differ.
+    let e = load(RetinaNetConfig {
+        fpn_channels: 8,
+        ..good.clone()
+    });
+    assert!(
+        e.contains("retinanet_small.safetensors") && e.contains("fit"),
+        "{e}"
+    );
+    // More blocks than the file: the network's extra tensors are missing.
+    let mut more = good.clone();
+    more.layers[1] += 1;
+    let e = load(more);
+    assert!(e.contains("missing") && e.contains("body.layer2.2."), "{e}");
+    // Fewer layers than the file: its layer2 tensors have no place.
+    let e = load(RetinaNetConfig {
+        returned_layers: vec![1],
+        ..good.clone()
+    });
+    assert!(
+        e.contains("not in the network") && e.contains("body.layer2.0."),
+        "{e}"
+    );
+    // Not safetensors at all.
+    let mut net = good.init(&cpu).unwrap();
+    let e = net
+        .load_state_dict(b"not a state dict".to_vec(), &path, &good)
+        .unwrap_err();
+    assert!(e.to_string().contains("MONAI state_dict"), "{e}");
+}
+
+#[test]
+fn the_bundles_network_has_monais_parameter_count() {
+    use burn::module::Module;
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let net = RetinaNetConfig::default().init(&cpu).unwrap();
+    // torch's count for the bundle's network (ResNet-50 layers 1-2, FPN 256, heads),
+    // sum(p.numel() for p in net.parameters()) with MONAI 1.3.2 and 1.6.1: 20,902,741.
+    // burn also counts the batch norms' running means and variances (torch's buffers):
+    // 2 x (64 + 3 x (64 + 64 + 256) + 256 + 4 x (128 + 128 + 512) + 512) = 10,112.
+    assert_eq!(net.num_params(), 20_902_741 + 10_112);
+}
+
+/// The bundle's full-size network on a full-size random state_dict from MONAI: 84 MB, so not
+/// committed; `python3 tests/scripts/make_monai_fixture.py --full --out DIR` writes it and
+/// `LUNGCAD_MONAI_FULL=DIR` runs this test (it skips otherwise).
+#[test]
+fn the_full_size_network_loads_monais_weights_and_matches_its_outputs() {
+    let Ok(dir) = std::env::var("LUNGCAD_MONAI_FULL") else {
+        eprintln!("SKIP: LUNGCAD_MONAI_FULL not set (make_monai_fixture.py --full --out DIR)");
+        return;
+    };
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (out, io) = run_fixture(Path::new(&dir), "retinanet_full", &cpu);
+    check(&out, &io, 1e-4);
+}

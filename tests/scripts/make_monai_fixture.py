@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Makes the MONAI RetinaNet parity fixture (tests/fixtures/monai/): MONAI's own 3-D
+RetinaNet (ResNet + FPN + heads, as its lung_nodule_ct_detection bundle builds it, at a small
+size) with random weights, its state_dict, an input volume and MONAI's head outputs.
+
+Run by developers, not by CI (it needs `pip install monai torch`):
+
+    python3 tests/scripts/make_monai_fixture.py [--out tests/fixtures/monai]
+
+With `--full`, the bundle's full-size network (ResNet-50, FPN 256; 20.9 M parameters,
+84 MB: not committed) on a 64 x 64 x 32 input, as `retinanet_full*.safetensors`, for
+`LUNGCAD_MONAI_FULL=<dir> cargo test --test monai`.
+
+Writes `retinanet_small.safetensors` (the state_dict, PyTorch names; metadata: the MONAI
+and torch versions and the network's settings as JSON) and `retinanet_small_io.safetensors`
+(`input` (1, 1, X, Y, Z) and MONAI's outputs `classification.{0,1,2}`,
+`box_regression.{0,1,2}`, one per FPN level, in eval mode). Deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import monai
+from monai.apps.detection.networks.retinanet_network import RetinaNet
+from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
+from monai.networks.blocks.feature_pyramid_network import LastLevelMaxPool
+from monai.networks.nets.resnet import ResNet
+
+# The bundle's network at a small size: the same block type, stem and returned layers,
+# fewer blocks and channels (the bundle: layers [3, 4, 6, 3], block_inplanes
+# [64, 128, 256, 512], FPN 256 channels).
+SETTINGS = {
+    "block": "bottleneck",
+    "layers": [2, 2, 1, 1],
+    "block_inplanes": [8, 16, 32, 64],
+    "conv1_size": [7, 7, 7],
+    "conv1_stride": [2, 2, 1],
+    "returned_layers": [1, 2],
+    "fpn_channels": 16,
+    "num_anchors": 3,
+    "num_classes": 1,
+}
+INPUT_SHAPE = (1, 1, 48, 40, 24)  # (B, C, X, Y, Z), divisible by the bundle's (16, 16, 8)
+FULL = {
+    "block": "bottleneck",
+    "layers": [3, 4, 6, 3],
+    "block_inplanes": [64, 128, 256, 512],
+    "conv1_size": [7, 7, 7],
+    "conv1_stride": [2, 2, 1],
+    "returned_layers": [1, 2],
+    "fpn_channels": 256,
+    "num_anchors": 3,
+    "num_classes": 1,
+}
+FULL_INPUT_SHAPE = (1, 1, 64, 64, 32)
+
+
+def build(s: dict) -> RetinaNet:
+    backbone = ResNet(
+        block=s["block"],
+        layers=s["layers"],
+        block_inplanes=s["block_inplanes"],
+        spatial_dims=3,
+        n_input_channels=1,
+        conv1_t_size=s["conv1_size"],
+        conv1_t_stride=s["conv1_stride"],
+    )
+    # As resnet_fpn_feature_extractor does, with fpn_channels instead of its fixed 256.
+    expansion = 4 if s["block"] == "bottleneck" else 1
+    return_layers = {f"layer{k}": str(v) for v, k in enumerate(s["returned_layers"])}
+    in_channels_list = [s["block_inplanes"][k - 1] * expansion for k in s["returned_layers"]]
+    fe = BackboneWithFPN(
+        backbone, return_layers, in_channels_list, s["fpn_channels"], spatial_dims=3, extra_blocks=LastLevelMaxPool(3)
+    )
+    return RetinaNet(
+        spatial_dims=3,
+        num_classes=s["num_classes"],
+        num_anchors=s["num_anchors"],
+        feature_extractor=fe,
+        size_divisible=[16, 16, 8],
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "fixtures" / "monai"))
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--full", action="store_true", help="the bundle's full-size network")
+    a = ap.parse_args()
+    torch.manual_seed(a.seed)
+    settings, shape, stem = (FULL, FULL_INPUT_SHAPE, "retinanet_full") if a.full else (SETTINGS, INPUT_SHAPE, "retinanet_small")
+    net = build(settings)
+    # Random weights everywhere, batch-norm statistics and affine terms included, so that
+    # every tensor of the state_dict matters to the outputs.
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if t.dtype != torch.float32:
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand_like(t) * 1.5 + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                t.copy_(torch.randn_like(t) * 0.1)
+            elif t.dim() == 1:  # norm scales
+                t.copy_(torch.rand_like(t) + 0.5)
+            else:  # conv weights: He normal
+                fan_in = t[0].numel()
+                t.copy_(torch.randn_like(t) * (2.0 / fan_in) ** 0.5)
+    net.eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        out = net(x)
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    meta = {
+        "monai": monai.__version__,
+        "torch": torch.__version__,
+        "settings": json.dumps(settings),
+        "parameters": str(sum(p.numel() for p in net.parameters())),
+    }
+    save_file(state, str(out_dir / f"{stem}.safetensors"), metadata=meta)
+    io = {"input": x.contiguous()}
+    for key in ("classification", "box_regression"):
+        for i, t in enumerate(out[key]):
+            io[f"{key}.{i}"] = t.contiguous()
+    save_file(io, str(out_dir / f"{stem}_io.safetensors"), metadata=meta)
+    for k, v in io.items():
+        print(k, tuple(v.shape))
+    print(f"{meta['parameters']} parameters; wrote {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
