@@ -178,3 +178,44 @@ fn the_full_size_network_loads_monais_weights_and_matches_its_outputs() {
     let (out, io) = run_fixture(Path::new(&dir), "retinanet_full", &cpu);
     check(&out, &io, 1e-4);
 }
+
+/// MONAI's whole detector (the bundle's anchors, decoding, selection and NMS, no sliding
+/// window) on an image that needs padding: the same boxes and scores.
+#[test]
+fn detections_match_monais_detector() {
+    use lungcad::detect::retina::RetinaDecodeConfig;
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (path, weights) = fixture("retinanet_small.safetensors");
+    let cfg = fixture_config(&weights);
+    let mut net = cfg.init(&cpu).unwrap();
+    net.load_state_dict(weights, &path, &cfg).unwrap();
+    let (_, det) = fixture("retinanet_small_detections.safetensors");
+    let det = tensors(&det);
+    let (shape, image) = &det["input"];
+    let size = [shape[2], shape[3], shape[4]];
+    let found = net
+        .detect_boxes(image, 1, size, &RetinaDecodeConfig::default())
+        .unwrap();
+    let (bshape, boxes) = &det["boxes"];
+    let (_, scores) = &det["scores"];
+    assert_eq!(found.len(), bshape[0], "box count");
+    let mut worst_box = 0f32;
+    let mut worst_score = 0f32;
+    for (k, f) in found.iter().enumerate() {
+        let expected = &boxes[6 * k..6 * k + 6];
+        for d in 0..3 {
+            worst_box = worst_box
+                .max((f.min[d] - expected[d]).abs())
+                .max((f.max[d] - expected[3 + d]).abs());
+        }
+        worst_score = worst_score.max((f.score - scores[k]).abs());
+    }
+    eprintln!(
+        "{} boxes; max |box diff| {worst_box:.2e} voxels, max |score diff| {worst_score:.2e}",
+        found.len()
+    );
+    assert!(
+        worst_box < 1e-3 && worst_score < 1e-4,
+        "box {worst_box}, score {worst_score}"
+    );
+}

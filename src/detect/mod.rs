@@ -8,6 +8,7 @@
 pub mod head;
 pub mod nms;
 pub mod overlay;
+pub mod retina;
 
 pub use head::{
     cube_iou, decode_patch, encode_targets, ideal_output, Candidate, HeadLayout, TargetConfig,

@@ -460,6 +460,67 @@ impl RetinaNet {
     }
 }
 
+impl RetinaNet {
+    /// MONAI's `RetinaNetDetector` on one image (without the sliding window): `image` holds
+    /// `(C, X, Y, Z)` values of `size` (X, Y, Z), zero-padded at the end of each axis to a
+    /// multiple of `cfg.size_divisible`, run through the network and decoded
+    /// ([`crate::detect::retina::detect_boxes`]). Boxes are `xyzxyz` voxel coordinates of
+    /// the unpadded image, most probable first.
+    pub fn detect_boxes(
+        &self,
+        image: &[f32],
+        channels: usize,
+        size: [usize; 3],
+        cfg: &crate::detect::retina::RetinaDecodeConfig,
+    ) -> Result<Vec<crate::detect::retina::RetinaBox>> {
+        use crate::detect::retina::{detect_boxes, LevelMaps};
+        let [x, y, z] = size;
+        if image.len() != channels * x * y * z || cfg.size_divisible.contains(&0) {
+            return Err(Error::InvalidArgument(format!(
+                "{} values are not a {channels} x {x} x {y} x {z} image",
+                image.len()
+            )));
+        }
+        let padded: [usize; 3] = std::array::from_fn(|d| {
+            size[d].div_ceil(cfg.size_divisible[d]) * cfg.size_divisible[d]
+        });
+        let [px, py, pz] = padded;
+        let mut input = vec![0f32; channels * px * py * pz];
+        for c in 0..channels {
+            for i in 0..x {
+                for j in 0..y {
+                    let src = ((c * x + i) * y + j) * z;
+                    let dst = ((c * px + i) * py + j) * pz;
+                    input[dst..dst + z].copy_from_slice(&image[src..src + z]);
+                }
+            }
+        }
+        let device = self.feature_extractor.body.conv1.weight.device();
+        let t = Tensor::<5>::from_data(TensorData::new(input, [1, channels, px, py, pz]), &device);
+        let out = self.forward(t);
+        let read = |m: &Tensor<5>| {
+            m.clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| Error::Device(format!("reading the heads' output: {e:?}")))
+        };
+        let mut maps = Vec::new();
+        for (c, r) in out.classification.iter().zip(&out.box_regression) {
+            let [_, _, gx, gy, gz] = c.dims();
+            maps.push(([gx, gy, gz], read(c)?, read(r)?));
+        }
+        let levels: Vec<LevelMaps<'_>> = maps
+            .iter()
+            .map(|(grid, c, r)| LevelMaps {
+                grid: *grid,
+                classification: c,
+                box_regression: r,
+            })
+            .collect();
+        detect_boxes(&levels, padded, size, cfg)
+    }
+}
+
 /// MONAI's name of a tensor of this module tree (the inverse of
 /// [`state_dict_remapping`]), for messages.
 fn monai_name(ours: &str) -> String {

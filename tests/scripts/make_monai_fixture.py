@@ -12,9 +12,13 @@ With `--full`, the bundle's full-size network (ResNet-50, FPN 256; 20.9 M parame
 `LUNGCAD_MONAI_FULL=<dir> cargo test --test monai`.
 
 Writes `retinanet_small.safetensors` (the state_dict, PyTorch names; metadata: the MONAI
-and torch versions and the network's settings as JSON) and `retinanet_small_io.safetensors`
+and torch versions and the network's settings as JSON), `retinanet_small_io.safetensors`
 (`input` (1, 1, X, Y, Z) and MONAI's outputs `classification.{0,1,2}`,
-`box_regression.{0,1,2}`, one per FPN level, in eval mode). Deterministic by seed.
+`box_regression.{0,1,2}`, one per FPN level, in eval mode) and
+`retinanet_small_detections.safetensors`: MONAI's `RetinaNetDetector` with the bundle's
+anchors and box selection (no sliding window) on `input` (an image whose size is not a
+multiple of the bundle's (16, 16, 8), so padding and clipping matter): `boxes` (N, 6)
+`xyzxyz` voxel coordinates and `scores` (N). Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ SETTINGS = {
     "num_classes": 1,
 }
 INPUT_SHAPE = (1, 1, 48, 40, 24)  # (B, C, X, Y, Z), divisible by the bundle's (16, 16, 8)
+DETECT_INPUT_SHAPE = (1, 45, 37, 21)  # (C, X, Y, Z): padded to 48 x 48 x 24 by the detector
 FULL = {
     "block": "bottleneck",
     "layers": [3, 4, 6, 3],
@@ -85,6 +90,35 @@ def build(s: dict) -> RetinaNet:
         feature_extractor=fe,
         size_divisible=[16, 16, 8],
     )
+
+
+def detections(net: RetinaNet, path: Path, meta: dict) -> None:
+    """MONAI's whole detector, as the bundle configures it, without the sliding window."""
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+    from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+
+    anchors = AnchorGeneratorWithAnchorShape(
+        feature_map_scales=[1, 2, 4], base_anchor_shapes=[[6, 8, 4], [8, 6, 5], [10, 10, 6]]
+    )
+    detector = RetinaNetDetector(network=net, anchor_generator=anchors, debug=False)
+    detector.set_target_keys(box_key="box", label_key="label")
+    detector.set_box_selector_parameters(
+        score_thresh=0.02, topk_candidates_per_level=1000, nms_thresh=0.22, detections_per_img=300
+    )
+    detector.eval()
+    image = torch.randn(DETECT_INPUT_SHAPE)
+    with torch.no_grad():
+        out = detector([image], use_inferer=False)[0]
+    save_file(
+        {
+            "input": image[None].contiguous(),
+            "boxes": out["box"].float().contiguous(),
+            "scores": out["label_scores"].float().contiguous(),
+        },
+        str(path),
+        metadata=meta,
+    )
+    print(f"detector: {len(out['box'])} boxes, scores {float(out['label_scores'].min()):.3f} to {float(out['label_scores'].max()):.3f}")
 
 
 def main() -> None:
@@ -130,6 +164,8 @@ def main() -> None:
         for i, t in enumerate(out[key]):
             io[f"{key}.{i}"] = t.contiguous()
     save_file(io, str(out_dir / f"{stem}_io.safetensors"), metadata=meta)
+    if not a.full:
+        detections(net, out_dir / f"{stem}_detections.safetensors", meta)
     for k, v in io.items():
         print(k, tuple(v.shape))
     print(f"{meta['parameters']} parameters; wrote {out_dir}")
