@@ -179,11 +179,12 @@ fn the_full_size_network_loads_monais_weights_and_matches_its_outputs() {
     check(&out, &io, 1e-4);
 }
 
-/// MONAI's whole detector (the bundle's anchors, decoding, selection and NMS, no sliding
-/// window) on an image that needs padding: the same boxes and scores.
+/// MONAI's whole detector (the bundle's anchors, decoding, selection and NMS), on an image
+/// that needs padding, without and with the sliding window: the same boxes and scores.
 #[test]
 fn detections_match_monais_detector() {
     use lungcad::detect::retina::RetinaDecodeConfig;
+    use lungcad::model::monai::SlidingWindowConfig;
     let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
     let (path, weights) = fixture("retinanet_small.safetensors");
     let cfg = fixture_config(&weights);
@@ -193,29 +194,46 @@ fn detections_match_monais_detector() {
     let det = tensors(&det);
     let (shape, image) = &det["input"];
     let size = [shape[2], shape[3], shape[4]];
-    let found = net
-        .detect_boxes(image, 1, size, &RetinaDecodeConfig::default())
-        .unwrap();
-    let (bshape, boxes) = &det["boxes"];
-    let (_, scores) = &det["scores"];
-    assert_eq!(found.len(), bshape[0], "box count");
-    let mut worst_box = 0f32;
-    let mut worst_score = 0f32;
-    for (k, f) in found.iter().enumerate() {
-        let expected = &boxes[6 * k..6 * k + 6];
-        for d in 0..3 {
-            worst_box = worst_box
-                .max((f.min[d] - expected[d]).abs())
-                .max((f.max[d] - expected[3 + d]).abs());
+    for (window, suffix) in [
+        (None, ""),
+        (
+            Some(SlidingWindowConfig {
+                roi_size: [32, 32, 16],
+                overlap: 0.25,
+            }),
+            "_sliding_window",
+        ),
+    ] {
+        let found = net
+            .detect_boxes(
+                image,
+                1,
+                size,
+                &RetinaDecodeConfig::default(),
+                window.as_ref(),
+            )
+            .unwrap();
+        let (bshape, boxes) = &det[&format!("boxes{suffix}")];
+        let (_, scores) = &det[&format!("scores{suffix}")];
+        assert_eq!(found.len(), bshape[0], "box count");
+        let mut worst_box = 0f32;
+        let mut worst_score = 0f32;
+        for (k, f) in found.iter().enumerate() {
+            let expected = &boxes[6 * k..6 * k + 6];
+            for d in 0..3 {
+                worst_box = worst_box
+                    .max((f.min[d] - expected[d]).abs())
+                    .max((f.max[d] - expected[3 + d]).abs());
+            }
+            worst_score = worst_score.max((f.score - scores[k]).abs());
         }
-        worst_score = worst_score.max((f.score - scores[k]).abs());
-    }
-    eprintln!(
-        "{} boxes; max |box diff| {worst_box:.2e} voxels, max |score diff| {worst_score:.2e}",
+        eprintln!(
+        "{suffix}: {} boxes; max |box diff| {worst_box:.2e} voxels, max |score diff| {worst_score:.2e}",
         found.len()
     );
-    assert!(
-        worst_box < 1e-3 && worst_score < 1e-4,
-        "box {worst_box}, score {worst_score}"
-    );
+        assert!(
+            worst_box < 1e-3 && worst_score < 1e-4,
+            "{suffix}: box {worst_box}, score {worst_score}"
+        );
+    }
 }

@@ -460,18 +460,213 @@ impl RetinaNet {
     }
 }
 
+/// MONAI's `SlidingWindowInferer` as its RetinaNet detector uses it: windows of `roi_size`
+/// over the padded image (`overlap` of their size shared, the last window of an axis moved
+/// back inside), the heads' maps of each window summed into the whole image's maps at each
+/// level's scale, then divided by how many windows covered each position ("constant"
+/// mode). The bundle: roi 512 x 512 x 192, overlap 0.25.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlidingWindowConfig {
+    pub roi_size: [usize; 3],
+    pub overlap: f64,
+}
+
+impl Default for SlidingWindowConfig {
+    fn default() -> Self {
+        SlidingWindowConfig {
+            roi_size: [512, 512, 192],
+            overlap: 0.25,
+        }
+    }
+}
+
+/// One pyramid level's maps for one image: grid `(X, Y, Z)`, classification and regression
+/// values, row-major `(C, X, Y, Z)`.
+type LevelValues = ([usize; 3], Vec<f32>, Vec<f32>);
+
+/// The window starts along one axis of `size`, as MONAI's `dense_patch_slices`.
+fn window_starts(size: usize, roi: usize, interval: usize) -> Vec<usize> {
+    if roi >= size {
+        return vec![0];
+    }
+    let num = size.div_ceil(interval);
+    let n = (0..num)
+        .find(|d| d * interval + roi >= size)
+        .map_or(1, |d| d + 1);
+    (0..n)
+        .map(|i| {
+            let s = i * interval;
+            s - (s + roi).saturating_sub(size)
+        })
+        .collect()
+}
+
 impl RetinaNet {
-    /// MONAI's `RetinaNetDetector` on one image (without the sliding window): `image` holds
-    /// `(C, X, Y, Z)` values of `size` (X, Y, Z), zero-padded at the end of each axis to a
-    /// multiple of `cfg.size_divisible`, run through the network and decoded
-    /// ([`crate::detect::retina::detect_boxes`]). Boxes are `xyzxyz` voxel coordinates of
-    /// the unpadded image, most probable first.
+    fn run_maps(&self, input: Vec<f32>, dims: [usize; 5]) -> Result<Vec<LevelValues>> {
+        let device = self.feature_extractor.body.conv1.weight.device();
+        let out = self.forward(Tensor::<5>::from_data(
+            TensorData::new(input, dims),
+            &device,
+        ));
+        let read = |m: &Tensor<5>| {
+            m.clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| Error::Device(format!("reading the heads' output: {e:?}")))
+        };
+        let mut maps = Vec::new();
+        for (c, r) in out.classification.iter().zip(&out.box_regression) {
+            let [_, _, gx, gy, gz] = c.dims();
+            maps.push(([gx, gy, gz], read(c)?, read(r)?));
+        }
+        Ok(maps)
+    }
+
+    /// The heads' maps over a whole padded image `(C, P)` by sliding windows.
+    fn sliding_maps(
+        &self,
+        image: &[f32],
+        channels: usize,
+        padded: [usize; 3],
+        sw: &SlidingWindowConfig,
+    ) -> Result<Vec<LevelValues>> {
+        let roi = sw.roi_size;
+        if roi.contains(&0) || !(0.0..1.0).contains(&sw.overlap) {
+            return Err(Error::InvalidArgument(format!(
+                "sliding window of {roi:?} with overlap {}",
+                sw.overlap
+            )));
+        }
+        // An axis shorter than the window is padded on both sides (MONAI's SpatialPad).
+        let size: [usize; 3] = std::array::from_fn(|d| padded[d].max(roi[d]));
+        let front: [usize; 3] = std::array::from_fn(|d| (size[d] - padded[d]) / 2);
+        let img = pad_into(image, channels, padded, size, front);
+        let interval: [usize; 3] = std::array::from_fn(|d| {
+            if roi[d] == size[d] {
+                roi[d]
+            } else {
+                ((roi[d] as f64 * (1.0 - sw.overlap)) as usize).max(1)
+            }
+        });
+        let starts: [Vec<usize>; 3] =
+            std::array::from_fn(|d| window_starts(size[d], roi[d], interval[d]));
+        let mut sums: Vec<(Vec<f64>, [usize; 3], Vec<Vec<f32>>, Vec<f32>)> = Vec::new();
+        let mut window = vec![0f32; channels * roi.iter().product::<usize>()];
+        for &sx in &starts[0] {
+            for &sy in &starts[1] {
+                for &sz in &starts[2] {
+                    let st = [sx, sy, sz];
+                    crop_into(&img, channels, size, st, roi, &mut window);
+                    let maps =
+                        self.run_maps(window.clone(), [1, channels, roi[0], roi[1], roi[2]])?;
+                    for (level, (grid, cls, reg)) in maps.into_iter().enumerate() {
+                        let z: Vec<f64> = (0..3).map(|d| grid[d] as f64 / roi[d] as f64).collect();
+                        if sums.len() <= level {
+                            let out: [usize; 3] =
+                                std::array::from_fn(|d| (size[d] as f64 * z[d]) as usize);
+                            let n = out.iter().product::<usize>();
+                            sums.push((
+                                z.clone(),
+                                out,
+                                vec![
+                                    vec![0f32; cls.len() / grid.iter().product::<usize>() * n],
+                                    vec![0f32; reg.len() / grid.iter().product::<usize>() * n],
+                                ],
+                                vec![0f32; n],
+                            ));
+                        }
+                        let (_, out, acc, count) = &mut sums[level];
+                        let lo: [usize; 3] =
+                            std::array::from_fn(|d| (st[d] as f64 * z[d]) as usize);
+                        let hi: [usize; 3] =
+                            std::array::from_fn(|d| ((st[d] + roi[d]) as f64 * z[d]) as usize);
+                        let g = grid;
+                        for (m, values) in [cls, reg].iter().enumerate() {
+                            let ch = values.len() / g.iter().product::<usize>();
+                            for c in 0..ch {
+                                for i in 0..(hi[0] - lo[0]).min(g[0]) {
+                                    for j in 0..(hi[1] - lo[1]).min(g[1]) {
+                                        for k in 0..(hi[2] - lo[2]).min(g[2]) {
+                                            let src = ((c * g[0] + i) * g[1] + j) * g[2] + k;
+                                            let dst =
+                                                ((c * out[0] + lo[0] + i) * out[1] + lo[1] + j)
+                                                    * out[2]
+                                                    + lo[2]
+                                                    + k;
+                                            acc[m][dst] += values[src];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        for i in lo[0]..hi[0].min(out[0]) {
+                            for j in lo[1]..hi[1].min(out[1]) {
+                                for k in lo[2]..hi[2].min(out[2]) {
+                                    count[(i * out[1] + j) * out[2] + k] += 1.0;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut levels = Vec::new();
+        for (z, out, acc, count) in sums {
+            let n = count.len();
+            let mut maps: Vec<Vec<f32>> = acc
+                .into_iter()
+                .map(|mut a| {
+                    for (idx, v) in a.iter_mut().enumerate() {
+                        *v /= count[idx % n];
+                    }
+                    a
+                })
+                .collect();
+            // Crop what the window padding added (MONAI: int(round(...)), half to even).
+            let a: [usize; 3] =
+                std::array::from_fn(|d| (front[d] as f64 * z[d]).round_ties_even() as usize);
+            let b: [usize; 3] = std::array::from_fn(|d| {
+                ((front[d] + padded[d]) as f64 * z[d]).round_ties_even() as usize
+            });
+            let grid: [usize; 3] = std::array::from_fn(|d| b[d] - a[d]);
+            if grid != out {
+                maps = maps
+                    .into_iter()
+                    .map(|m| {
+                        let ch = m.len() / n;
+                        let mut c = Vec::with_capacity(ch * grid.iter().product::<usize>());
+                        for q in 0..ch {
+                            for i in a[0]..b[0] {
+                                for j in a[1]..b[1] {
+                                    let row = ((q * out[0] + i) * out[1] + j) * out[2];
+                                    c.extend_from_slice(&m[row + a[2]..row + b[2]]);
+                                }
+                            }
+                        }
+                        c
+                    })
+                    .collect();
+            }
+            let reg = maps.pop().unwrap_or_default();
+            let cls = maps.pop().unwrap_or_default();
+            levels.push((grid, cls, reg));
+        }
+        Ok(levels)
+    }
+
+    /// MONAI's `RetinaNetDetector` on one image: `image` holds `(C, X, Y, Z)` values of
+    /// `size` (X, Y, Z), zero-padded at the end of each axis to a multiple of
+    /// `cfg.size_divisible`, run through the network (whole, or by `sliding_window`) and
+    /// decoded ([`crate::detect::retina::detect_boxes`]). Boxes are `xyzxyz` voxel
+    /// coordinates of the unpadded image, most probable first.
     pub fn detect_boxes(
         &self,
         image: &[f32],
         channels: usize,
         size: [usize; 3],
         cfg: &crate::detect::retina::RetinaDecodeConfig,
+        sliding_window: Option<&SlidingWindowConfig>,
     ) -> Result<Vec<crate::detect::retina::RetinaBox>> {
         use crate::detect::retina::{detect_boxes, LevelMaps};
         let [x, y, z] = size;
@@ -484,31 +679,16 @@ impl RetinaNet {
         let padded: [usize; 3] = std::array::from_fn(|d| {
             size[d].div_ceil(cfg.size_divisible[d]) * cfg.size_divisible[d]
         });
-        let [px, py, pz] = padded;
-        let mut input = vec![0f32; channels * px * py * pz];
-        for c in 0..channels {
-            for i in 0..x {
-                for j in 0..y {
-                    let src = ((c * x + i) * y + j) * z;
-                    let dst = ((c * px + i) * py + j) * pz;
-                    input[dst..dst + z].copy_from_slice(&image[src..src + z]);
-                }
+        let maps = match sliding_window {
+            None => {
+                let input = pad_into(image, channels, size, padded, [0; 3]);
+                self.run_maps(input, [1, channels, padded[0], padded[1], padded[2]])?
             }
-        }
-        let device = self.feature_extractor.body.conv1.weight.device();
-        let t = Tensor::<5>::from_data(TensorData::new(input, [1, channels, px, py, pz]), &device);
-        let out = self.forward(t);
-        let read = |m: &Tensor<5>| {
-            m.clone()
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| Error::Device(format!("reading the heads' output: {e:?}")))
+            Some(sw) => {
+                let input = pad_into(image, channels, size, padded, [0; 3]);
+                self.sliding_maps(&input, channels, padded, sw)?
+            }
         };
-        let mut maps = Vec::new();
-        for (c, r) in out.classification.iter().zip(&out.box_regression) {
-            let [_, _, gx, gy, gz] = c.dims();
-            maps.push(([gx, gy, gz], read(c)?, read(r)?));
-        }
         let levels: Vec<LevelMaps<'_>> = maps
             .iter()
             .map(|(grid, c, r)| LevelMaps {
@@ -518,6 +698,50 @@ impl RetinaNet {
             })
             .collect();
         detect_boxes(&levels, padded, size, cfg)
+    }
+}
+
+/// `(C, size)` values placed at `front` in a zero `(C, into)` buffer.
+fn pad_into(
+    image: &[f32],
+    channels: usize,
+    size: [usize; 3],
+    into: [usize; 3],
+    front: [usize; 3],
+) -> Vec<f32> {
+    let [x, y, z] = size;
+    let [px, py, pz] = into;
+    let mut out = vec![0f32; channels * px * py * pz];
+    for c in 0..channels {
+        for i in 0..x {
+            for j in 0..y {
+                let src = ((c * x + i) * y + j) * z;
+                let dst = ((c * px + front[0] + i) * py + front[1] + j) * pz + front[2];
+                out[dst..dst + z].copy_from_slice(&image[src..src + z]);
+            }
+        }
+    }
+    out
+}
+
+/// The `(C, roi)` window of `(C, size)` values starting at `start`, into `out`.
+fn crop_into(
+    image: &[f32],
+    channels: usize,
+    size: [usize; 3],
+    start: [usize; 3],
+    roi: [usize; 3],
+    out: &mut [f32],
+) {
+    for c in 0..channels {
+        for i in 0..roi[0] {
+            for j in 0..roi[1] {
+                let src =
+                    ((c * size[0] + start[0] + i) * size[1] + start[1] + j) * size[2] + start[2];
+                let dst = ((c * roi[0] + i) * roi[1] + j) * roi[2];
+                out[dst..dst + roi[2]].copy_from_slice(&image[src..src + roi[2]]);
+            }
+        }
     }
 }
 
@@ -586,4 +810,21 @@ pub fn state_dict_remapping(cfg: &RetinaNetConfig) -> Vec<(String, String)> {
         "regression_head.out.".into(),
     ));
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Window starts as MONAI's `dense_patch_slices` gives them (interval
+    /// `int(roi * (1 - 0.25))`), the last one moved back inside.
+    #[test]
+    fn window_starts_are_monais() {
+        assert_eq!(window_starts(48, 32, 24), vec![0, 16]);
+        assert_eq!(window_starts(24, 16, 12), vec![0, 8]);
+        assert_eq!(window_starts(512, 512, 512), vec![0]);
+        assert_eq!(window_starts(700, 512, 384), vec![0, 188]);
+        assert_eq!(window_starts(1300, 512, 384), vec![0, 384, 768, 788]);
+        assert_eq!(window_starts(200, 512, 384), vec![0]);
+    }
 }

@@ -18,7 +18,9 @@ and torch versions and the network's settings as JSON), `retinanet_small_io.safe
 `retinanet_small_detections.safetensors`: MONAI's `RetinaNetDetector` with the bundle's
 anchors and box selection (no sliding window) on `input` (an image whose size is not a
 multiple of the bundle's (16, 16, 8), so padding and clipping matter): `boxes` (N, 6)
-`xyzxyz` voxel coordinates and `scores` (N). Deterministic by seed.
+`xyzxyz` voxel coordinates and `scores` (N), and `boxes_sliding_window`,
+`scores_sliding_window` with the sliding window (roi 32 x 32 x 16, overlap 0.25) over the
+head maps. Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ SETTINGS = {
     "num_classes": 1,
 }
 INPUT_SHAPE = (1, 1, 48, 40, 24)  # (B, C, X, Y, Z), divisible by the bundle's (16, 16, 8)
+SLIDING_WINDOW_ROI = [32, 32, 16]
 DETECT_INPUT_SHAPE = (1, 45, 37, 21)  # (C, X, Y, Z): padded to 48 x 48 x 24 by the detector
 FULL = {
     "block": "bottleneck",
@@ -109,15 +112,25 @@ def detections(net: RetinaNet, path: Path, meta: dict) -> None:
     image = torch.randn(DETECT_INPUT_SHAPE)
     with torch.no_grad():
         out = detector([image], use_inferer=False)[0]
+    # The same with the sliding window over the head maps (the bundle's settings but a
+    # window smaller than this image: 8 windows over the padded 48 x 48 x 24).
+    detector.set_sliding_window_inferer(
+        roi_size=SLIDING_WINDOW_ROI, overlap=0.25, sw_batch_size=1, mode="constant", device="cpu"
+    )
+    with torch.no_grad():
+        out_sw = detector([image], use_inferer=True)[0]
     save_file(
         {
             "input": image[None].contiguous(),
             "boxes": out["box"].float().contiguous(),
             "scores": out["label_scores"].float().contiguous(),
+            "boxes_sliding_window": out_sw["box"].float().contiguous(),
+            "scores_sliding_window": out_sw["label_scores"].float().contiguous(),
         },
         str(path),
         metadata=meta,
     )
+    print(f"sliding window: {len(out_sw['box'])} boxes")
     print(f"detector: {len(out['box'])} boxes, scores {float(out['label_scores'].min()):.3f} to {float(out['label_scores'].max()):.3f}")
 
 
