@@ -237,3 +237,50 @@ fn detections_match_monais_detector() {
         );
     }
 }
+
+/// The bundle's preprocessing (orientation to RAS, spacing, intensity) of a small NIfTI
+/// scan stored with x and y reversed: the same image and affine as MONAI's transforms.
+#[test]
+fn preprocessing_matches_monais_transforms() {
+    use lungcad::preprocess::monai::{monai_preprocess, MonaiPreprocessConfig};
+    let volume = lungcad::load(
+        fixtures().join("preprocess_input.nii.gz"),
+        &lungcad::LoadConfig::default(),
+    )
+    .unwrap();
+    let image = monai_preprocess(&volume, &MonaiPreprocessConfig::default()).unwrap();
+    let (_, out) = fixture("preprocess_output.safetensors");
+    let n = u64::from_le_bytes(out[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&out[8..8 + n]).unwrap();
+    let data = &out[8 + n..];
+    let [a, b]: [usize; 2] =
+        serde_json::from_value(header["affine"]["data_offsets"].clone()).unwrap();
+    let affine: Vec<f64> = data[a..b]
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let t = tensors(&out);
+    let (shape, expected) = &t["image"];
+    assert_eq!(&image.size[..], &shape[1..], "size");
+    let worst = image
+        .values
+        .iter()
+        .zip(expected)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    eprintln!(
+        "preprocessing: {:?}, max |lungcad - MONAI| {worst:.2e}",
+        image.size
+    );
+    assert!(worst < 1e-5, "values differ by {worst}");
+    for r in 0..3 {
+        for c in 0..4 {
+            assert!(
+                (image.affine_ras[r][c] - affine[4 * r + c]).abs() < 1e-5,
+                "affine[{r}][{c}]: {} vs {}",
+                image.affine_ras[r][c],
+                affine[4 * r + c]
+            );
+        }
+    }
+}

@@ -24,6 +24,7 @@
 //! top of the input while it is being resampled (dropped then by [`preprocess_owned`]).
 
 pub mod lung_mask;
+pub mod monai;
 pub mod patches;
 pub mod preview;
 pub mod resample;

@@ -20,7 +20,9 @@ anchors and box selection (no sliding window) on `input` (an image whose size is
 multiple of the bundle's (16, 16, 8), so padding and clipping matter): `boxes` (N, 6)
 `xyzxyz` voxel coordinates and `scores` (N), and `boxes_sliding_window`,
 `scores_sliding_window` with the sliding window (roi 32 x 32 x 16, overlap 0.25) over the
-head maps. Deterministic by seed.
+head maps; `preprocess_input.nii.gz` and `preprocess_output.safetensors`: the bundle's
+preprocessing of a small scan (`image` (1, X, Y, Z), `affine` 4 x 4 RAS). Deterministic by
+seed. Also needs `nibabel`.
 """
 
 from __future__ import annotations
@@ -134,6 +136,47 @@ def detections(net: RetinaNet, path: Path, meta: dict) -> None:
     print(f"detector: {len(out['box'])} boxes, scores {float(out['label_scores'].min()):.3f} to {float(out['label_scores'].max()):.3f}")
 
 
+def preprocessing(out_dir: Path) -> None:
+    """The bundle's preprocessing (raw-LUNA16 path: orientation to RAS, spacing, intensity)
+    of a small NIfTI scan stored as an LPS-identity scanner would (x and y reversed in RAS),
+    so the orientation flips two axes and the spacing resamples all three."""
+    import nibabel as nib
+    import numpy as np
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1200, 600, size=(21, 17, 9)).astype(np.int16)  # (x, y, z)
+    affine = np.diag([-0.8, -0.75, 2.5, 1.0])
+    affine[:3, 3] = [100.0, 120.0, -50.0]
+    path = out_dir / "preprocess_input.nii.gz"
+    nib.save(nib.Nifti1Image(hu, affine), str(path))
+    t = Compose(
+        [
+            LoadImaged(keys="image"),
+            EnsureChannelFirstd(keys="image"),
+            Orientationd(keys="image", axcodes="RAS"),
+            Spacingd(keys="image", pixdim=[0.703125, 0.703125, 1.25], padding_mode="border"),
+            ScaleIntensityRanged(keys="image", a_min=-1024, a_max=300, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
+    image = t({"image": str(path)})["image"]
+    save_file(
+        {
+            "image": torch.as_tensor(np.asarray(image)).float().contiguous(),
+            "affine": torch.as_tensor(np.asarray(image.affine)).double().contiguous(),
+        },
+        str(out_dir / "preprocess_output.safetensors"),
+    )
+    print(f"preprocessing: {tuple(image.shape)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "fixtures" / "monai"))
@@ -179,6 +222,7 @@ def main() -> None:
     save_file(io, str(out_dir / f"{stem}_io.safetensors"), metadata=meta)
     if not a.full:
         detections(net, out_dir / f"{stem}_detections.safetensors", meta)
+        preprocessing(out_dir)
     for k, v in io.items():
         print(k, tuple(v.shape))
     print(f"{meta['parameters']} parameters; wrote {out_dir}")
