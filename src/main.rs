@@ -88,6 +88,22 @@ enum Command {
     /// ground-glass, juxtapleural and juxtavascular nodules of 3 to 30 mm, as MetaImage or
     /// DICOM with a LUNA16 annotations.csv.
     Synth(cli::synth::SynthArgs),
+    /// Make a lungcad model file from a MONAI RetinaNet state_dict (MONAI's
+    /// lung_nodule_ct_detection bundle's network, or another of its design) saved as
+    /// safetensors (from PyTorch: safetensors.torch.save_file(torch.load("model.pt"), "m.safetensors")).
+    /// Every tensor's name and shape is checked; `lungcad detect --model` then runs MONAI's
+    /// pipeline (preprocessing, sliding window, anchors, NMS) with it.
+    ImportMonai {
+        /// The state_dict, safetensors with MONAI's tensor names.
+        state_dict: PathBuf,
+        /// Output model file (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Network settings as JSON (a RetinaNetConfig; missing fields take the bundle's:
+        /// ResNet-50, layers 1-2 into a 256-channel FPN, 3 anchors, 1 class).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Write a model file with freshly initialised, untrained weights (the starting point of
     /// training, and a way to run the pipeline end to end before training).
     InitModel {
@@ -289,6 +305,34 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Detect(args) => cli::detect::detect_command(args)?,
         Command::Train(args) => cli::train::train_command(args)?,
         Command::Synth(args) => cli::synth::synth_command(args)?,
+        Command::ImportMonai {
+            state_dict,
+            out,
+            config,
+        } => {
+            let config: lungcad::model::monai::RetinaNetConfig = match &config {
+                Some(p) => {
+                    serde_json::from_str(&std::fs::read_to_string(p).map_err(|e| Error::Io {
+                        path: p.clone(),
+                        source: e,
+                    })?)
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!("{}: RetinaNet config: {e}", p.display()))
+                    })?
+                }
+                None => Default::default(),
+            };
+            let bytes = lungcad::model::read_model_file(&state_dict)?;
+            let (device, _) = lungcad::model::select_device(lungcad::model::DeviceChoice::Cpu)?;
+            lungcad::model::monai::MonaiDetector::write_model(
+                &bytes,
+                &state_dict,
+                &config,
+                &out,
+                &device,
+            )?;
+            eprintln!("wrote {} (every tensor checked)", out.display());
+        }
         Command::InitModel {
             out,
             seed,

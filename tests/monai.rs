@@ -284,3 +284,106 @@ fn preprocessing_matches_monais_transforms() {
         }
     }
 }
+
+/// The bundle's whole pipeline (preprocessing, detector, boxes to the world) on a small
+/// NIfTI scan, through a model file made by `MonaiDetector::write_model` and through
+/// `lungcad import-monai` + `lungcad detect`: MONAI's boxes, centres in LPS millimetres.
+#[test]
+fn the_whole_pipeline_matches_monai_through_a_model_file_and_the_cli() {
+    use lungcad::model::monai::MonaiDetector;
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (path, weights) = fixture("retinanet_small.safetensors");
+    let cfg = fixture_config(&weights);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("monai.safetensors");
+    MonaiDetector::write_model(&weights, &path, &cfg, &model, &cpu).unwrap();
+    let detector = MonaiDetector::from_bytes(std::fs::read(&model).unwrap(), &model, &cpu).unwrap();
+    let ct = fixtures().join("preprocess_input.nii.gz");
+    let volume = lungcad::load(&ct, &lungcad::LoadConfig::default()).unwrap();
+    let found = detector.detect(&volume).unwrap();
+    let (_, expected) = fixture("end_to_end.safetensors");
+    let expected = tensors(&expected);
+    let (bshape, boxes) = &expected["boxes_world"];
+    let (_, scores) = &expected["scores"];
+    assert_eq!(found.len(), bshape[0], "box count");
+    let (mut worst_centre, mut worst_size, mut worst_score) = (0f64, 0f64, 0f32);
+    for (k, f) in found.iter().enumerate() {
+        let e = &boxes[6 * k..6 * k + 6];
+        for d in 0..3 {
+            worst_centre = worst_centre.max((f.centre_world[d] - e[d] as f64).abs());
+            worst_size = worst_size.max((f.size_mm[d] - e[3 + d] as f64).abs());
+        }
+        worst_score = worst_score.max((f.probability - scores[k]).abs());
+    }
+    eprintln!(
+        "{} boxes; centres within {worst_centre:.2e} mm, sizes {worst_size:.2e} mm, scores {worst_score:.2e}",
+        found.len()
+    );
+    assert!(worst_centre < 0.1 && worst_size < 0.1 && worst_score < 1e-4);
+
+    // The same through the command line.
+    let bin = env!("CARGO_BIN_EXE_lungcad");
+    let config = dir.path().join("retinanet.json");
+    std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let imported = dir.path().join("imported.safetensors");
+    let st = std::process::Command::new(bin)
+        .args(["import-monai"])
+        .arg(&path)
+        .arg("--out")
+        .arg(&imported)
+        .arg("--config")
+        .arg(&config)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let csv = dir.path().join("det.csv");
+    let st = std::process::Command::new(bin)
+        .arg("detect")
+        .arg(&ct)
+        .arg("--model")
+        .arg(&imported)
+        .args([
+            "--device",
+            "cpu",
+            "--threshold",
+            "0.5",
+            "--max-detections",
+            "300",
+        ])
+        .arg("--out")
+        .arg(&csv)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let rows: Vec<Vec<f64>> = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').skip(1).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let above: Vec<usize> = (0..found.len()).filter(|&k| scores[k] >= 0.5).collect();
+    assert_eq!(rows.len(), above.len());
+    for (row, &k) in rows.iter().zip(&above) {
+        for d in 0..3 {
+            assert!((row[d] - boxes[6 * k + d] as f64).abs() < 0.1, "{row:?}");
+        }
+    }
+    // Importing weights that do not fit the config names the first tensor.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"fpn_channels": 8}"#).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["import-monai"])
+        .arg(&path)
+        .arg("--out")
+        .arg(dir.path().join("x.safetensors"))
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("do not fit") || err.contains("not in the network"),
+        "{err}"
+    );
+}

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 pub struct DetectArgs {
     #[command(flatten)]
     input: Input,
-    /// Model file (safetensors with lungcad metadata; see `lungcad init-model` and
-    /// `lungcad train`). Default: the shipped model phantom-v1, trained on synthetic
+    /// Model file (safetensors with lungcad metadata; see `lungcad init-model`,
+    /// `lungcad train` and `lungcad import-monai`, whose MONAI RetinaNet models run MONAI's
+    /// preprocessing, sliding window and post-processing). Default: the shipped model phantom-v1, trained on synthetic
     /// phantoms only (models/phantom-v1/README.md): a demonstration, not a model for real CT.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -134,8 +135,16 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
             )));
         }
     }
-    let (detector, dev_name) = args.run.load(args.model.as_deref())?;
-    let batch_size = args.run.batch_size(&detector, &dev_name);
+    // A MONAI RetinaNet model file (lungcad import-monai) runs MONAI's pipeline.
+    let monai = match &args.model {
+        Some(p) => {
+            let bytes = m::read_model_file(p)?;
+            let meta = m::safetensors_metadata(&bytes, p)?;
+            (meta.get("architecture").map(String::as_str) == Some(m::monai::MONAI_RETINANET))
+                .then_some((p.clone(), bytes))
+        }
+        None => None,
+    };
     let volume = args.input.load()?;
     let uid = volume.info.series_uid.clone().unwrap_or_else(|| {
         args.input
@@ -144,18 +153,45 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
     });
-    let limits = Limits {
-        max_voxels: args.input.max_voxels,
-        ..Limits::default()
+    let (detections, background) = match monai {
+        Some((path, bytes)) => {
+            let (dev, dev_name) = m::select_device(args.run.device.parse()?)?;
+            let detector = m::monai::MonaiDetector::from_bytes(bytes, &path, &dev)?;
+            let t = std::time::Instant::now();
+            let found = detector.detect(&volume)?;
+            let dets: Vec<Detection> = found
+                .iter()
+                .filter(|d| d.probability >= args.threshold)
+                .take(args.max_detections)
+                .map(|d| d.to_detection())
+                .collect();
+            eprintln!(
+                "{} detection(s) of {} with MONAI's RetinaNet pipeline on {dev_name} in {:.2} s",
+                dets.len(),
+                found.len(),
+                t.elapsed().as_secs_f64()
+            );
+            (dets, volume)
+        }
+        None => {
+            let (detector, dev_name) = args.run.load(args.model.as_deref())?;
+            let batch_size = args.run.batch_size(&detector, &dev_name);
+            let limits = Limits {
+                max_voxels: args.input.max_voxels,
+                ..Limits::default()
+            };
+            let decode = DecodeConfig {
+                min_probability: args.threshold,
+                max_detections: args.max_detections,
+                ..DecodeConfig::default()
+            };
+            let run =
+                detect_with_progress(&detector, &dev_name, volume, batch_size, &decode, &limits)?;
+            (run.detections, run.preprocessed.volume)
+        }
     };
-    let decode = DecodeConfig {
-        min_probability: args.threshold,
-        max_detections: args.max_detections,
-        ..DecodeConfig::default()
-    };
-    let run = detect_with_progress(&detector, &dev_name, volume, batch_size, &decode, &limits)?;
     println!("rank  coordX_mm  coordY_mm  coordZ_mm  diameter_mm  probability");
-    for (i, d) in run.detections.iter().enumerate() {
+    for (i, d) in detections.iter().enumerate() {
         println!(
             "{:>4}  {:>9.2}  {:>9.2}  {:>9.2}  {:>11.1}  {:>11.4}",
             i + 1,
@@ -166,9 +202,9 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
             d.probability
         );
     }
-    write_detections(&run.detections, &uid, &args.out)?;
+    write_detections(&detections, &uid, &args.out)?;
     if let Some(p) = &args.overlay {
-        detect::write_overlay_png(&run.preprocessed.volume, &run.detections, 5, p)?;
+        detect::write_overlay_png(&background, &detections, 5, p)?;
         eprintln!("wrote {}", p.display());
     }
     Ok(())

@@ -466,21 +466,8 @@ impl Detector {
     /// format version, with configs that do not parse, or whose tensors are missing, of the
     /// wrong shape or corrupt, is an [`Error::Model`] naming the file.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        use std::io::Read;
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        if len > MAX_MODEL_BYTES {
-            return Err(model_error(
-                path,
-                format!("{len} bytes, more than the {MAX_MODEL_BYTES} a model file may have"),
-            ));
-        }
-        let mut bytes = Vec::with_capacity(len as usize);
-        file.take(MAX_MODEL_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, e))?;
-        Detector::from_bytes(bytes, path, device)
+        Detector::from_bytes(read_model_file(path)?, path, device)
     }
 
     /// [`Detector::load`] from the bytes of a model file; `origin` names it in errors.
@@ -603,6 +590,24 @@ pub struct DetectionRun {
     pub preprocess_s: f64,
     /// Seconds spent in the network, decoding and NMS.
     pub network_s: f64,
+}
+
+/// The bytes of a model file, refused past [`MAX_MODEL_BYTES`].
+pub fn read_model_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > MAX_MODEL_BYTES {
+        return Err(model_error(
+            path,
+            format!("{len} bytes, more than the {MAX_MODEL_BYTES} a model file may have"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_MODEL_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
 }
 
 /// The first three items of a list, for an error message.

@@ -24,6 +24,7 @@
 use super::ops::{max_pool3d, resize_nearest3d};
 use super::Device;
 use crate::error::{Error, Result};
+use crate::volume::Volume;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, PaddingConfig3d};
@@ -810,6 +811,151 @@ pub fn state_dict_remapping(cfg: &RetinaNetConfig) -> Vec<(String, String)> {
         "regression_head.out.".into(),
     ));
     m
+}
+
+/// `architecture` in a model file's metadata for a MONAI RetinaNet.
+pub const MONAI_RETINANET: &str = "monai_retinanet";
+
+/// MONAI's lung-nodule detector, whole: the network with its configs, the bundle's
+/// preprocessing, post-processing and sliding window. Model files are MONAI's `state_dict`
+/// (PyTorch names) as safetensors with the configs in the metadata
+/// (`architecture = monai_retinanet`); [`MonaiDetector::write_model`] makes one from a
+/// state_dict (`lungcad import-monai`).
+#[derive(Debug)]
+pub struct MonaiDetector {
+    pub net: RetinaNet,
+    pub config: RetinaNetConfig,
+    pub decode: crate::detect::retina::RetinaDecodeConfig,
+    pub preprocess: crate::preprocess::monai::MonaiPreprocessConfig,
+    pub sliding_window: SlidingWindowConfig,
+}
+
+/// A detection of [`MonaiDetector::detect`]: the box's centre (LPS mm), its size along world
+/// x, y, z (mm) and its score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MonaiDetection {
+    pub centre_world: [f64; 3],
+    pub size_mm: [f64; 3],
+    pub probability: f32,
+}
+
+impl MonaiDetection {
+    /// As a lungcad detection: the diameter is the mean of the box's three sizes.
+    pub fn to_detection(&self) -> crate::detect::Detection {
+        crate::detect::Detection {
+            centre_world: self.centre_world,
+            diameter_mm: self.size_mm.iter().sum::<f64>() / 3.0,
+            probability: self.probability,
+        }
+    }
+}
+
+impl MonaiDetector {
+    /// A model file from a MONAI `state_dict` in safetensors (`bytes`, named `origin` in
+    /// errors) and the network's config: every tensor is checked by loading it, then the
+    /// file is written to `out` with the configs (the defaults: the bundle's) in its
+    /// metadata; the tensors are copied as they are.
+    pub fn write_model(
+        bytes: &[u8],
+        origin: &Path,
+        config: &RetinaNetConfig,
+        out: &Path,
+        device: &Device,
+    ) -> Result<()> {
+        let mut net = config.init(device)?;
+        net.load_state_dict(bytes.to_vec(), origin, config)?;
+        let err = |m: String| Error::Model {
+            path: origin.to_path_buf(),
+            message: m,
+        };
+        let n = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+            .ok_or_else(|| err("not a safetensors file".into()))?;
+        let header = bytes
+            .get(8..8 + n)
+            .ok_or_else(|| err("safetensors header past the end of the file".into()))?;
+        let mut header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(header).map_err(|e| err(format!("safetensors header: {e}")))?;
+        let json = |v: serde_json::Result<String>| v.map_err(|e| err(e.to_string()));
+        let meta = serde_json::json!({
+            "lungcad_model_format": super::MODEL_FORMAT,
+            "architecture": MONAI_RETINANET,
+            "retinanet_config": json(serde_json::to_string(config))?,
+            "retina_decode_config": json(serde_json::to_string(&crate::detect::retina::RetinaDecodeConfig::default()))?,
+            "monai_preprocess_config": json(serde_json::to_string(&crate::preprocess::monai::MonaiPreprocessConfig::default()))?,
+            "sliding_window_config": json(serde_json::to_string(&SlidingWindowConfig::default()))?,
+        });
+        header.insert("__metadata__".into(), meta);
+        let mut text = serde_json::to_vec(&header).map_err(|e| err(e.to_string()))?;
+        while text.len() % 8 != 0 {
+            text.push(b' ');
+        }
+        let mut file = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+        file.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        file.extend_from_slice(&text);
+        file.extend_from_slice(&bytes[8 + n..]);
+        crate::io::metaimage::AtomicFile::write_bytes(out, &file)
+    }
+
+    /// A MONAI model file (see [`MonaiDetector::write_model`]) on `device`.
+    pub fn from_bytes(bytes: Vec<u8>, origin: &Path, device: &Device) -> Result<Self> {
+        let meta = super::safetensors_metadata(&bytes, origin)?;
+        let err = |m: String| Error::Model {
+            path: origin.to_path_buf(),
+            message: m,
+        };
+        if meta.get("architecture").map(String::as_str) != Some(MONAI_RETINANET) {
+            return Err(err(format!("not a {MONAI_RETINANET} model file")));
+        }
+        fn parse<T: serde::de::DeserializeOwned>(
+            meta: &std::collections::HashMap<String, String>,
+            key: &str,
+        ) -> std::result::Result<T, String> {
+            let text = meta
+                .get(key)
+                .ok_or_else(|| format!("no {key} in its metadata"))?;
+            serde_json::from_str(text).map_err(|e| format!("{key}: {e}"))
+        }
+        let config: RetinaNetConfig = parse(&meta, "retinanet_config").map_err(err)?;
+        let mut net = config.init(device)?;
+        net.load_state_dict(bytes, origin, &config)?;
+        Ok(MonaiDetector {
+            net,
+            config,
+            decode: parse(&meta, "retina_decode_config").map_err(err)?,
+            preprocess: parse(&meta, "monai_preprocess_config").map_err(err)?,
+            sliding_window: parse(&meta, "sliding_window_config").map_err(err)?,
+        })
+    }
+
+    /// Detections in a CT, most probable first: the bundle's preprocessing, the network
+    /// (by sliding window when the image holds at least as many voxels as the window, as
+    /// the bundle decides), MONAI's post-processing, boxes mapped to LPS millimetres.
+    pub fn detect(&self, volume: &Volume) -> Result<Vec<MonaiDetection>> {
+        let image = crate::preprocess::monai::monai_preprocess(volume, &self.preprocess)?;
+        let voxels: usize = image.size.iter().product();
+        let window = (voxels >= self.sliding_window.roi_size.iter().product::<usize>())
+            .then_some(&self.sliding_window);
+        let boxes = self.net.detect_boxes(
+            &image.values,
+            self.config.in_channels,
+            image.size,
+            &self.decode,
+            window,
+        )?;
+        Ok(boxes
+            .iter()
+            .map(|b| {
+                let (centre_world, size_mm) = image.box_to_world(b.min, b.max);
+                MonaiDetection {
+                    centre_world,
+                    size_mm,
+                    probability: b.score,
+                }
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ multiple of the bundle's (16, 16, 8), so padding and clipping matter): `boxes` (
 `xyzxyz` voxel coordinates and `scores` (N), and `boxes_sliding_window`,
 `scores_sliding_window` with the sliding window (roi 32 x 32 x 16, overlap 0.25) over the
 head maps; `preprocess_input.nii.gz` and `preprocess_output.safetensors`: the bundle's
-preprocessing of a small scan (`image` (1, X, Y, Z), `affine` 4 x 4 RAS). Deterministic by
+preprocessing of a small scan (`image` (1, X, Y, Z), `affine` 4 x 4 RAS); and
+`end_to_end.safetensors`: the bundle's whole pipeline on that scan with the small network
+(`boxes_world` (N, 6) `cccwhd` LPS mm, `scores`). Deterministic by
 seed. Also needs `nibabel`.
 """
 
@@ -136,7 +138,38 @@ def detections(net: RetinaNet, path: Path, meta: dict) -> None:
     print(f"detector: {len(out['box'])} boxes, scores {float(out['label_scores'].min()):.3f} to {float(out['label_scores'].max()):.3f}")
 
 
-def preprocessing(out_dir: Path) -> None:
+def end_to_end(net: RetinaNet, image: torch.Tensor, out_dir: Path) -> None:
+    """The bundle's detector and post-processing transforms on the preprocessed image: boxes
+    in LPS world millimetres, `cccwhd`, as the bundle writes them."""
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+    from monai.apps.detection.transforms.dictionary import AffineBoxToWorldCoordinated, ConvertBoxModed
+    from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+
+    anchors = AnchorGeneratorWithAnchorShape(
+        feature_map_scales=[1, 2, 4], base_anchor_shapes=[[6, 8, 4], [8, 6, 5], [10, 10, 6]]
+    )
+    detector = RetinaNetDetector(network=net, anchor_generator=anchors, debug=False)
+    detector.set_target_keys(box_key="box", label_key="label")
+    detector.set_box_selector_parameters(
+        score_thresh=0.02, topk_candidates_per_level=1000, nms_thresh=0.22, detections_per_img=300
+    )
+    detector.eval()
+    with torch.no_grad():
+        out = detector([image.as_tensor()], use_inferer=False)[0]
+    d = {"image": image, "box": out["box"], "label": out["label"], "label_scores": out["label_scores"]}
+    d = AffineBoxToWorldCoordinated(box_keys="box", box_ref_image_keys="image", affine_lps_to_ras=True)(d)
+    d = ConvertBoxModed(box_keys="box", src_mode="xyzxyz", dst_mode="cccwhd")(d)
+    save_file(
+        {
+            "boxes_world": torch.as_tensor(d["box"]).float().contiguous(),
+            "scores": torch.as_tensor(d["label_scores"]).float().contiguous(),
+        },
+        str(out_dir / "end_to_end.safetensors"),
+    )
+    print(f"end to end: {len(d['box'])} boxes")
+
+
+def preprocessing(out_dir: Path, net: RetinaNet | None = None) -> None:
     """The bundle's preprocessing (raw-LUNA16 path: orientation to RAS, spacing, intensity)
     of a small NIfTI scan stored as an LPS-identity scanner would (x and y reversed in RAS),
     so the orientation flips two axes and the spacing resamples all three."""
@@ -167,6 +200,8 @@ def preprocessing(out_dir: Path) -> None:
         ]
     )
     image = t({"image": str(path)})["image"]
+    if net is not None:
+        end_to_end(net, image, out_dir)
     save_file(
         {
             "image": torch.as_tensor(np.asarray(image)).float().contiguous(),
@@ -222,7 +257,7 @@ def main() -> None:
     save_file(io, str(out_dir / f"{stem}_io.safetensors"), metadata=meta)
     if not a.full:
         detections(net, out_dir / f"{stem}_detections.safetensors", meta)
-        preprocessing(out_dir)
+        preprocessing(out_dir, net)
     for k, v in io.items():
         print(k, tuple(v.shape))
     print(f"{meta['parameters']} parameters; wrote {out_dir}")
