@@ -144,6 +144,10 @@ enum Command {
         /// Time training steps instead of inference passes.
         #[arg(long)]
         train: bool,
+        /// With a MONAI RetinaNet model (`lungcad import-monai`): the image size X,Y,Z whose
+        /// detection is timed (network and post-processing, on random values).
+        #[arg(long, value_delimiter = ',', default_value = "128,128,64")]
+        image: Vec<usize>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -374,8 +378,26 @@ fn run(cli: Cli) -> Result<(), Error> {
             patch,
             repeats,
             train,
+            image,
             json,
-        } => benchmark_command(model, &device, &batch_sizes, patch, repeats, train, json)?,
+        } => {
+            let monai = match &model {
+                Some(p) => {
+                    let bytes = lungcad::model::read_model_file(p)?;
+                    let meta = lungcad::model::safetensors_metadata(&bytes, p)?;
+                    (meta.get("architecture").map(String::as_str)
+                        == Some(lungcad::model::monai::MONAI_RETINANET))
+                    .then_some((p.clone(), bytes))
+                }
+                None => None,
+            };
+            match monai {
+                Some((p, bytes)) => monai_benchmark(&p, bytes, &device, &image, repeats, json)?,
+                None => {
+                    benchmark_command(model, &device, &batch_sizes, patch, repeats, train, json)?
+                }
+            }
+        }
         Command::Eval {
             annotations,
             excluded,
@@ -405,6 +427,61 @@ fn run(cli: Cli) -> Result<(), Error> {
                 eprintln!("wrote {}", png.display());
             }
         }
+    }
+    Ok(())
+}
+
+/// Times a MONAI RetinaNet model's detection (network and post-processing, no
+/// preprocessing) on random values of `image` size, median of `repeats` after a warm-up.
+fn monai_benchmark(
+    path: &std::path::Path,
+    bytes: Vec<u8>,
+    device: &str,
+    image: &[usize],
+    repeats: usize,
+    json: bool,
+) -> Result<(), Error> {
+    use lungcad::model as m;
+    let [x, y, z] = <[usize; 3]>::try_from(image)
+        .map_err(|_| Error::InvalidArgument(format!("--image takes X,Y,Z, got {image:?}")))?;
+    if x * y * z == 0 || repeats == 0 {
+        return Err(Error::InvalidArgument(
+            "the image and repeats must be at least 1".into(),
+        ));
+    }
+    let (dev, dev_name) = m::select_device(device.parse()?)?;
+    let detector = m::monai::MonaiDetector::from_bytes(bytes, path, &dev)?;
+    let mut rng = lungcad::rng::SplitMix64::new(7);
+    let values: Vec<f32> = (0..x * y * z).map(|_| rng.normal() as f32).collect();
+    let window = (x * y * z >= detector.sliding_window.roi_size.iter().product::<usize>())
+        .then_some(&detector.sliding_window);
+    let run = || {
+        detector
+            .net
+            .detect_boxes(&values, 1, [x, y, z], &detector.decode, window)
+    };
+    let t = std::time::Instant::now();
+    let boxes = run()?.len();
+    let first_s = t.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t = std::time::Instant::now();
+        run()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"device": dev_name, "image": [x, y, z], "first_s": first_s,
+                "median_s": median, "times_s": times, "boxes": boxes,
+                "sliding_window": window.is_some()})
+        );
+    } else {
+        println!(
+            "MONAI RetinaNet on {dev_name}, image {x}x{y}x{z}: first run {first_s:.3} s, median of {repeats} {median:.3} s, {boxes} boxes"
+        );
     }
     Ok(())
 }
