@@ -90,11 +90,11 @@ enum Command {
     Synth(cli::synth::SynthArgs),
     /// Make a lungcad model file from a MONAI RetinaNet state_dict (MONAI's
     /// lung_nodule_ct_detection bundle's network, or another of its design) saved as
-    /// safetensors (from PyTorch: safetensors.torch.save_file(torch.load("model.pt"), "m.safetensors")).
+    /// safetensors (a PyTorch model.pt is refused with the one-line conversion to use).
     /// Every tensor's name and shape is checked; `lungcad detect --model` then runs MONAI's
     /// pipeline (preprocessing, sliding window, anchors, NMS) with it.
     ImportMonai {
-        /// The state_dict, safetensors with MONAI's tensor names.
+        /// The state_dict as safetensors, with MONAI's tensor names.
         state_dict: PathBuf,
         /// Output model file (.safetensors).
         #[arg(long)]
@@ -326,15 +326,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
                 None => Default::default(),
             };
-            let bytes = lungcad::model::read_model_file(&state_dict)?;
             let (device, _) = lungcad::model::select_device(lungcad::model::DeviceChoice::Cpu)?;
-            lungcad::model::monai::MonaiDetector::write_model(
-                &bytes,
-                &state_dict,
-                &config,
-                &out,
-                &device,
-            )?;
+            lungcad::model::monai::MonaiDetector::import(&state_dict, &config, &out, &device)?;
             eprintln!("wrote {} (every tensor checked)", out.display());
         }
         Command::InitModel {

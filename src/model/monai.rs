@@ -409,7 +409,7 @@ impl RetinaNet {
     /// Loads a MONAI `state_dict` saved as safetensors (PyTorch names). Every tensor of the
     /// network must be there with its shape, and every tensor of the file must belong to the
     /// network (batch norms' `num_batches_tracked` aside); the first mismatch is an
-    /// [`Error::Model`] naming the file.
+    /// [`Error::Model`] naming the file and the tensor (by MONAI's name).
     pub fn load_state_dict(
         &mut self,
         bytes: Vec<u8>,
@@ -417,10 +417,6 @@ impl RetinaNet {
         cfg: &RetinaNetConfig,
     ) -> Result<()> {
         use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
-        let err = |m: String| Error::Model {
-            path: origin.to_path_buf(),
-            message: m,
-        };
         // Checked below, to name the first problem rather than list them all.
         let mut store = SafetensorsStore::from_bytes(Some(bytes))
             .with_from_adapter(PyTorchToBurnAdapter)
@@ -431,34 +427,47 @@ impl RetinaNet {
         }
         let applied = self
             .load_from(&mut store)
-            .map_err(|e| err(format!("reading a MONAI state_dict: {e}")))?;
-        let unused: Vec<&String> = applied
-            .unused
-            .iter()
-            .filter(|k| !k.ends_with("num_batches_tracked"))
-            .collect();
-        if let Some(e) = applied.errors.first() {
-            return Err(err(format!(
-                "{} tensor(s) do not fit the network, the first: {e:?}",
-                applied.errors.len()
-            )));
-        }
-        if let Some(m) = applied.missing.first() {
-            return Err(err(format!(
-                "{} network tensor(s) missing from the state_dict, the first: {}",
-                applied.missing.len(),
-                monai_name(&m.0)
-            )));
-        }
-        if let Some(u) = unused.first() {
-            return Err(err(format!(
-                "{} tensor(s) of the state_dict are not in the network, the first: {} (is the config the one the weights were trained with?)",
-                unused.len(),
-                monai_name(u)
-            )));
-        }
-        Ok(())
+            .map_err(|e| model_err(origin, format!("reading a MONAI state_dict: {e}")))?;
+        check_applied(&applied, origin)
     }
+}
+
+fn model_err(path: &Path, message: String) -> Error {
+    Error::Model {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// The first problem of a state_dict load, as an error.
+fn check_applied(applied: &burn::store::ApplyResult, origin: &Path) -> Result<()> {
+    let err = |m: String| model_err(origin, m);
+    let unused: Vec<&String> = applied
+        .unused
+        .iter()
+        .filter(|k| !k.ends_with("num_batches_tracked"))
+        .collect();
+    if let Some(e) = applied.errors.first() {
+        return Err(err(format!(
+            "{} tensor(s) do not fit the network, the first: {e:?}",
+            applied.errors.len()
+        )));
+    }
+    if let Some(m) = applied.missing.first() {
+        return Err(err(format!(
+            "{} network tensor(s) missing from the state_dict, the first: {}",
+            applied.missing.len(),
+            monai_name(&m.0)
+        )));
+    }
+    if let Some(u) = unused.first() {
+        return Err(err(format!(
+            "{} tensor(s) of the state_dict are not in the network, the first: {} (is the config the one the weights were trained with?)",
+            unused.len(),
+            monai_name(u)
+        )));
+    }
+    Ok(())
 }
 
 /// MONAI's `SlidingWindowInferer` as its RetinaNet detector uses it: windows of `roi_size`
@@ -813,6 +822,38 @@ pub fn state_dict_remapping(cfg: &RetinaNetConfig) -> Vec<(String, String)> {
     m
 }
 
+/// A MONAI model file's metadata: the format, the architecture and every config (the
+/// network's `config`; the bundle's preprocessing, decoding and sliding window).
+fn model_metadata(config: &RetinaNetConfig) -> Result<Vec<(String, String)>> {
+    let json = |v: serde_json::Result<String>| {
+        v.map_err(|e| Error::InvalidArgument(format!("config to JSON: {e}")))
+    };
+    Ok(vec![
+        ("lungcad_model_format".into(), super::MODEL_FORMAT.into()),
+        ("architecture".into(), MONAI_RETINANET.into()),
+        (
+            "retinanet_config".into(),
+            json(serde_json::to_string(config))?,
+        ),
+        (
+            "retina_decode_config".into(),
+            json(serde_json::to_string(
+                &crate::detect::retina::RetinaDecodeConfig::default(),
+            ))?,
+        ),
+        (
+            "monai_preprocess_config".into(),
+            json(serde_json::to_string(
+                &crate::preprocess::monai::MonaiPreprocessConfig::default(),
+            ))?,
+        ),
+        (
+            "sliding_window_config".into(),
+            json(serde_json::to_string(&SlidingWindowConfig::default()))?,
+        ),
+    ])
+}
+
 /// `architecture` in a model file's metadata for a MONAI RetinaNet.
 pub const MONAI_RETINANET: &str = "monai_retinanet";
 
@@ -877,16 +918,11 @@ impl MonaiDetector {
             .ok_or_else(|| err("safetensors header past the end of the file".into()))?;
         let mut header: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(header).map_err(|e| err(format!("safetensors header: {e}")))?;
-        let json = |v: serde_json::Result<String>| v.map_err(|e| err(e.to_string()));
-        let meta = serde_json::json!({
-            "lungcad_model_format": super::MODEL_FORMAT,
-            "architecture": MONAI_RETINANET,
-            "retinanet_config": json(serde_json::to_string(config))?,
-            "retina_decode_config": json(serde_json::to_string(&crate::detect::retina::RetinaDecodeConfig::default()))?,
-            "monai_preprocess_config": json(serde_json::to_string(&crate::preprocess::monai::MonaiPreprocessConfig::default()))?,
-            "sliding_window_config": json(serde_json::to_string(&SlidingWindowConfig::default()))?,
-        });
-        header.insert("__metadata__".into(), meta);
+        let meta: serde_json::Map<String, serde_json::Value> = model_metadata(config)?
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
         let mut text = serde_json::to_vec(&header).map_err(|e| err(e.to_string()))?;
         while text.len() % 8 != 0 {
             text.push(b' ');
@@ -896,6 +932,26 @@ impl MonaiDetector {
         file.extend_from_slice(&text);
         file.extend_from_slice(&bytes[8 + n..]);
         crate::io::metaimage::AtomicFile::write_bytes(out, &file)
+    }
+
+    /// `lungcad import-monai`: a model file from a MONAI state_dict saved as safetensors
+    /// ([`MonaiDetector::write_model`]). A PyTorch `.pt` file is refused with the
+    /// one-line conversion (reading pickles needs burn's `pytorch` feature, which would
+    /// rebuild the whole GPU stack with other features; see docs/DETECTION.md).
+    pub fn import(
+        source: &Path,
+        config: &RetinaNetConfig,
+        out: &Path,
+        device: &Device,
+    ) -> Result<()> {
+        let bytes = super::read_model_file(source)?;
+        if super::safetensors_metadata(&bytes, source).is_err() {
+            return Err(model_err(
+                source,
+                "not a safetensors file; convert a PyTorch state_dict with: python3 -c \"import sys, torch; from safetensors.torch import save_file; sd = torch.load(sys.argv[1], map_location='cpu'); save_file(sd.get('model', sd), sys.argv[2])\" model.pt model.safetensors".into(),
+            ));
+        }
+        MonaiDetector::write_model(&bytes, source, config, out, device)
     }
 
     /// A MONAI model file (see [`MonaiDetector::write_model`]) on `device`.
