@@ -183,12 +183,23 @@ fn the_full_size_network_loads_monais_weights_and_matches_its_outputs() {
 /// that needs padding, without and with the sliding window: the same boxes and scores.
 #[test]
 fn detections_match_monais_detector() {
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    detections_match_on(&cpu);
+}
+
+#[test]
+fn detections_match_monais_detector_on_wgpu() {
+    if let Some(gpu) = common::wgpu_or_skip() {
+        detections_match_on(&gpu);
+    }
+}
+
+fn detections_match_on(device: &Device) {
     use lungcad::detect::retina::RetinaDecodeConfig;
     use lungcad::model::monai::SlidingWindowConfig;
-    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
     let (path, weights) = fixture("retinanet_small.safetensors");
     let cfg = fixture_config(&weights);
-    let mut net = cfg.init(&cpu).unwrap();
+    let mut net = cfg.init(device).unwrap();
     net.load_state_dict(weights, &path, &cfg).unwrap();
     let (_, det) = fixture("retinanet_small_detections.safetensors");
     let det = tensors(&det);
