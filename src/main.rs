@@ -377,10 +377,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let monai = match &model {
                 Some(p) => {
                     let bytes = lungcad::model::read_model_file(p)?;
-                    let meta = lungcad::model::safetensors_metadata(&bytes, p)?;
-                    (meta.get("architecture").map(String::as_str)
-                        == Some(lungcad::model::monai::MONAI_RETINANET))
-                    .then_some((p.clone(), bytes))
+                    lungcad::model::is_monai_model(&bytes, p)?.then_some((p.clone(), bytes))
                 }
                 None => None,
             };

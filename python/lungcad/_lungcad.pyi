@@ -22,6 +22,7 @@ __all__ = [
     "__version__",
     "_evaluate",
     "default_config",
+    "import_monai",
     "load",
     "preprocess",
     "synth",
@@ -205,6 +206,7 @@ def load(
 def preprocess(volume: Volume, *, max_voxels: int | None = None, **config: Any) -> Preprocessed: ...
 def synth(seed: int, *, coarse: bool = False, **config: Any) -> Phantom: ...
 def default_config(kind: str) -> dict[str, Any]: ...
+def import_monai(state_dict: _Path, out: _Path, config: dict[str, Any] | None = None) -> None: ...
 def train(
     data: _Path,
     out: _Path,

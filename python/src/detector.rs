@@ -3,6 +3,7 @@
 use crate::errors::{invalid, json_to_py, py_to_json, run, to_py};
 use crate::volume::{limits, PyVolume};
 use lungcad::detect::DecodeConfig;
+use lungcad::model::monai::MonaiDetector;
 use lungcad::model::{select_device, Detector};
 use lungcad::synth::{generate, SynthConfig};
 use pyo3::prelude::*;
@@ -65,13 +66,18 @@ impl PyNodule {
     }
 }
 
+/// The network behind a `Detector`. Boxed: burn's tensors ask for 64-byte alignment, more
+/// than a Python object's memory gives a pyclass.
+enum Model {
+    Lungcad(Box<Detector>),
+    Monai(Box<MonaiDetector>),
+}
+
 /// A nodule detector: a model on a device. One detector may be used from several threads
 /// at once; `detect` releases the GIL.
 #[pyclass(frozen, module = "lungcad", name = "Detector")]
 pub struct PyDetector {
-    /// Boxed: burn's tensors ask for 64-byte alignment, more than a Python object's memory
-    /// gives a pyclass.
-    inner: Box<Detector>,
+    inner: Model,
     device: String,
     batch_size: usize,
     model: String,
@@ -79,8 +85,9 @@ pub struct PyDetector {
 
 #[pymethods]
 impl PyDetector {
-    /// `model`: a lungcad model file, or None for the shipped model (phantom-v1, trained on
-    /// synthetic phantoms only). `device`: auto (a wgpu GPU when there is one, else the
+    /// `model`: a lungcad model file (a MONAI RetinaNet from `import_monai` runs MONAI's
+    /// pipeline), or None for the shipped model (phantom-v1, trained on synthetic phantoms
+    /// only). `device`: auto (a wgpu GPU when there is one, else the
     /// CPU), wgpu, cpu or cuda. `batch_size`: tiles per forward pass (None: 32 on a GPU;
     /// on the CPU as many tiles as hold 4 x 128³ voxels, at most 32).
     #[new]
@@ -98,18 +105,28 @@ impl PyDetector {
         let (inner, device) = run(py, || {
             let (dev, name) = select_device(choice)?;
             let d = match &model {
-                Some(p) => Detector::load(p, &dev)?,
-                None => Detector::shipped(&dev)?,
+                Some(p) => {
+                    let bytes = lungcad::model::read_model_file(p)?;
+                    if lungcad::model::is_monai_model(&bytes, p)? {
+                        Model::Monai(Box::new(MonaiDetector::from_bytes(bytes, p, &dev)?))
+                    } else {
+                        Model::Lungcad(Box::new(Detector::from_bytes(bytes, p, &dev)?))
+                    }
+                }
+                None => Model::Lungcad(Box::new(Detector::shipped(&dev)?)),
             };
             Ok((d, name))
         })?;
-        let batch_size = batch_size.unwrap_or_else(|| inner.default_batch_size(&device));
+        let batch_size = batch_size.unwrap_or_else(|| match &inner {
+            Model::Lungcad(d) => d.default_batch_size(&device),
+            Model::Monai(_) => 1,
+        });
         let model = match model {
             Some(p) => p.display().to_string(),
             None => lungcad::model::SHIPPED_MODEL_NAME.to_string(),
         };
         Ok(PyDetector {
-            inner: Box::new(inner),
+            inner,
             device,
             batch_size,
             model,
@@ -164,10 +181,20 @@ impl PyDetector {
                 }
             };
             let uid = volume.info.series_uid.clone().or(stem);
-            let run = self
-                .inner
-                .detect(volume, self.batch_size, &decode, &lim, &mut |_, _| {})?;
-            Ok((run.detections, uid))
+            let found = match &self.inner {
+                Model::Lungcad(d) => {
+                    d.detect(volume, self.batch_size, &decode, &lim, &mut |_, _| {})?
+                        .detections
+                }
+                Model::Monai(d) => d
+                    .detect(&volume)?
+                    .iter()
+                    .filter(|n| n.probability >= threshold)
+                    .take(max_detections)
+                    .map(|n| n.to_detection())
+                    .collect(),
+            };
+            Ok((found, uid))
         })?;
         Ok(found
             .into_iter()
@@ -188,7 +215,8 @@ impl PyDetector {
         self.device.clone()
     }
 
-    /// Tiles per forward pass.
+    /// Tiles per forward pass (lungcad networks; a MONAI RetinaNet reports 1: it runs the
+    /// image, or one sliding window, at a time).
     #[getter]
     fn batch_size(&self) -> usize {
         self.batch_size
@@ -200,17 +228,28 @@ impl PyDetector {
         self.model.clone()
     }
 
-    /// The network's config (`DetectorConfig`) as a dict.
+    /// The network's config as a dict: a `DetectorConfig`, or a `RetinaNetConfig` for a
+    /// MONAI RetinaNet (`lungcad import-monai`).
     #[getter]
     fn detector_config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let text = serde_json::to_string(&self.inner.config).map_err(|e| invalid(e.to_string()))?;
+        let text = match &self.inner {
+            Model::Lungcad(d) => serde_json::to_string(&d.config),
+            Model::Monai(d) => serde_json::to_string(&d.config),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
         json_to_py(py, &text)
     }
 
-    /// The preprocessing the model was trained with (`PreprocessConfig`) as a dict.
+    /// The preprocessing the model runs, as a dict: a `PreprocessConfig`, or a
+    /// `MonaiPreprocessConfig` for a MONAI RetinaNet.
     #[getter]
     fn preprocess_config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, &self.inner.preprocess.to_json())
+        let text = match &self.inner {
+            Model::Lungcad(d) => Ok(d.preprocess.to_json()),
+            Model::Monai(d) => serde_json::to_string(&d.preprocess),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
+        json_to_py(py, &text)
     }
 
     fn __repr__(&self) -> String {
@@ -339,4 +378,26 @@ pub fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
         }
         (slot, v) => *slot = v,
     }
+}
+
+/// Makes a lungcad model file from a MONAI RetinaNet state_dict saved as safetensors (as
+/// `lungcad import-monai`): every tensor checked against the network of `config` (a dict,
+/// a partial `RetinaNetConfig`; default the lung_nodule_ct_detection bundle's).
+#[pyfunction]
+#[pyo3(signature = (state_dict, out, config = None))]
+pub fn import_monai(
+    py: Python<'_>,
+    state_dict: PathBuf,
+    out: PathBuf,
+    config: Option<&Bound<'_, PyDict>>,
+) -> PyResult<()> {
+    let config: lungcad::model::monai::RetinaNetConfig = match config {
+        None => Default::default(),
+        Some(d) => serde_json::from_str(&py_to_json(d.as_any())?)
+            .map_err(|e| invalid(format!("RetinaNet config: {e}")))?,
+    };
+    run(py, || {
+        let (dev, _) = select_device(lungcad::model::DeviceChoice::Cpu)?;
+        MonaiDetector::import(&state_dict, &config, &out, &dev)
+    })
 }

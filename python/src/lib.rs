@@ -51,6 +51,7 @@ fn _lungcad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(volume::load, m)?)?;
     m.add_function(wrap_pyfunction!(volume::preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(detector::synth, m)?)?;
+    m.add_function(wrap_pyfunction!(detector::import_monai, m)?)?;
     m.add_function(wrap_pyfunction!(eval::_evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(train::train, m)?)?;
     m.add_function(wrap_pyfunction!(default_config, m)?)?;

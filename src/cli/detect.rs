@@ -139,9 +139,7 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
     let monai = match &args.model {
         Some(p) => {
             let bytes = m::read_model_file(p)?;
-            let meta = m::safetensors_metadata(&bytes, p)?;
-            (meta.get("architecture").map(String::as_str) == Some(m::monai::MONAI_RETINANET))
-                .then_some((p.clone(), bytes))
+            m::is_monai_model(&bytes, p)?.then_some((p.clone(), bytes))
         }
         None => None,
     };

@@ -592,6 +592,13 @@ pub struct DetectionRun {
     pub network_s: f64,
 }
 
+/// Whether a model file's bytes hold a MONAI RetinaNet (`lungcad import-monai`) rather than
+/// a lungcad network.
+pub fn is_monai_model(bytes: &[u8], origin: &Path) -> Result<bool> {
+    let meta = safetensors_metadata(bytes, origin)?;
+    Ok(meta.get("architecture").map(String::as_str) == Some(monai::MONAI_RETINANET))
+}
+
 /// The bytes of a model file, refused past [`MAX_MODEL_BYTES`].
 pub fn read_model_file(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
