@@ -36,7 +36,8 @@ pub fn upsample_nearest3d_2(x: Tensor<5>) -> Tensor<5> {
 
 /// 3-D max pooling of `(N, C, D, H, W)` with any window, stride and padding, as PyTorch's
 /// `max_pool3d(x, kernel, stride, padding)` (floor mode; padding never wins: it is `-inf`).
-/// Each of the window's offsets is a strided slice; the output is their elementwise max.
+/// A box window's max is separable: one axis at a time, each a max over the window's
+/// strided slices along that axis (3 + 3 + 3 slices for a 3 x 3 x 3 window, not 27).
 pub fn max_pool3d(
     x: Tensor<5>,
     kernel: [usize; 3],
@@ -45,45 +46,39 @@ pub fn max_pool3d(
 ) -> Tensor<5> {
     use burn::tensor::ops::PadMode;
     use burn::tensor::Slice;
-    let dims = x.dims();
-    let out: [usize; 3] =
-        std::array::from_fn(|a| (dims[2 + a] + 2 * padding[a] - kernel[a]) / stride[a] + 1);
-    let x = if padding == [0; 3] {
-        x
-    } else {
-        x.pad(
-            [
-                (padding[0], padding[0]),
-                (padding[1], padding[1]),
-                (padding[2], padding[2]),
-            ],
-            PadMode::Constant(f32::NEG_INFINITY),
-        )
-    };
-    let mut acc: Option<Tensor<5>> = None;
-    for a in 0..kernel[0] {
-        for b in 0..kernel[1] {
-            for c in 0..kernel[2] {
-                let off = [a, b, c];
-                let axis = |k: usize| Slice {
-                    start: off[k] as isize,
-                    end: Some((off[k] + stride[k] * (out[k] - 1) + 1) as isize),
-                    step: stride[k] as isize,
-                };
-                let full = Slice {
-                    start: 0,
-                    end: None,
-                    step: 1,
-                };
-                let v = x.clone().slice([full, full, axis(0), axis(1), axis(2)]);
-                acc = Some(match acc {
-                    None => v,
-                    Some(m) => m.max_pair(v),
-                });
-            }
+    let mut x = x;
+    for a in 0..3 {
+        let n = x.dims()[2 + a];
+        let out = (n + 2 * padding[a] - kernel[a]) / stride[a] + 1;
+        if padding[a] > 0 {
+            let mut pads = [(0, 0); 3];
+            pads[a] = (padding[a], padding[a]);
+            x = x.pad(pads, PadMode::Constant(f32::NEG_INFINITY));
+        }
+        let full = Slice {
+            start: 0,
+            end: None,
+            step: 1,
+        };
+        let mut acc: Option<Tensor<5>> = None;
+        for off in 0..kernel[a] {
+            let mut sl = [full; 5];
+            sl[2 + a] = Slice {
+                start: off as isize,
+                end: Some((off + stride[a] * (out - 1) + 1) as isize),
+                step: stride[a] as isize,
+            };
+            let v = x.clone().slice(sl);
+            acc = Some(match acc {
+                None => v,
+                Some(m) => m.max_pair(v),
+            });
+        }
+        if let Some(m) = acc {
+            x = m;
         }
     }
-    acc.unwrap_or(x)
+    x
 }
 
 /// Nearest-neighbour resizing of `(N, C, D, H, W)` to `size`, as PyTorch's
