@@ -374,16 +374,20 @@ fn run(cli: Cli) -> Result<(), Error> {
             image,
             json,
         } => {
-            let monai = match &model {
-                Some(p) => {
-                    let bytes = lungcad::model::read_model_file(p)?;
-                    lungcad::model::is_monai_model(&bytes, p)?.then_some((p.clone(), bytes))
-                }
+            // The model file is read once; a MONAI RetinaNet is timed on a whole image.
+            let model = match &model {
+                Some(p) => Some((p.clone(), lungcad::model::read_model_file(p)?)),
                 None => None,
             };
-            match monai {
-                Some((p, bytes)) => monai_benchmark(&p, bytes, &device, &image, repeats, json)?,
-                None => {
+            let monai = match &model {
+                Some((p, bytes)) => lungcad::model::is_monai_model(bytes, p)?,
+                None => false,
+            };
+            match model {
+                Some((p, bytes)) if monai => {
+                    monai_benchmark(&p, bytes, &device, &image, repeats, json)?
+                }
+                model => {
                     benchmark_command(model, &device, &batch_sizes, patch, repeats, train, json)?
                 }
             }
@@ -477,7 +481,7 @@ fn monai_benchmark(
 }
 
 fn benchmark_command(
-    model: Option<PathBuf>,
+    model: Option<(PathBuf, Vec<u8>)>,
     device: &str,
     batch_sizes: &[usize],
     patch: Option<usize>,
@@ -487,8 +491,8 @@ fn benchmark_command(
 ) -> Result<(), Error> {
     use lungcad::model as m;
     let (dev, dev_name) = m::select_device(device.parse()?)?;
-    let detector = match &model {
-        Some(p) => m::Detector::load(p, &dev)?,
+    let detector = match model {
+        Some((p, bytes)) => m::Detector::from_bytes(bytes, &p, &dev)?,
         None => m::Detector::new(
             m::DetectorConfig::default(),
             lungcad::preprocess::PreprocessConfig::default(),

@@ -186,13 +186,9 @@ impl PyDetector {
                     d.detect(volume, self.batch_size, &decode, &lim, &mut |_, _| {})?
                         .detections
                 }
-                Model::Monai(d) => d
-                    .detect(&volume)?
-                    .iter()
-                    .filter(|n| n.probability >= threshold)
-                    .take(max_detections)
-                    .map(|n| n.to_detection())
-                    .collect(),
+                Model::Monai(d) => {
+                    lungcad::model::monai::select(&d.detect(&volume)?, threshold, max_detections)
+                }
             };
             Ok((found, uid))
         })?;

@@ -74,15 +74,17 @@ pub fn train(
     max_voxels: Option<u64>,
     on_epoch: Option<Py<PyAny>>,
 ) -> PyResult<PyTrainResult> {
-    let config_json = match &config {
-        Some(ConfigArg::Dict(d)) => Some(py_to_json(d.as_any())?),
-        _ => None,
-    };
     if resume && config.is_some() {
         return Err(invalid(
             "resume continues a run with its own config: do not pass config",
         ));
     }
+    // The config as JSON text, or the file to read it from (inside the GIL-free part).
+    let config: Option<Result<String, PathBuf>> = match config {
+        Some(ConfigArg::Dict(d)) => Some(Ok(py_to_json(d.as_any())?)),
+        Some(ConfigArg::Path(p)) => Some(Err(p)),
+        None => None,
+    };
     let choice = device.parse().map_err(crate::errors::to_py)?;
     let overrides = TrainOverrides {
         epochs,
@@ -93,22 +95,15 @@ pub fn train(
         val_fraction,
         seed,
     };
-    let config_path = match config {
-        Some(ConfigArg::Path(p)) => Some(p),
-        _ => None,
-    };
     let mut callback_error: Option<PyErr> = None;
     let (summary, missing) = run(py, || {
-        let base = if resume {
-            tr::run_config(&out)?
-        } else if let Some(text) = &config_json {
-            TrainConfig::from_json(text)?
-        } else if let Some(p) = &config_path {
-            TrainConfig::from_json(
+        let base = match &config {
+            _ if resume => tr::run_config(&out)?,
+            Some(Ok(text)) => TrainConfig::from_json(text)?,
+            Some(Err(p)) => TrainConfig::from_json(
                 &std::fs::read_to_string(p).map_err(|e| lungcad::Error::io(p, e))?,
-            )?
-        } else {
-            TrainConfig::default()
+            )?,
+            None => TrainConfig::default(),
         };
         let config = overrides.apply(base)?;
         let load = LoadConfig {

@@ -135,13 +135,15 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
             )));
         }
     }
-    // A MONAI RetinaNet model file (lungcad import-monai) runs MONAI's pipeline.
-    let monai = match &args.model {
-        Some(p) => {
-            let bytes = m::read_model_file(p)?;
-            m::is_monai_model(&bytes, p)?.then_some((p.clone(), bytes))
-        }
+    // The model file is read once; a MONAI RetinaNet (lungcad import-monai) runs MONAI's
+    // pipeline.
+    let model = match &args.model {
+        Some(p) => Some((p.clone(), m::read_model_file(p)?)),
         None => None,
+    };
+    let monai = match &model {
+        Some((p, bytes)) => m::is_monai_model(bytes, p)?,
+        None => false,
     };
     let volume = args.input.load()?;
     let uid = volume.info.series_uid.clone().unwrap_or_else(|| {
@@ -151,18 +153,13 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
     });
-    let (detections, background) = match monai {
-        Some((path, bytes)) => {
-            let (dev, dev_name) = m::select_device(args.run.device.parse()?)?;
+    let (dev, dev_name) = m::select_device(args.run.device.parse()?)?;
+    let (detections, background) = match model {
+        Some((path, bytes)) if monai => {
             let detector = m::monai::MonaiDetector::from_bytes(bytes, &path, &dev)?;
             let t = std::time::Instant::now();
             let found = detector.detect(&volume)?;
-            let dets: Vec<Detection> = found
-                .iter()
-                .filter(|d| d.probability >= args.threshold)
-                .take(args.max_detections)
-                .map(|d| d.to_detection())
-                .collect();
+            let dets = m::monai::select(&found, args.threshold, args.max_detections);
             eprintln!(
                 "{} detection(s) of {} with MONAI's RetinaNet pipeline on {dev_name} in {:.2} s",
                 dets.len(),
@@ -171,8 +168,11 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
             );
             (dets, volume)
         }
-        None => {
-            let (detector, dev_name) = args.run.load(args.model.as_deref())?;
+        model => {
+            let detector = match model {
+                Some((path, bytes)) => Detector::from_bytes(bytes, &path, &dev)?,
+                None => Detector::shipped(&dev)?,
+            };
             let batch_size = args.run.batch_size(&detector, &dev_name);
             let limits = Limits {
                 max_voxels: args.input.max_voxels,

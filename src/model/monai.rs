@@ -551,7 +551,11 @@ impl RetinaNet {
         // An axis shorter than the window is padded on both sides (MONAI's SpatialPad).
         let size: [usize; 3] = std::array::from_fn(|d| padded[d].max(roi[d]));
         let front: [usize; 3] = std::array::from_fn(|d| (size[d] - padded[d]) / 2);
-        let img = pad_into(image, channels, padded, size, front);
+        let img: std::borrow::Cow<'_, [f32]> = if size == padded {
+            image.into()
+        } else {
+            pad_into(image, channels, padded, size, front).into()
+        };
         let interval: [usize; 3] = std::array::from_fn(|d| {
             if roi[d] == size[d] {
                 roi[d]
@@ -561,105 +565,84 @@ impl RetinaNet {
         });
         let starts: [Vec<usize>; 3] =
             std::array::from_fn(|d| window_starts(size[d], roi[d], interval[d]));
-        let mut sums: Vec<(Vec<f64>, [usize; 3], Vec<Vec<f32>>, Vec<f32>)> = Vec::new();
-        let mut window = vec![0f32; channels * roi.iter().product::<usize>()];
+        // Per level: its scale to the window, its size over the whole image, the summed
+        // classification and regression maps, and how many windows covered each position.
+        struct LevelSum {
+            scale: [f64; 3],
+            out: [usize; 3],
+            maps: [Vec<f32>; 2],
+            count: Vec<f32>,
+        }
+        let mut sums: Vec<LevelSum> = Vec::new();
         for &sx in &starts[0] {
             for &sy in &starts[1] {
                 for &sz in &starts[2] {
                     let st = [sx, sy, sz];
-                    crop_into(&img, channels, size, st, roi, &mut window);
-                    let maps =
-                        self.run_maps(window.clone(), [1, channels, roi[0], roi[1], roi[2]])?;
+                    let mut window = vec![0f32; channels * roi.iter().product::<usize>()];
+                    copy_box(&img, size, st, &mut window, roi, [0; 3], roi, channels);
+                    let maps = self.run_maps(window, [1, channels, roi[0], roi[1], roi[2]])?;
                     for (level, (grid, cls, reg)) in maps.into_iter().enumerate() {
-                        let z: Vec<f64> = (0..3).map(|d| grid[d] as f64 / roi[d] as f64).collect();
+                        let cells = grid.iter().product::<usize>();
                         if sums.len() <= level {
+                            let scale: [f64; 3] =
+                                std::array::from_fn(|d| grid[d] as f64 / roi[d] as f64);
                             let out: [usize; 3] =
-                                std::array::from_fn(|d| (size[d] as f64 * z[d]) as usize);
+                                std::array::from_fn(|d| (size[d] as f64 * scale[d]) as usize);
                             let n = out.iter().product::<usize>();
-                            sums.push((
-                                z.clone(),
+                            sums.push(LevelSum {
+                                scale,
                                 out,
-                                vec![
-                                    vec![0f32; cls.len() / grid.iter().product::<usize>() * n],
-                                    vec![0f32; reg.len() / grid.iter().product::<usize>() * n],
+                                maps: [
+                                    vec![0f32; cls.len() / cells * n],
+                                    vec![0f32; reg.len() / cells * n],
                                 ],
-                                vec![0f32; n],
-                            ));
+                                count: vec![0f32; n],
+                            });
                         }
-                        let (_, out, acc, count) = &mut sums[level];
+                        let sum = &mut sums[level];
                         let lo: [usize; 3] =
-                            std::array::from_fn(|d| (st[d] as f64 * z[d]) as usize);
-                        let hi: [usize; 3] =
-                            std::array::from_fn(|d| ((st[d] + roi[d]) as f64 * z[d]) as usize);
-                        let g = grid;
-                        for (m, values) in [cls, reg].iter().enumerate() {
-                            let ch = values.len() / g.iter().product::<usize>();
-                            for c in 0..ch {
-                                for i in 0..(hi[0] - lo[0]).min(g[0]) {
-                                    for j in 0..(hi[1] - lo[1]).min(g[1]) {
-                                        for k in 0..(hi[2] - lo[2]).min(g[2]) {
-                                            let src = ((c * g[0] + i) * g[1] + j) * g[2] + k;
-                                            let dst =
-                                                ((c * out[0] + lo[0] + i) * out[1] + lo[1] + j)
-                                                    * out[2]
-                                                    + lo[2]
-                                                    + k;
-                                            acc[m][dst] += values[src];
-                                        }
-                                    }
-                                }
-                            }
+                            std::array::from_fn(|d| (st[d] as f64 * sum.scale[d]) as usize);
+                        let hi: [usize; 3] = std::array::from_fn(|d| {
+                            (((st[d] + roi[d]) as f64 * sum.scale[d]) as usize).min(sum.out[d])
+                        });
+                        let len: [usize; 3] = std::array::from_fn(|d| (hi[d] - lo[d]).min(grid[d]));
+                        for (acc, values) in sum.maps.iter_mut().zip([&cls, &reg]) {
+                            let ch = values.len() / cells;
+                            add_box(values, grid, acc, sum.out, lo, len, ch);
                         }
-                        for i in lo[0]..hi[0].min(out[0]) {
-                            for j in lo[1]..hi[1].min(out[1]) {
-                                for k in lo[2]..hi[2].min(out[2]) {
-                                    count[(i * out[1] + j) * out[2] + k] += 1.0;
-                                }
-                            }
-                        }
+                        add_box(&vec![1.0; cells], grid, &mut sum.count, sum.out, lo, len, 1);
                     }
                 }
             }
         }
         let mut levels = Vec::new();
-        for (z, out, acc, count) in sums {
+        for LevelSum {
+            scale,
+            out,
+            maps,
+            count,
+        } in sums
+        {
             let n = count.len();
-            let mut maps: Vec<Vec<f32>> = acc
-                .into_iter()
-                .map(|mut a| {
-                    for (idx, v) in a.iter_mut().enumerate() {
-                        *v /= count[idx % n];
-                    }
-                    a
-                })
-                .collect();
             // Crop what the window padding added (MONAI: int(round(...)), half to even).
             let a: [usize; 3] =
-                std::array::from_fn(|d| (front[d] as f64 * z[d]).round_ties_even() as usize);
+                std::array::from_fn(|d| (front[d] as f64 * scale[d]).round_ties_even() as usize);
             let b: [usize; 3] = std::array::from_fn(|d| {
-                ((front[d] + padded[d]) as f64 * z[d]).round_ties_even() as usize
+                ((front[d] + padded[d]) as f64 * scale[d]).round_ties_even() as usize
             });
             let grid: [usize; 3] = std::array::from_fn(|d| b[d] - a[d]);
-            if grid != out {
-                maps = maps
-                    .into_iter()
-                    .map(|m| {
-                        let ch = m.len() / n;
-                        let mut c = Vec::with_capacity(ch * grid.iter().product::<usize>());
-                        for q in 0..ch {
-                            for i in a[0]..b[0] {
-                                for j in a[1]..b[1] {
-                                    let row = ((q * out[0] + i) * out[1] + j) * out[2];
-                                    c.extend_from_slice(&m[row + a[2]..row + b[2]]);
-                                }
-                            }
-                        }
-                        c
-                    })
-                    .collect();
-            }
-            let reg = maps.pop().unwrap_or_default();
-            let cls = maps.pop().unwrap_or_default();
+            let [cls, reg] = maps.map(|mut m| {
+                for (idx, v) in m.iter_mut().enumerate() {
+                    *v /= count[idx % n];
+                }
+                if grid == out {
+                    return m;
+                }
+                let ch = m.len() / n;
+                let mut cropped = vec![0f32; ch * grid.iter().product::<usize>()];
+                copy_box(&m, out, a, &mut cropped, grid, [0; 3], grid, ch);
+                cropped
+            });
             levels.push((grid, cls, reg));
         }
         Ok(levels)
@@ -689,15 +672,10 @@ impl RetinaNet {
         let padded: [usize; 3] = std::array::from_fn(|d| {
             size[d].div_ceil(cfg.size_divisible[d]) * cfg.size_divisible[d]
         });
+        let input = pad_into(image, channels, size, padded, [0; 3]);
         let maps = match sliding_window {
-            None => {
-                let input = pad_into(image, channels, size, padded, [0; 3]);
-                self.run_maps(input, [1, channels, padded[0], padded[1], padded[2]])?
-            }
-            Some(sw) => {
-                let input = pad_into(image, channels, size, padded, [0; 3]);
-                self.sliding_maps(&input, channels, padded, sw)?
-            }
+            None => self.run_maps(input, [1, channels, padded[0], padded[1], padded[2]])?,
+            Some(sw) => self.sliding_maps(&input, channels, padded, sw)?,
         };
         let levels: Vec<LevelMaps<'_>> = maps
             .iter()
@@ -719,37 +697,58 @@ fn pad_into(
     into: [usize; 3],
     front: [usize; 3],
 ) -> Vec<f32> {
-    let [x, y, z] = size;
-    let [px, py, pz] = into;
-    let mut out = vec![0f32; channels * px * py * pz];
-    for c in 0..channels {
-        for i in 0..x {
-            for j in 0..y {
-                let src = ((c * x + i) * y + j) * z;
-                let dst = ((c * px + front[0] + i) * py + front[1] + j) * pz + front[2];
-                out[dst..dst + z].copy_from_slice(&image[src..src + z]);
-            }
-        }
-    }
+    let mut out = vec![0f32; channels * into.iter().product::<usize>()];
+    copy_box(image, size, [0; 3], &mut out, into, front, size, channels);
     out
 }
 
-/// The `(C, roi)` window of `(C, size)` values starting at `start`, into `out`.
-fn crop_into(
-    image: &[f32],
+/// Copies the `(C, len)` box at `from` of the `(C, src_shape)` values `src` to `to` in the
+/// `(C, dst_shape)` values `dst`, a row (last axis) at a time.
+#[allow(clippy::too_many_arguments)]
+fn copy_box(
+    src: &[f32],
+    src_shape: [usize; 3],
+    from: [usize; 3],
+    dst: &mut [f32],
+    dst_shape: [usize; 3],
+    to: [usize; 3],
+    len: [usize; 3],
     channels: usize,
-    size: [usize; 3],
-    start: [usize; 3],
-    roi: [usize; 3],
-    out: &mut [f32],
 ) {
     for c in 0..channels {
-        for i in 0..roi[0] {
-            for j in 0..roi[1] {
-                let src =
-                    ((c * size[0] + start[0] + i) * size[1] + start[1] + j) * size[2] + start[2];
-                let dst = ((c * roi[0] + i) * roi[1] + j) * roi[2];
-                out[dst..dst + roi[2]].copy_from_slice(&image[src..src + roi[2]]);
+        for i in 0..len[0] {
+            for j in 0..len[1] {
+                let s = ((c * src_shape[0] + from[0] + i) * src_shape[1] + from[1] + j)
+                    * src_shape[2]
+                    + from[2];
+                let d = ((c * dst_shape[0] + to[0] + i) * dst_shape[1] + to[1] + j) * dst_shape[2]
+                    + to[2];
+                dst[d..d + len[2]].copy_from_slice(&src[s..s + len[2]]);
+            }
+        }
+    }
+}
+
+/// Adds the `(C, len)` box at the origin of the `(C, src_shape)` values `src` into `dst`
+/// (`(C, dst_shape)`) at `to`.
+fn add_box(
+    src: &[f32],
+    src_shape: [usize; 3],
+    dst: &mut [f32],
+    dst_shape: [usize; 3],
+    to: [usize; 3],
+    len: [usize; 3],
+    channels: usize,
+) {
+    for c in 0..channels {
+        for i in 0..len[0] {
+            for j in 0..len[1] {
+                let s = ((c * src_shape[0] + i) * src_shape[1] + j) * src_shape[2];
+                let d = ((c * dst_shape[0] + to[0] + i) * dst_shape[1] + to[1] + j) * dst_shape[2]
+                    + to[2];
+                for (o, v) in dst[d..d + len[2]].iter_mut().zip(&src[s..s + len[2]]) {
+                    *o += v;
+                }
             }
         }
     }
@@ -889,6 +888,21 @@ impl MonaiDetection {
             probability: self.probability,
         }
     }
+}
+
+/// The detections of `found` (most probable first) at `min_probability` and up, at most
+/// `max`, as lungcad detections ([`MonaiDetection::to_detection`]).
+pub fn select(
+    found: &[MonaiDetection],
+    min_probability: f32,
+    max: usize,
+) -> Vec<crate::detect::Detection> {
+    found
+        .iter()
+        .filter(|d| d.probability >= min_probability)
+        .take(max)
+        .map(MonaiDetection::to_detection)
+        .collect()
 }
 
 impl MonaiDetector {
