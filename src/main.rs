@@ -89,12 +89,14 @@ enum Command {
     /// DICOM with a LUNA16 annotations.csv.
     Synth(cli::synth::SynthArgs),
     /// Make a lungcad model file from a MONAI RetinaNet state_dict (MONAI's
-    /// lung_nodule_ct_detection bundle's network, or another of its design) saved as
-    /// safetensors (a PyTorch model.pt is refused with the one-line conversion to use).
+    /// lung_nodule_ct_detection bundle's network, or another of its design): the bundle's
+    /// PyTorch model.pt as it is (read without Python; a state_dict nested in a checkpoint
+    /// such as {"model": ...} or under DataParallel's "module." is found), or safetensors.
     /// Every tensor's name and shape is checked; `lungcad detect --model` then runs MONAI's
     /// pipeline (preprocessing, sliding window, anchors, NMS) with it.
     ImportMonai {
-        /// The state_dict as safetensors, with MONAI's tensor names.
+        /// The state_dict: a PyTorch checkpoint (.pt, .pth) or safetensors, with MONAI's
+        /// tensor names.
         state_dict: PathBuf,
         /// Output model file (.safetensors).
         #[arg(long)]

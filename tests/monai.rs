@@ -297,7 +297,7 @@ fn preprocessing_matches_monais_transforms() {
 }
 
 /// The bundle's whole pipeline (preprocessing, detector, boxes to the world) on a small
-/// NIfTI scan, through a model file made by `MonaiDetector::write_model` and through
+/// NIfTI scan (a piece of a phantom around a nodule), through a model file made by `MonaiDetector::write_model` and through
 /// `lungcad import-monai` + `lungcad detect`: MONAI's boxes, centres in LPS millimetres.
 #[test]
 fn the_whole_pipeline_matches_monai_through_a_model_file_and_the_cli() {
@@ -332,14 +332,14 @@ fn the_whole_pipeline_matches_monai_through_a_model_file_and_the_cli() {
     );
     assert!(worst_centre < 0.1 && worst_size < 0.1 && worst_score < 1e-4);
 
-    // The same through the command line.
+    // The same through the command line, from the state_dict as PyTorch saves it.
     let bin = env!("CARGO_BIN_EXE_lungcad");
     let config = dir.path().join("retinanet.json");
     std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
     let imported = dir.path().join("imported.safetensors");
     let st = std::process::Command::new(bin)
         .args(["import-monai"])
-        .arg(&path)
+        .arg(fixtures().join("retinanet_small.pt"))
         .arg("--out")
         .arg(&imported)
         .arg("--config")
@@ -397,4 +397,61 @@ fn the_whole_pipeline_matches_monai_through_a_model_file_and_the_cli() {
         err.contains("do not fit") || err.contains("not in the network"),
         "{err}"
     );
+}
+
+/// The bundle ships its weights as PyTorch's `model.pt`: `import-monai` reads such a file,
+/// as `torch.save(net.state_dict())` writes it and nested in a checkpoint
+/// (`{"epoch": 7, "model": <state_dict under DataParallel's "module.">}`), into the same
+/// model file as from safetensors, and the network from it gives MONAI's head outputs. A
+/// file that is neither, or a checkpoint without a RetinaNet in it, is an error saying so.
+#[test]
+fn import_monai_reads_pytorch_checkpoints() {
+    use lungcad::model::monai::MonaiDetector;
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (path, weights) = fixture("retinanet_small.safetensors");
+    let cfg = fixture_config(&weights);
+    let dir = tempfile::tempdir().unwrap();
+    let from_safetensors = dir.path().join("st.safetensors");
+    MonaiDetector::import(&path, &cfg, &from_safetensors, &cpu).unwrap();
+    let expected = tensors(&std::fs::read(&from_safetensors).unwrap());
+    let (_, io) = fixture("retinanet_small_io.safetensors");
+    let io = tensors(&io);
+    for name in ["retinanet_small.pt", "retinanet_small_checkpoint.pt"] {
+        let model = dir.path().join(format!("{name}.safetensors"));
+        MonaiDetector::import(&fixtures().join(name), &cfg, &model, &cpu).unwrap();
+        let bytes = std::fs::read(&model).unwrap();
+        let got = tensors(&bytes);
+        assert_eq!(got.len(), expected.len(), "{name}: tensor count");
+        for (k, v) in &expected {
+            assert_eq!(got.get(k), Some(v), "{name}: {k}");
+        }
+        let detector = MonaiDetector::from_bytes(bytes, &model, &cpu).unwrap();
+        use burn::prelude::*;
+        let (shape, x) = io["input"].clone();
+        let out = detector
+            .net
+            .forward(Tensor::<5>::from_data(TensorData::new(x, shape), &cpu));
+        check(&out, &io, 1e-4);
+    }
+    // Neither safetensors nor a checkpoint.
+    let junk = dir.path().join("junk.pt");
+    std::fs::write(&junk, b"PK\x03\x04 not really a zip").unwrap();
+    let e = MonaiDetector::import(&junk, &cfg, &dir.path().join("x"), &cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("junk.pt") && e.contains("neither safetensors") && e.contains("PyTorch"),
+        "{e}"
+    );
+    // A pickle (protocol 2) of an empty dict: a checkpoint with no RetinaNet in it.
+    let empty = dir.path().join("empty.pt");
+    std::fs::write(&empty, b"\x80\x02}q\x00.").unwrap();
+    let e = MonaiDetector::import(&empty, &cfg, &dir.path().join("x"), &cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("empty.pt") && e.contains("no MONAI RetinaNet state_dict"),
+        "{e}"
+    );
+    assert!(!dir.path().join("x").exists());
 }

@@ -376,8 +376,9 @@ pub fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
     }
 }
 
-/// Makes a lungcad model file from a MONAI RetinaNet state_dict saved as safetensors (as
-/// `lungcad import-monai`): every tensor checked against the network of `config` (a dict,
+/// Makes a lungcad model file from a MONAI RetinaNet state_dict, a PyTorch checkpoint (the
+/// bundle's model.pt) or safetensors (as `lungcad import-monai`): every tensor checked
+/// against the network of `config` (a dict,
 /// a partial `RetinaNetConfig`; default the lung_nodule_ct_detection bundle's).
 #[pyfunction]
 #[pyo3(signature = (state_dict, out, config = None))]

@@ -29,11 +29,13 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
     return out, meta
 
 
-def test_a_monai_model_runs_monais_pipeline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["retinanet_small.safetensors", "retinanet_small.pt"])
+def test_a_monai_model_runs_monais_pipeline(tmp_path: Path, source: str) -> None:
+    """From the state_dict as safetensors and as PyTorch's .pt (the bundle's model.pt form)."""
     weights = FIXTURES / "retinanet_small.safetensors"
     _, meta = read_safetensors(weights)
     model = tmp_path / "monai.safetensors"
-    lungcad.import_monai(weights, model, json.loads(meta["settings"]))
+    lungcad.import_monai(FIXTURES / source, model, json.loads(meta["settings"]))
     detector = lungcad.Detector(model, device="cpu")
     assert detector.detector_config["fpn_channels"] == 16
     assert detector.preprocess_config["pixdim"] == [0.703125, 0.703125, 1.25]

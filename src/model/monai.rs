@@ -432,6 +432,91 @@ impl RetinaNet {
     }
 }
 
+/// Start of the error message of [`pytorch_state_dict`] for a file that is no checkpoint.
+const NOT_PYTORCH: &str = "a PyTorch checkpoint";
+
+/// A MONAI RetinaNet state_dict out of a PyTorch checkpoint at `path` (any container
+/// `torch.save` writes, read by burn's hardened `pytorch-reader`, no Python), as safetensors
+/// bytes with the state_dict's names and tensors unchanged. The state_dict may be the saved
+/// object itself (`torch.save(net.state_dict())`, the bundle's `model.pt`) or nested in it
+/// (`{"model": ..., "epoch": ...}`, a `DataParallel` `module.` prefix): the prefix of
+/// `feature_extractor.body.conv1.weight` is found and only the tensors under it are taken.
+pub fn pytorch_state_dict(path: &Path) -> Result<Vec<u8>> {
+    use pytorch_reader::{DType, PytorchReader};
+    const ANCHOR: &str = "feature_extractor.body.conv1.weight";
+    let reader =
+        PytorchReader::new(path).map_err(|e| model_err(path, format!("{NOT_PYTORCH}: {e}")))?;
+    let tensors = reader.tensors();
+    let prefix = tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(ANCHOR))
+        .filter(|p| p.is_empty() || p.ends_with('.'))
+        .min_by_key(|p| p.len())
+        .ok_or_else(|| {
+            let mut names: Vec<&String> = tensors.keys().collect();
+            names.sort();
+            model_err(
+                path,
+                format!(
+                    "no MONAI RetinaNet state_dict in this PyTorch checkpoint (no tensor named \
+                     {ANCHOR}, with or without a prefix; {} tensors, the first: {:?})",
+                    names.len(),
+                    names.iter().take(3).collect::<Vec<_>>()
+                ),
+            )
+        })?;
+    let mut entries: Vec<(&str, &pytorch_reader::Tensor)> = tensors
+        .iter()
+        .filter_map(|(k, t)| k.strip_prefix(prefix).map(|name| (name, t)))
+        .collect();
+    entries.sort_by_key(|e| e.0);
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for (name, t) in entries {
+        let dtype = match t.dtype() {
+            DType::F64 => "F64",
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I64 => "I64",
+            DType::I32 => "I32",
+            DType::I16 => "I16",
+            DType::I8 => "I8",
+            DType::U64 => "U64",
+            DType::U32 => "U32",
+            DType::U16 => "U16",
+            DType::U8 => "U8",
+            DType::Bool => "BOOL",
+        };
+        if (data.len() + t.byte_len()) as u64 > super::MAX_MODEL_BYTES {
+            return Err(model_err(
+                path,
+                format!(
+                    "its state_dict holds more than the {} bytes a model file may have",
+                    super::MAX_MODEL_BYTES
+                ),
+            ));
+        }
+        // Native-endian bytes; safetensors is little-endian, as every host burn runs on.
+        let bytes = t.read().map_err(|e| Error::io(path, e))?;
+        let start = data.len();
+        data.extend_from_slice(&bytes);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": t.shape(), "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut text = serde_json::to_vec(&header).map_err(|e| model_err(path, e.to_string()))?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + data.len());
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
 fn model_err(path: &Path, message: String) -> Error {
     Error::Model {
         path: path.to_path_buf(),
@@ -948,10 +1033,9 @@ impl MonaiDetector {
         crate::io::metaimage::AtomicFile::write_bytes(out, &file)
     }
 
-    /// `lungcad import-monai`: a model file from a MONAI state_dict saved as safetensors
-    /// ([`MonaiDetector::write_model`]). A PyTorch `.pt` file is refused with the
-    /// one-line conversion (reading pickles needs burn's `pytorch` feature, which would
-    /// rebuild the whole GPU stack with other features; see docs/DETECTION.md).
+    /// `lungcad import-monai`: a model file ([`MonaiDetector::write_model`]) from a MONAI
+    /// state_dict saved as safetensors, or in a PyTorch checkpoint (`torch.save`; see
+    /// [`pytorch_state_dict`]), as the bundle ships it (`models/model.pt`).
     pub fn import(
         source: &Path,
         config: &RetinaNetConfig,
@@ -959,13 +1043,22 @@ impl MonaiDetector {
         device: &Device,
     ) -> Result<()> {
         let bytes = super::read_model_file(source)?;
-        if super::safetensors_metadata(&bytes, source).is_err() {
-            return Err(model_err(
-                source,
-                "not a safetensors file; convert a PyTorch state_dict with: python3 -c \"import sys, torch; from safetensors.torch import save_file; sd = torch.load(sys.argv[1], map_location='cpu'); save_file(sd.get('model', sd), sys.argv[2])\" model.pt model.safetensors".into(),
-            ));
-        }
-        MonaiDetector::write_model(&bytes, source, config, out, device)
+        let state = match super::safetensors_metadata(&bytes, source) {
+            Ok(_) => bytes,
+            Err(not_safetensors) => {
+                drop(bytes);
+                pytorch_state_dict(source).map_err(|e| match e {
+                    Error::Model { message, .. } if message.starts_with(NOT_PYTORCH) => {
+                        model_err(
+                            source,
+                            format!("neither safetensors ({not_safetensors}) nor {message}"),
+                        )
+                    }
+                    e => e,
+                })?
+            }
+        };
+        MonaiDetector::write_model(&state, source, config, out, device)
     }
 
     /// A MONAI model file (see [`MonaiDetector::write_model`]) on `device`.

@@ -3,7 +3,8 @@
 RetinaNet (ResNet + FPN + heads, as its lung_nodule_ct_detection bundle builds it, at a small
 size) with random weights, its state_dict, an input volume and MONAI's head outputs.
 
-Run by developers, not by CI (it needs `pip install monai torch`):
+Run by developers, not by CI (it needs `pip install monai torch safetensors nibabel` and
+lungcad's Python package, `pip install ./python`, for the phantom):
 
     python3 tests/scripts/make_monai_fixture.py [--out tests/fixtures/monai]
 
@@ -11,20 +12,27 @@ With `--full`, the bundle's full-size network (ResNet-50, FPN 256; 20.9 M parame
 84 MB: not committed) on a 64 x 64 x 32 input, as `retinanet_full*.safetensors`, for
 `LUNGCAD_MONAI_FULL=<dir> cargo test --test monai`.
 
-Writes `retinanet_small.safetensors` (the state_dict, PyTorch names; metadata: the MONAI
-and torch versions and the network's settings as JSON), `retinanet_small_io.safetensors`
-(`input` (1, 1, X, Y, Z) and MONAI's outputs `classification.{0,1,2}`,
-`box_regression.{0,1,2}`, one per FPN level, in eval mode) and
+The scan: a small phantom, an 80 x 64 x 18 voxel (64 x 51 x 45 mm) piece of a lungcad
+phantom (seed 9003, 0.8 mm pixels, 2.5 mm slices) around its 13.4 mm solid nodule, lung,
+vessels and chest wall in it, stored as an LPS-identity scanner would (x and y reversed in
+NIfTI's RAS), so MONAI's orientation flips two axes and its spacing resamples all three.
+
+Writes `preprocess_input.nii.gz` (that scan) and `preprocess_output.safetensors`: the
+bundle's preprocessing of it (`image` (1, X, Y, Z), `affine` 4 x 4 RAS);
+`retinanet_small.safetensors` (the state_dict, PyTorch names; metadata: the MONAI and torch
+versions and the network's settings as JSON), the same state_dict as PyTorch saves it,
+`retinanet_small.pt` (`torch.save(net.state_dict())`, as the bundle ships `model.pt`) and
+`retinanet_small_checkpoint.pt` (nested: `{"epoch": 7, "model": <the state_dict under
+DataParallel's "module." prefix>}`); `retinanet_small_io.safetensors` (`input`
+(1, 1, X, Y, Z), a piece of the preprocessed scan, and MONAI's outputs
+`classification.{0,1,2}`, `box_regression.{0,1,2}`, one per FPN level, in eval mode);
 `retinanet_small_detections.safetensors`: MONAI's `RetinaNetDetector` with the bundle's
-anchors and box selection (no sliding window) on `input` (an image whose size is not a
-multiple of the bundle's (16, 16, 8), so padding and clipping matter): `boxes` (N, 6)
+anchors and box selection (no sliding window) on `input` (another piece, whose size is not
+a multiple of the bundle's (16, 16, 8), so padding and clipping matter): `boxes` (N, 6)
 `xyzxyz` voxel coordinates and `scores` (N), and `boxes_sliding_window`,
 `scores_sliding_window` with the sliding window (roi 32 x 32 x 16, overlap 0.25) over the
-head maps; `preprocess_input.nii.gz` and `preprocess_output.safetensors`: the bundle's
-preprocessing of a small scan (`image` (1, X, Y, Z), `affine` 4 x 4 RAS); and
-`end_to_end.safetensors`: the bundle's whole pipeline on that scan with the small network
-(`boxes_world` (N, 6) `cccwhd` LPS mm, `scores`). Deterministic by
-seed. Also needs `nibabel`.
+head maps; and `end_to_end.safetensors`: the bundle's whole pipeline on the scan with the
+small network (`boxes_world` (N, 6) `cccwhd` LPS mm, `scores`). Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -57,6 +65,10 @@ SETTINGS = {
     "num_classes": 1,
 }
 INPUT_SHAPE = (1, 1, 48, 40, 24)  # (B, C, X, Y, Z), divisible by the bundle's (16, 16, 8)
+# The scan: a piece of a lungcad phantom around a nodule.
+PHANTOM_SEED = 9003
+PHANTOM_SPACING = {"in_plane_spacing_mm": [0.8, 0.8], "slice_spacing_mm": [2.5]}
+SCAN_SIZE = (80, 64, 18)  # (x, y, z) voxels
 SLIDING_WINDOW_ROI = [32, 32, 16]
 DETECT_INPUT_SHAPE = (1, 45, 37, 21)  # (C, X, Y, Z): padded to 48 x 48 x 24 by the detector
 FULL = {
@@ -99,7 +111,14 @@ def build(s: dict) -> RetinaNet:
     )
 
 
-def detections(net: RetinaNet, path: Path, meta: dict) -> None:
+def centre_crop(image: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """The middle `size` (X, Y, Z) of a (C, X, Y, Z) image."""
+    starts = [(n - s) // 2 for n, s in zip(image.shape[1:], size)]
+    assert all(s >= 0 for s in starts), (image.shape, size)
+    return image[:, starts[0] : starts[0] + size[0], starts[1] : starts[1] + size[1], starts[2] : starts[2] + size[2]]
+
+
+def detections(net: RetinaNet, scan: torch.Tensor, path: Path, meta: dict) -> None:
     """MONAI's whole detector, as the bundle configures it, without the sliding window."""
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
     from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
@@ -113,7 +132,7 @@ def detections(net: RetinaNet, path: Path, meta: dict) -> None:
         score_thresh=0.02, topk_candidates_per_level=1000, nms_thresh=0.22, detections_per_img=300
     )
     detector.eval()
-    image = torch.randn(DETECT_INPUT_SHAPE)
+    image = centre_crop(scan, DETECT_INPUT_SHAPE[1:]).contiguous()
     with torch.no_grad():
         out = detector([image], use_inferer=False)[0]
     # The same with the sliding window over the head maps (the bundle's settings but a
@@ -169,11 +188,32 @@ def end_to_end(net: RetinaNet, image: torch.Tensor, out_dir: Path) -> None:
     print(f"end to end: {len(d['box'])} boxes")
 
 
-def preprocessing(out_dir: Path, net: RetinaNet | None = None) -> None:
-    """The bundle's preprocessing (raw-LUNA16 path: orientation to RAS, spacing, intensity)
-    of a small NIfTI scan stored as an LPS-identity scanner would (x and y reversed in RAS),
-    so the orientation flips two axes and the spacing resamples all three."""
+def phantom_scan(path: Path) -> None:
+    """The scan (see the module's doc) as NIfTI at `path`."""
+    import lungcad
     import nibabel as nib
+    import numpy as np
+
+    phantom = lungcad.synth(PHANTOM_SEED, **PHANTOM_SPACING)
+    v = phantom.volume
+    n = phantom.nodules[0]
+    centre = np.round(v.world_to_voxel((n.coord_x, n.coord_y, n.coord_z))).astype(int)  # (z, y, x)
+    size_zyx = SCAN_SIZE[::-1]
+    lo = [int(np.clip(c - s // 2, 0, d - s)) for c, s, d in zip(centre, size_zyx, v.shape)]
+    piece = v.array[lo[0] : lo[0] + size_zyx[0], lo[1] : lo[1] + size_zyx[1], lo[2] : lo[2] + size_zyx[2]]
+    assert np.allclose(v.direction[::-1], np.eye(3))  # rows: the (z, y, x) axes in world x, y, z
+    origin_lps = v.voxel_to_world(tuple(float(i) for i in lo))
+    sz, sy, sx = v.spacing_mm
+    affine = np.diag([-sx, -sy, sz, 1.0])  # LPS identity in RAS
+    affine[:3, 3] = [-origin_lps[0], -origin_lps[1], origin_lps[2]]
+    hu = np.ascontiguousarray(piece.transpose(2, 1, 0))  # (x, y, z)
+    nib.save(nib.Nifti1Image(hu, affine), str(path))
+    print(f"scan: {hu.shape} around a {n.diameter_mm:.1f} mm {n.kind} nodule, HU {hu.min()} to {hu.max()}")
+
+
+def preprocessing(out_dir: Path) -> torch.Tensor:
+    """The bundle's preprocessing (raw-LUNA16 path: orientation to RAS, spacing, intensity)
+    of the scan; returns the preprocessed image (MONAI's MetaTensor)."""
     import numpy as np
     from monai.transforms import (
         Compose,
@@ -184,12 +224,8 @@ def preprocessing(out_dir: Path, net: RetinaNet | None = None) -> None:
         Spacingd,
     )
 
-    rng = np.random.default_rng(0)
-    hu = rng.integers(-1200, 600, size=(21, 17, 9)).astype(np.int16)  # (x, y, z)
-    affine = np.diag([-0.8, -0.75, 2.5, 1.0])
-    affine[:3, 3] = [100.0, 120.0, -50.0]
     path = out_dir / "preprocess_input.nii.gz"
-    nib.save(nib.Nifti1Image(hu, affine), str(path))
+    phantom_scan(path)
     t = Compose(
         [
             LoadImaged(keys="image"),
@@ -200,8 +236,6 @@ def preprocessing(out_dir: Path, net: RetinaNet | None = None) -> None:
         ]
     )
     image = t({"image": str(path)})["image"]
-    if net is not None:
-        end_to_end(net, image, out_dir)
     save_file(
         {
             "image": torch.as_tensor(np.asarray(image)).float().contiguous(),
@@ -210,6 +244,7 @@ def preprocessing(out_dir: Path, net: RetinaNet | None = None) -> None:
         str(out_dir / "preprocess_output.safetensors"),
     )
     print(f"preprocessing: {tuple(image.shape)}")
+    return image
 
 
 def main() -> None:
@@ -237,11 +272,12 @@ def main() -> None:
                 fan_in = t[0].numel()
                 t.copy_(torch.randn_like(t) * (2.0 / fan_in) ** 0.5)
     net.eval()
-    x = torch.randn(shape)
-    with torch.no_grad():
-        out = net(x)
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    scan = preprocessing(out_dir)
+    x = centre_crop(scan.as_tensor(), shape[2:])[None].contiguous()
+    with torch.no_grad():
+        out = net(x)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     meta = {
         "monai": monai.__version__,
@@ -250,14 +286,18 @@ def main() -> None:
         "parameters": str(sum(p.numel() for p in net.parameters())),
     }
     save_file(state, str(out_dir / f"{stem}.safetensors"), metadata=meta)
+    if not a.full:
+        torch.save(net.state_dict(), str(out_dir / f"{stem}.pt"))
+        nested = {"epoch": 7, "model": {f"module.{k}": v for k, v in net.state_dict().items()}}
+        torch.save(nested, str(out_dir / f"{stem}_checkpoint.pt"))
     io = {"input": x.contiguous()}
     for key in ("classification", "box_regression"):
         for i, t in enumerate(out[key]):
             io[f"{key}.{i}"] = t.contiguous()
     save_file(io, str(out_dir / f"{stem}_io.safetensors"), metadata=meta)
     if not a.full:
-        detections(net, out_dir / f"{stem}_detections.safetensors", meta)
-        preprocessing(out_dir, net)
+        detections(net, scan.as_tensor(), out_dir / f"{stem}_detections.safetensors", meta)
+        end_to_end(net, scan, out_dir)
     for k, v in io.items():
         print(k, tuple(v.shape))
     print(f"{meta['parameters']} parameters; wrote {out_dir}")
