@@ -124,7 +124,9 @@ enum Command {
     },
     /// Time the network's forward pass on random input: patches/s per batch size, after one
     /// warm-up pass per size (on a GPU the first pass compiles and autotunes kernels). With
-    /// --train, time training steps (forward, backward, Adam) instead. Reports the process's
+    /// --train, time training steps (forward, backward, Adam) instead. A batch whose largest
+    /// tensor does not fit one of the GPU's buffers runs in several passes (micro-batches
+    /// when training), as detect and train do; the output says so. Reports the process's
     /// peak resident memory (Linux) too: run one batch size per process to read each one's.
     Benchmark {
         /// Model file; without one, the default network, untrained (speed does not depend on
@@ -449,13 +451,8 @@ fn monai_benchmark(
     let detector = m::monai::MonaiDetector::from_bytes(bytes, path, &dev)?;
     let mut rng = lungcad::rng::SplitMix64::new(7);
     let values: Vec<f32> = (0..x * y * z).map(|_| rng.normal() as f32).collect();
-    let window = (x * y * z >= detector.sliding_window.roi_size.iter().product::<usize>())
-        .then_some(&detector.sliding_window);
-    let run = || {
-        detector
-            .net
-            .detect_boxes(&values, 1, [x, y, z], &detector.decode, window)
-    };
+    let window = x * y * z >= detector.sliding_window.roi_size.iter().product::<usize>();
+    let run = || detector.detect_image(&values, [x, y, z]);
     let t = std::time::Instant::now();
     let boxes = run()?.len();
     let first_s = t.elapsed().as_secs_f64();
@@ -472,7 +469,7 @@ fn monai_benchmark(
             "{}",
             serde_json::json!({"device": dev_name, "image": [x, y, z], "first_s": first_s,
                 "median_s": median, "times_s": times, "boxes": boxes,
-                "sliding_window": window.is_some()})
+                "sliding_window": window})
         );
     } else {
         println!(
@@ -521,13 +518,21 @@ fn benchmark_command(
                 (rng >> 40) as f32 / (1u64 << 24) as f32
             })
             .collect();
+        // A batch larger than the device's buffers hold runs in several passes (inference,
+        // as `detect` does) or micro-batches (training, gradients accumulated).
+        let per_pass = detector.max_batch(size).unwrap_or(b).clamp(1, b);
         let mut pass: Box<dyn FnMut() -> Result<(), Error>> = if train {
             let samples = training_batch(&detector, &input, b, size)?;
             let mut trainer =
                 lungcad::train::Trainer::new(&detector, Default::default(), &Default::default());
             Box::new(move || trainer.step(&samples, 1e-4).map(|_| ()))
         } else {
-            Box::new(|| detector.forward_batch(input.clone(), b, size).map(|_| ()))
+            Box::new(|| {
+                for chunk in input.chunks(per_pass * per_patch) {
+                    detector.forward_batch(chunk.to_vec(), chunk.len() / per_patch, size)?;
+                }
+                Ok(())
+            })
         };
         let t = std::time::Instant::now();
         pass()?;
@@ -545,15 +550,21 @@ fn benchmark_command(
             "first_pass_s": first_s,
             "median_s": median_s,
             "patches_per_s": b as f64 / median_s,
+            "patches_per_pass": per_pass,
             "times_s": times,
         });
         if !json {
             println!(
-                "batch {b:>3}: {:>8.3} s per {} (median of {repeats}), {:>8.2} patches/s; first {:.3} s",
+                "batch {b:>3}: {:>8.3} s per {} (median of {repeats}), {:>8.2} patches/s; first {:.3} s{}",
                 median_s,
                 if train { "training step" } else { "pass" },
                 b as f64 / median_s,
-                first_s
+                first_s,
+                if per_pass < b {
+                    format!(" ({per_pass} patches per pass: the device's buffers hold no more)")
+                } else {
+                    String::new()
+                }
             );
         }
         rows.push(row);

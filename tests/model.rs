@@ -382,3 +382,51 @@ fn the_shipped_model_finds_a_held_out_phantoms_nodules() {
     assert_eq!(e.category(), "model");
     assert!(e.to_string().contains(SHIPPED_MODEL_NAME), "{e}");
 }
+
+/// A GPU tensor lives in one buffer, and wgpu devices cap buffers (lavapipe: 128 MiB): a
+/// batch whose largest tensor is bigger is a device error naming the limit before any GPU
+/// work, not a failure inside burn; the default batch size stays within it; the CPU has no
+/// such limit.
+#[test]
+fn batches_larger_than_the_gpus_buffers_are_refused_with_the_limit() {
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let default = || (DetectorConfig::default(), PreprocessConfig::default());
+    let (config, pre) = default();
+    let d = Detector::new(config, pre, &cpu, 0).unwrap();
+    assert_eq!(lungcad::model::max_tensor_bytes(&cpu), None);
+    assert_eq!(d.max_batch([128; 3]), None);
+    // The default network's largest tensor: the stem's output, 24 channels at full size.
+    assert_eq!(
+        DetectorConfig::default().largest_tensor_per_patch([128; 3]),
+        24 * 128 * 128 * 128
+    );
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    let limit = lungcad::model::max_tensor_bytes(&gpu).expect("the wgpu device's buffer limit");
+    println!("wgpu: at most {} MiB per buffer", limit >> 20);
+    let (config, pre) = tiny();
+    let g = Detector::new(config.clone(), pre, &gpu, 0).unwrap();
+    let per_patch = 4 * config.largest_tensor_per_patch([32; 3]) as u64;
+    let max = g.max_batch([32; 3]).unwrap();
+    assert_eq!(max as u64, limit / per_patch);
+    assert!(g.default_batch_size("wgpu") <= max.max(1));
+    if max < 4096 {
+        let e = g
+            .forward_batch(vec![0.0; (max + 1) * 32 * 32 * 32], max + 1, [32; 3])
+            .unwrap_err();
+        assert!(
+            matches!(e, lungcad::Error::Device(_))
+                && e.to_string().contains(&format!("at most {max} patches")),
+            "{e}"
+        );
+    }
+    let (config, pre) = default();
+    let big = Detector::new(config, pre, &gpu, 0).unwrap();
+    if big.max_batch([128; 3]) == Some(0) {
+        let e = big
+            .forward_batch(vec![0.0; 128 * 128 * 128], 1, [128; 3])
+            .unwrap_err();
+        assert!(e.to_string().contains("not even one patch fits"), "{e}");
+    }
+}

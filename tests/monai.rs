@@ -455,3 +455,24 @@ fn import_monai_reads_pytorch_checkpoints() {
     );
     assert!(!dir.path().join("x").exists());
 }
+
+/// The largest tensor of the bundle's network on its 512 x 512 x 192 window is the stem's
+/// output (64 channels, stride 2, 2, 1): what a GPU buffer must hold.
+#[test]
+fn the_bundles_largest_tensor_is_its_stems_output() {
+    let cfg = RetinaNetConfig::default();
+    assert_eq!(cfg.largest_tensor([512, 512, 192]), 64 * 256 * 256 * 192);
+    // Narrower stems move it: to the FPN's finest level (256 channels on layer 1's grid,
+    // 16 x 16 x 16 here), and with a narrow FPN to layer 2's first 1 x 1 convolution, which
+    // runs before its block's stride (128 channels on that grid).
+    let narrow = RetinaNetConfig {
+        block_inplanes: [4, 128, 256, 512],
+        ..cfg
+    };
+    assert_eq!(narrow.largest_tensor([64, 64, 32]), 256 * 16 * 16 * 16);
+    let narrow_fpn = RetinaNetConfig {
+        fpn_channels: 8,
+        ..narrow
+    };
+    assert_eq!(narrow_fpn.largest_tensor([64, 64, 32]), 128 * 16 * 16 * 16);
+}

@@ -131,6 +131,32 @@ impl DetectorConfig {
         Ok(DetectorNet::new(self, device, seed))
     }
 
+    /// Elements of the largest tensor the network makes for one patch of `patch_vox`
+    /// (with the default widths, the stem's output: 24 channels at full resolution). A
+    /// GPU buffer holds a whole tensor of a batch: see [`Detector::max_batch`].
+    pub fn largest_tensor_per_patch(&self, patch_vox: [usize; 3]) -> usize {
+        let [c0, c1, c2, c3, c4] = self.channels;
+        let cd = self.decoder_channels;
+        let voxels = |stride: usize| patch_vox.iter().map(|n| n / stride).product::<usize>();
+        [
+            (self.in_channels, 1),
+            (c0, 1),
+            (c1, 2),
+            (c2, 4),
+            (c3, 8),
+            (c4, 16),
+            (c4 + c3, 8),
+            (cd, 8),
+            (cd + c2, 4),
+            (cd, 4),
+            (self.head.channels(), 4),
+        ]
+        .iter()
+        .map(|&(c, stride)| c * voxels(stride))
+        .max()
+        .unwrap_or(0)
+    }
+
     /// Parameter count and per-patch cost for a patch of `patch_vox` (multiples of 16).
     pub fn cost(&self, patch_vox: [usize; 3]) -> NetworkCost {
         let vox =
@@ -211,26 +237,44 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
-/// The process's wgpu device and a description of its adapter, initialised once (burn
-/// refuses a second initialisation).
+/// The process's wgpu device and its adapter, once initialised (burn refuses a second
+/// initialisation).
+static WGPU: std::sync::OnceLock<std::result::Result<(Device, WgpuAdapter), String>> =
+    std::sync::OnceLock::new();
+
+/// The process's wgpu device and a description of its adapter, initialised once.
 fn wgpu_device() -> std::result::Result<(Device, WgpuAdapter), String> {
-    static WGPU: std::sync::OnceLock<std::result::Result<(Device, WgpuAdapter), String>> =
-        std::sync::OnceLock::new();
     WGPU.get_or_init(|| {
         let (device, setup) = Device::wgpu_options()
             .init_with_setup()
             .map_err(|e| e.to_string())?;
         let info = setup.adapter.get_info();
+        let limits = setup.device.limits();
         Ok((
             device,
             WgpuAdapter {
                 name: info.name,
                 backend: format!("{:?}", info.backend),
                 software: info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu,
+                // What burn's GPU runtime (cubecl) takes as its largest allocation.
+                max_buffer_bytes: limits
+                    .max_storage_buffer_binding_size
+                    .min(limits.max_buffer_size),
             },
         ))
     })
     .clone()
+}
+
+/// The largest tensor, in bytes, `device` can hold: for the wgpu device, its largest
+/// storage buffer (the smaller of the adapter's `max_storage_buffer_binding_size` and
+/// `max_buffer_size`; Mesa's lavapipe: 128 MiB), since a GPU tensor lives in one buffer.
+/// `None` where no such limit applies: the CPU, CUDA, or wgpu not started.
+pub fn max_tensor_bytes(device: &Device) -> Option<u64> {
+    match WGPU.get() {
+        Some(Ok((d, adapter))) if d == device => Some(adapter.max_buffer_bytes),
+        _ => None,
+    }
 }
 
 /// The adapter behind the wgpu device.
@@ -240,6 +284,8 @@ struct WgpuAdapter {
     backend: String,
     /// A CPU implementation of the graphics API (Mesa's lavapipe, WARP, SwiftShader).
     software: bool,
+    /// The largest buffer the device allocates, bytes.
+    max_buffer_bytes: u64,
 }
 
 impl WgpuAdapter {
@@ -339,12 +385,49 @@ impl Detector {
     /// Tiles per forward pass when the caller does not choose: [`DEFAULT_GPU_BATCH`] on a
     /// GPU; on the CPU (a `device_name` from [`select_device`] starting with `cpu`), as many
     /// tiles as hold [`DEFAULT_CPU_BATCH_VOXELS`], at most [`DEFAULT_GPU_BATCH`].
+    /// Either way no more than the device holds ([`Detector::max_batch`]).
     pub fn default_batch_size(&self, device_name: &str) -> usize {
-        if device_name.starts_with("cpu") {
-            let voxels: usize = self.preprocess.patch.size_vox.iter().product();
+        let patch = self.preprocess.patch.size_vox;
+        let wanted = if device_name.starts_with("cpu") {
+            let voxels: usize = patch.iter().product();
             (DEFAULT_CPU_BATCH_VOXELS / voxels.max(1)).clamp(1, DEFAULT_GPU_BATCH)
         } else {
             DEFAULT_GPU_BATCH
+        };
+        wanted.min(self.max_batch(patch).unwrap_or(wanted)).max(1)
+    }
+
+    /// The most patches of `patch_vox` one pass can take on this detector's device: its
+    /// largest tensor ([`DetectorConfig::largest_tensor_per_patch`] per patch, float32)
+    /// within [`max_tensor_bytes`]. `None` where the device sets no such limit. Inference
+    /// ([`Detector::candidates`]) runs smaller batches than asked when it must; training
+    /// accumulates gradients over micro-batches of at most this many.
+    pub fn max_batch(&self, patch_vox: [usize; 3]) -> Option<usize> {
+        let per_patch = 4 * self.config.largest_tensor_per_patch(patch_vox).max(1) as u64;
+        max_tensor_bytes(&self.device).map(|limit| (limit / per_patch) as usize)
+    }
+
+    /// [`Error::Device`] when `batch` patches of `patch_vox` do not fit the device.
+    pub(crate) fn check_batch(&self, batch: usize, patch_vox: [usize; 3]) -> Result<()> {
+        match self.max_batch(patch_vox) {
+            Some(max) if batch > max => {
+                let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+                let per_patch = 4 * self.config.largest_tensor_per_patch(patch_vox) as u64;
+                let limit = max_tensor_bytes(&self.device).unwrap_or(0);
+                let [d, h, w] = patch_vox;
+                Err(Error::Device(format!(
+                    "a batch of {batch} patches of {d} x {h} x {w} makes a tensor of {:.0} MiB \
+                     and this device holds at most {:.0} MiB in one buffer: {}",
+                    mib(per_patch * batch as u64),
+                    mib(limit),
+                    if max == 0 {
+                        "not even one patch fits; use a smaller patch".to_string()
+                    } else {
+                        format!("at most {max} patches per pass")
+                    }
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -371,6 +454,7 @@ impl Detector {
                 input.len()
             )));
         }
+        self.check_batch(batch, patch_vox)?;
         let x = Tensor::<5>::from_data(TensorData::new(input, [batch, 1, d, h, w]), &self.device);
         self.net
             .forward(x)
@@ -395,6 +479,16 @@ impl Detector {
             ));
         }
         let patch = self.preprocess.patch.size_vox;
+        let batch_size = match self.max_batch(patch) {
+            Some(max) if batch_size > max => {
+                self.check_batch(1, patch)?;
+                tracing::warn!(
+                    "batches of {batch_size} patches do not fit this device's buffers: {max} per pass"
+                );
+                max
+            }
+            _ => batch_size,
+        };
         let grid =
             crate::preprocess::PatchGrid::new(pre.crop, patch, self.preprocess.patch.overlap_vox)?;
         let offsets: Vec<[i64; 3]> = grid.offsets().collect();

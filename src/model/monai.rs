@@ -143,6 +143,30 @@ impl RetinaNetConfig {
         self.returned_layers.iter().copied().max().unwrap_or(1)
     }
 
+    /// Elements of the largest tensor the network makes for one image of `size`
+    /// (X, Y, Z): with the bundle's settings, the stem's output (64 channels at half the
+    /// in-plane resolution: 3.2 GB for a 512 x 512 x 192 window). A GPU buffer holds a
+    /// whole tensor: see [`super::max_tensor_bytes`].
+    pub fn largest_tensor(&self, size: [usize; 3]) -> usize {
+        let vox = |g: [usize; 3]| g.iter().product::<usize>();
+        let half = |g: [usize; 3]| g.map(|n| n.div_ceil(2));
+        let mut grid: [usize; 3] = std::array::from_fn(|d| size[d].div_ceil(self.conv1_stride[d]));
+        let mut largest = (self.in_channels * vox(size)).max(self.block_inplanes[0] * vox(grid));
+        grid = half(grid); // the stem's max pool
+        for l in 1..=self.last_layer() {
+            if l > 1 {
+                // A bottleneck's first 1x1 convolution runs before the stride.
+                largest = largest.max(self.block_inplanes[l - 1] * vox(grid));
+                grid = half(grid);
+            }
+            largest = largest.max(self.layer_channels(l) * vox(grid));
+            if self.returned_layers.contains(&l) {
+                largest = largest.max(self.fpn_channels * vox(grid));
+            }
+        }
+        largest
+    }
+
     /// Output channels of ResNet layer `l` (1-based).
     fn layer_channels(&self, l: usize) -> usize {
         self.block_inplanes[l - 1] * self.block.expansion()
@@ -506,14 +530,23 @@ pub fn pytorch_state_dict(path: &Path) -> Result<Vec<u8>> {
             serde_json::json!({"dtype": dtype, "shape": t.shape(), "data_offsets": [start, data.len()]}),
         );
     }
-    let mut text = serde_json::to_vec(&header).map_err(|e| model_err(path, e.to_string()))?;
+    safetensors_bytes(&header, &data, path)
+}
+
+/// A safetensors file: its `header` (JSON, padded to 8 bytes) then `data`.
+fn safetensors_bytes(
+    header: &serde_json::Map<String, serde_json::Value>,
+    data: &[u8],
+    origin: &Path,
+) -> Result<Vec<u8>> {
+    let mut text = serde_json::to_vec(header).map_err(|e| model_err(origin, e.to_string()))?;
     while text.len() % 8 != 0 {
         text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + data.len());
     out.extend_from_slice(&(text.len() as u64).to_le_bytes());
     out.extend_from_slice(&text);
-    out.extend_from_slice(&data);
+    out.extend_from_slice(data);
     Ok(out)
 }
 
@@ -1004,16 +1037,14 @@ impl MonaiDetector {
     ) -> Result<()> {
         let mut net = config.init(device)?;
         net.load_state_dict(bytes.to_vec(), origin, config)?;
-        let err = |m: String| Error::Model {
-            path: origin.to_path_buf(),
-            message: m,
-        };
+        let err = |m: String| model_err(origin, m);
         let n = bytes
             .get(..8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
             .ok_or_else(|| err("not a safetensors file".into()))?;
-        let header = bytes
-            .get(8..8 + n)
+        let header = 8usize
+            .checked_add(n)
+            .and_then(|end| bytes.get(8..end))
             .ok_or_else(|| err("safetensors header past the end of the file".into()))?;
         let mut header: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(header).map_err(|e| err(format!("safetensors header: {e}")))?;
@@ -1022,14 +1053,7 @@ impl MonaiDetector {
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
         header.insert("__metadata__".into(), serde_json::Value::Object(meta));
-        let mut text = serde_json::to_vec(&header).map_err(|e| err(e.to_string()))?;
-        while text.len() % 8 != 0 {
-            text.push(b' ');
-        }
-        let mut file = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
-        file.extend_from_slice(&(text.len() as u64).to_le_bytes());
-        file.extend_from_slice(&text);
-        file.extend_from_slice(&bytes[8 + n..]);
+        let file = safetensors_bytes(&header, &bytes[8 + n..], origin)?;
         crate::io::metaimage::AtomicFile::write_bytes(out, &file)
     }
 
@@ -1092,21 +1116,48 @@ impl MonaiDetector {
         })
     }
 
+    /// The network and post-processing on a preprocessed image of `size` (X, Y, Z,
+    /// one channel): by sliding window when the image holds at least the window's voxels,
+    /// as the bundle decides; boxes in its voxels. A run whose largest tensor does not fit
+    /// the device's buffers ([`RetinaNetConfig::largest_tensor`]) is an [`Error::Device`].
+    pub fn detect_image(
+        &self,
+        values: &[f32],
+        size: [usize; 3],
+    ) -> Result<Vec<crate::detect::retina::RetinaBox>> {
+        let voxels: usize = size.iter().product();
+        let window = (voxels >= self.sliding_window.roi_size.iter().product::<usize>())
+            .then_some(&self.sliding_window);
+        let run: [usize; 3] = match window {
+            Some(w) => w.roi_size,
+            None => std::array::from_fn(|d| {
+                let k = self.decode.size_divisible[d].max(1);
+                size[d].div_ceil(k) * k
+            }),
+        };
+        let device = self.net.feature_extractor.body.conv1.weight.device();
+        let bytes = 4 * self.config.largest_tensor(run) as u64;
+        if let Some(limit) = super::max_tensor_bytes(&device).filter(|&l| bytes > l) {
+            return Err(Error::Device(format!(
+                "MONAI's RetinaNet on {} x {} x {} makes a tensor of {} MiB and this device \
+                 holds at most {} MiB in one buffer (a smaller sliding window fits)",
+                run[0],
+                run[1],
+                run[2],
+                bytes >> 20,
+                limit >> 20
+            )));
+        }
+        self.net
+            .detect_boxes(values, self.config.in_channels, size, &self.decode, window)
+    }
+
     /// Detections in a CT, most probable first: the bundle's preprocessing, the network
     /// (by sliding window when the image holds at least as many voxels as the window, as
     /// the bundle decides), MONAI's post-processing, boxes mapped to LPS millimetres.
     pub fn detect(&self, volume: &Volume) -> Result<Vec<MonaiDetection>> {
         let image = crate::preprocess::monai::monai_preprocess(volume, &self.preprocess)?;
-        let voxels: usize = image.size.iter().product();
-        let window = (voxels >= self.sliding_window.roi_size.iter().product::<usize>())
-            .then_some(&self.sliding_window);
-        let boxes = self.net.detect_boxes(
-            &image.values,
-            self.config.in_channels,
-            image.size,
-            &self.decode,
-            window,
-        )?;
+        let boxes = self.detect_image(&image.values, image.size)?;
         Ok(boxes
             .iter()
             .map(|b| {

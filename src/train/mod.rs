@@ -57,7 +57,8 @@ impl Trainer {
     /// `micro_batch` patches at a time with the gradients summed (gradient accumulation:
     /// the memory of a micro-batch, the step of the whole batch). The loss is normalised
     /// over the whole batch, so the summed gradient is the batch's; only batch
-    /// normalisation differs, its statistics being those of each micro-batch.
+    /// normalisation differs, its statistics being those of each micro-batch. A
+    /// micro-batch is never larger than the device holds ([`Detector::max_batch`]).
     pub fn step_accumulated(
         &mut self,
         samples: &[TrainSample],
@@ -78,6 +79,13 @@ impl Trainer {
                 "the patches of a batch differ in size".into(),
             ));
         }
+        let micro_batch = match self.template.max_batch([d, h, w]) {
+            Some(max) if micro_batch > max => {
+                self.template.check_batch(1, [d, h, w])?;
+                max
+            }
+            _ => micro_batch,
+        };
         let counts = BatchCounts::of(samples.iter().map(|s| &s.targets), &self.loss);
         let mut parts = LossParts::default();
         let mut accumulated = GradientsAccumulator::<DetectorNet>::new();
