@@ -111,6 +111,25 @@ def build(s: dict) -> RetinaNet:
     )
 
 
+def randomize(net: RetinaNet) -> RetinaNet:
+    """Random weights everywhere, batch-norm statistics and affine terms included, so that
+    every tensor of the state_dict matters to the outputs; the network in eval mode."""
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if t.dtype != torch.float32:
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand_like(t) * 1.5 + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                t.copy_(torch.randn_like(t) * 0.1)
+            elif t.dim() == 1:  # norm scales
+                t.copy_(torch.rand_like(t) + 0.5)
+            else:  # conv weights: He normal
+                fan_in = t[0].numel()
+                t.copy_(torch.randn_like(t) * (2.0 / fan_in) ** 0.5)
+    return net.eval()
+
+
 def centre_crop(image: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """The middle `size` (X, Y, Z) of a (C, X, Y, Z) image."""
     starts = [(n - s) // 2 for n, s in zip(image.shape[1:], size)]
@@ -255,23 +274,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     settings, shape, stem = (FULL, FULL_INPUT_SHAPE, "retinanet_full") if a.full else (SETTINGS, INPUT_SHAPE, "retinanet_small")
-    net = build(settings)
-    # Random weights everywhere, batch-norm statistics and affine terms included, so that
-    # every tensor of the state_dict matters to the outputs.
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if t.dtype != torch.float32:
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand_like(t) * 1.5 + 0.5)
-            elif name.endswith(("running_mean", "bias")):
-                t.copy_(torch.randn_like(t) * 0.1)
-            elif t.dim() == 1:  # norm scales
-                t.copy_(torch.rand_like(t) + 0.5)
-            else:  # conv weights: He normal
-                fan_in = t[0].numel()
-                t.copy_(torch.randn_like(t) * (2.0 / fan_in) ** 0.5)
-    net.eval()
+    net = randomize(build(settings))
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     scan = preprocessing(out_dir)
