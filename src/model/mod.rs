@@ -416,8 +416,10 @@ impl Detector {
                 let limit = max_tensor_bytes(&self.device).unwrap_or(0);
                 let [d, h, w] = patch_vox;
                 Err(Error::Device(format!(
-                    "a batch of {batch} patches of {d} x {h} x {w} makes a tensor of {:.0} MiB \
+                    "{batch} patch{} of {d} x {h} x {w} make{} a tensor of {:.0} MiB \
                      and this device holds at most {:.0} MiB in one buffer: {}",
+                    if batch == 1 { "" } else { "es" },
+                    if batch == 1 { "s" } else { "" },
                     mib(per_patch * batch as u64),
                     mib(limit),
                     if max == 0 {
