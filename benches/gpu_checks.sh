@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements the issues ask for, in one short run on a device machine (NVIDIA,
 # no Rust, no network): prepare .gpu/ here first (benches/prepare_gpu_checks.sh), then with
-# the device tool run `bash benches/gpu_checks.sh` carrying [".gpu"], timeout 560 s. Every
+# the device tool run `bash benches/gpu_checks.sh` carrying [".gpu"], timeout 600 s. Every
 # step has its own time limit and writes to $OUT/gpu_checks.log as it goes, so what
 # finished comes back even when a later step does not.
 #
@@ -60,19 +60,20 @@ L=/tmp/gpu/lungcad
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     nproc
     python3 -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'monai', monai.__version__)"
+    $L --version
 } >>"$LOG" 2>&1
 
 step wgpu-smoke 45 $L benchmark --device wgpu --batch-sizes 1 --patch 32 --repeats 1
 
-step detector-forward 120 python3 benches/compare_detector.py --lungcad $L --device wgpu \
+step detector-forward 170 python3 benches/compare_detector.py --lungcad $L --device wgpu \
     --torch-device "$TORCH_DEVICE" --batch-sizes 1,8,32 --patch "$PATCH" --repeats 3
 
 $L init-model --out /tmp/gpu/default.safetensors >>"$LOG" 2>&1
 for run in 1 2; do
-    step "lidc-shipped-$run" 40 $L detect /tmp/gpu/lidc.nii --device wgpu --out /tmp/gpu/shipped.csv
+    step "lidc-shipped-$run" 30 $L detect /tmp/gpu/lidc.nii --device wgpu --out /tmp/gpu/shipped.csv
 done
 for run in 1 2; do
-    step "lidc-default-$run" 40 $L detect /tmp/gpu/lidc.nii --device wgpu \
+    step "lidc-default-$run" 35 $L detect /tmp/gpu/lidc.nii --device wgpu \
         --model /tmp/gpu/default.safetensors --out /tmp/gpu/default.csv
 done
 head -4 /tmp/gpu/shipped.csv >>"$LOG" 2>&1
@@ -85,7 +86,7 @@ say "GPU memory during training, peak MiB: $(sort -n "$OUT/memory_train.csv" | t
 
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/memory_monai.csv" 2>&1 &
 mem=$!
-step "monai-$IMAGE" 130 python3 benches/compare_monai.py --lungcad $L --device wgpu \
+step "monai-$IMAGE" 120 python3 benches/compare_monai.py --lungcad $L --device wgpu \
     --image "$IMAGE" --repeats 2
 kill $mem 2>/dev/null
 say "GPU memory during the MONAI comparison, peak MiB: $(sort -n "$OUT/memory_monai.csv" | tail -1)"

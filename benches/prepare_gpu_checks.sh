@@ -9,7 +9,7 @@
 # NIfTI), .gpu/libvulkan1*.deb (the Vulkan loader wgpu needs) and .gpu/monai-*.whl (MONAI
 # for the comparison; torch is there). About 45 MB: the device tool takes 64 MiB with the
 # working tree. Then, with the device tool: run `bash benches/gpu_checks.sh` with carry
-# [".gpu"] and a timeout of 560 s.
+# [".gpu"] and a timeout of 600 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
