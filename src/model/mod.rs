@@ -407,6 +407,18 @@ impl Detector {
         max_tensor_bytes(&self.device).map(|limit| (limit / per_patch) as usize)
     }
 
+    /// `wanted` patches of `patch_vox` per pass, or fewer when the device holds fewer
+    /// ([`Detector::max_batch`]); [`Error::Device`] when it does not hold even one.
+    pub(crate) fn fit_batch(&self, wanted: usize, patch_vox: [usize; 3]) -> Result<usize> {
+        match self.max_batch(patch_vox) {
+            Some(max) if wanted > max => {
+                self.check_batch(1, patch_vox)?;
+                Ok(max)
+            }
+            _ => Ok(wanted),
+        }
+    }
+
     /// [`Error::Device`] when `batch` patches of `patch_vox` do not fit the device.
     pub(crate) fn check_batch(&self, batch: usize, patch_vox: [usize; 3]) -> Result<()> {
         match self.max_batch(patch_vox) {
@@ -481,16 +493,13 @@ impl Detector {
             ));
         }
         let patch = self.preprocess.patch.size_vox;
-        let batch_size = match self.max_batch(patch) {
-            Some(max) if batch_size > max => {
-                self.check_batch(1, patch)?;
-                tracing::warn!(
-                    "batches of {batch_size} patches do not fit this device's buffers: {max} per pass"
-                );
-                max
-            }
-            _ => batch_size,
-        };
+        let fitted = self.fit_batch(batch_size, patch)?;
+        if fitted < batch_size {
+            tracing::warn!(
+                "batches of {batch_size} patches do not fit this device's buffers: {fitted} per pass"
+            );
+        }
+        let batch_size = fitted;
         let grid =
             crate::preprocess::PatchGrid::new(pre.crop, patch, self.preprocess.patch.overlap_vox)?;
         let offsets: Vec<[i64; 3]> = grid.offsets().collect();

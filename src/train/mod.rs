@@ -79,13 +79,7 @@ impl Trainer {
                 "the patches of a batch differ in size".into(),
             ));
         }
-        let micro_batch = match self.template.max_batch([d, h, w]) {
-            Some(max) if micro_batch > max => {
-                self.template.check_batch(1, [d, h, w])?;
-                max
-            }
-            _ => micro_batch,
-        };
+        let micro_batch = self.template.fit_batch(micro_batch, [d, h, w])?;
         let counts = BatchCounts::of(samples.iter().map(|s| &s.targets), &self.loss);
         let mut parts = LossParts::default();
         let mut accumulated = GradientsAccumulator::<DetectorNet>::new();
