@@ -476,3 +476,77 @@ fn the_bundles_largest_tensor_is_its_stems_output() {
     };
     assert_eq!(narrow_fpn.largest_tensor([64, 64, 32]), 128 * 16 * 16 * 16);
 }
+
+/// A state_dict in other float precisions (here bfloat16 and float64; half precision's
+/// widening is a unit test) is imported as float32, the network's precision: the model
+/// file's tensors are the widened values and the network runs (it failed inside burn
+/// before, on a dtype mismatch).
+#[test]
+fn other_float_precisions_are_imported_as_float32() {
+    use lungcad::model::monai::MonaiDetector;
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (path, weights) = fixture("retinanet_small.safetensors");
+    let cfg = fixture_config(&weights);
+    let original = tensors(&weights);
+    // Even tensors (by name) as bfloat16 (float32's upper half), odd ones as float64.
+    let mut names: Vec<&String> = original.keys().collect();
+    names.sort();
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    let mut expected = HashMap::new();
+    for (i, name) in names.into_iter().enumerate() {
+        let (shape, values) = &original[name];
+        let start = data.len();
+        let dtype = if i % 2 == 0 {
+            for v in values {
+                data.extend_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
+            }
+            let widened = values
+                .iter()
+                .map(|v| f32::from_bits(v.to_bits() & 0xffff_0000))
+                .collect::<Vec<_>>();
+            expected.insert(name.clone(), widened);
+            "BF16"
+        } else {
+            for v in values {
+                data.extend_from_slice(&f64::from(*v).to_le_bytes());
+            }
+            expected.insert(name.clone(), values.clone());
+            "F64"
+        };
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&text);
+    bytes.extend_from_slice(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    MonaiDetector::write_model(&bytes, &path, &cfg, &model, &cpu).unwrap();
+    let file = std::fs::read(&model).unwrap();
+    let got = tensors(&file);
+    assert_eq!(got.len(), expected.len());
+    for (name, values) in &expected {
+        assert_eq!(&got[name].1, values, "{name}");
+    }
+    let detector = MonaiDetector::from_bytes(file, &model, &cpu).unwrap();
+    let (_, io) = fixture("retinanet_small_io.safetensors");
+    let io = tensors(&io);
+    use burn::prelude::*;
+    let (shape, x) = io["input"].clone();
+    let out = detector
+        .net
+        .forward(Tensor::<5>::from_data(TensorData::new(x, shape), &cpu));
+    let first = out.classification[0]
+        .clone()
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    assert!(first.iter().all(|v| v.is_finite()));
+}

@@ -441,6 +441,8 @@ impl RetinaNet {
         cfg: &RetinaNetConfig,
     ) -> Result<()> {
         use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+        // burn keeps a loaded tensor's dtype, and the network runs in float32.
+        let bytes = floats_as_f32(bytes, origin)?;
         // Checked below, to name the first problem rather than list them all.
         let mut store = SafetensorsStore::from_bytes(Some(bytes))
             .with_from_adapter(PyTorchToBurnAdapter)
@@ -454,6 +456,104 @@ impl RetinaNet {
             .map_err(|e| model_err(origin, format!("reading a MONAI state_dict: {e}")))?;
         check_applied(&applied, origin)
     }
+}
+
+/// A safetensors file's header (without `__metadata__` taken out) and where its data
+/// starts.
+fn safetensors_header(
+    bytes: &[u8],
+    origin: &Path,
+) -> Result<(serde_json::Map<String, serde_json::Value>, usize)> {
+    let err = |m: String| model_err(origin, m);
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+        .ok_or_else(|| err("not a safetensors file".into()))?;
+    let end = 8usize
+        .checked_add(n)
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| err("safetensors header past the end of the file".into()))?;
+    let header =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| err(format!("safetensors header: {e}")))?;
+    Ok((header, end))
+}
+
+/// IEEE half precision to single (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    let negative = h & 0x8000 != 0;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    let magnitude = match exp {
+        0 => man as f32 * (-24f32).exp2(),
+        0x1f => f32::from_bits(0x7f80_0000 | (man << 13)),
+        _ => f32::from_bits(((exp + 112) << 23) | (man << 13)),
+    };
+    if negative {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// A safetensors state_dict with its float16, bfloat16 and float64 tensors turned into
+/// float32 (exactly, but for float64's rounding), the network's precision; the bytes as
+/// they are when every float tensor is float32 already, or when they are no safetensors
+/// file (for the loader to refuse).
+fn floats_as_f32(bytes: Vec<u8>, origin: &Path) -> Result<Vec<u8>> {
+    let Ok((header, start)) = safetensors_header(&bytes, origin) else {
+        return Ok(bytes);
+    };
+    let dtype = |v: &serde_json::Value| v.get("dtype").and_then(|d| d.as_str()).map(str::to_owned);
+    if header
+        .values()
+        .all(|v| !matches!(dtype(v).as_deref(), Some("F16" | "BF16" | "F64")))
+    {
+        return Ok(bytes);
+    }
+    let err = |m: String| model_err(origin, m);
+    let data = &bytes[start..];
+    let mut entries: Vec<(&String, &serde_json::Value, [usize; 2])> = Vec::new();
+    let mut out_header = serde_json::Map::new();
+    for (name, v) in &header {
+        if name == "__metadata__" {
+            out_header.insert(name.clone(), v.clone());
+            continue;
+        }
+        let offsets: [usize; 2] = v
+            .get("data_offsets")
+            .and_then(|o| serde_json::from_value(o.clone()).ok())
+            .filter(|[a, b]: &[usize; 2]| a <= b && *b <= data.len())
+            .ok_or_else(|| err(format!("tensor {name}: bad data_offsets")))?;
+        entries.push((name, v, offsets));
+    }
+    entries.sort_by_key(|e| e.2[0]);
+    let mut out = Vec::with_capacity(data.len() * 2);
+    for (name, v, [a, b]) in entries {
+        let raw = &data[a..b];
+        let begin = out.len();
+        let mut entry = v.clone();
+        let widen = |width: usize, f: &dyn Fn(&[u8]) -> f32, out: &mut Vec<u8>| {
+            for c in raw.chunks_exact(width) {
+                out.extend_from_slice(&f(c).to_le_bytes());
+            }
+        };
+        let half = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
+        match dtype(v).as_deref() {
+            Some("F16") => widen(2, &|c| f16_to_f32(half(c)), &mut out),
+            Some("BF16") => widen(2, &|c| f32::from_bits(u32::from(half(c)) << 16), &mut out),
+            Some("F64") => widen(8, &|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32, &mut out),
+            _ => {
+                out.extend_from_slice(raw);
+                entry["data_offsets"] = serde_json::json!([begin, out.len()]);
+                out_header.insert(name.clone(), entry);
+                continue;
+            }
+        }
+        entry["dtype"] = "F32".into();
+        entry["data_offsets"] = serde_json::json!([begin, out.len()]);
+        out_header.insert(name.clone(), entry);
+    }
+    safetensors_bytes(&out_header, &out, origin)
 }
 
 /// Start of the error message of [`pytorch_state_dict`] for a file that is no checkpoint.
@@ -540,7 +640,7 @@ fn safetensors_bytes(
     origin: &Path,
 ) -> Result<Vec<u8>> {
     let mut text = serde_json::to_vec(header).map_err(|e| model_err(origin, e.to_string()))?;
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + data.len());
@@ -1027,7 +1127,8 @@ impl MonaiDetector {
     /// A model file from a MONAI `state_dict` in safetensors (`bytes`, named `origin` in
     /// errors) and the network's config: every tensor is checked by loading it, then the
     /// file is written to `out` with the configs (the defaults: the bundle's) in its
-    /// metadata; the tensors are copied as they are.
+    /// metadata; the tensors are copied as they are, but float16, bfloat16 and float64
+    /// ones as float32, the network's precision.
     pub fn write_model(
         bytes: &[u8],
         origin: &Path,
@@ -1035,25 +1136,16 @@ impl MonaiDetector {
         out: &Path,
         device: &Device,
     ) -> Result<()> {
+        let bytes = floats_as_f32(bytes.to_vec(), origin)?;
         let mut net = config.init(device)?;
-        net.load_state_dict(bytes.to_vec(), origin, config)?;
-        let err = |m: String| model_err(origin, m);
-        let n = bytes
-            .get(..8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
-            .ok_or_else(|| err("not a safetensors file".into()))?;
-        let header = 8usize
-            .checked_add(n)
-            .and_then(|end| bytes.get(8..end))
-            .ok_or_else(|| err("safetensors header past the end of the file".into()))?;
-        let mut header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(header).map_err(|e| err(format!("safetensors header: {e}")))?;
+        net.load_state_dict(bytes.clone(), origin, config)?;
+        let (mut header, start) = safetensors_header(&bytes, origin)?;
         let meta: serde_json::Map<String, serde_json::Value> = model_metadata(config)?
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
         header.insert("__metadata__".into(), serde_json::Value::Object(meta));
-        let file = safetensors_bytes(&header, &bytes[8 + n..], origin)?;
+        let file = safetensors_bytes(&header, &bytes[start..], origin)?;
         crate::io::metaimage::AtomicFile::write_bytes(out, &file)
     }
 
@@ -1186,5 +1278,24 @@ mod tests {
         assert_eq!(window_starts(700, 512, 384), vec![0, 188]);
         assert_eq!(window_starts(1300, 512, 384), vec![0, 384, 768, 788]);
         assert_eq!(window_starts(200, 512, 384), vec![0]);
+    }
+
+    /// Half precision to single, exactly: normal, subnormal, signed, infinite values.
+    #[test]
+    fn half_precision_values_widen_exactly() {
+        for (h, f) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x3800, 0.5),
+            (0x7bff, 65504.0),
+            (0x0001, (-24f32).exp2()),
+            (0x03ff, 1023.0 * (-24f32).exp2()),
+            (0x8000, -0.0),
+            (0x7c00, f32::INFINITY),
+            (0x3555, 0.333_251_95),
+        ] {
+            assert_eq!(f16_to_f32(h), f, "{h:#06x}");
+        }
+        assert!(f16_to_f32(0x7e00).is_nan());
     }
 }
