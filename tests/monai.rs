@@ -550,3 +550,33 @@ fn other_float_precisions_are_imported_as_float32() {
         .unwrap();
     assert!(first.iter().all(|v| v.is_finite()));
 }
+
+/// An image whose largest tensor does not fit one of the GPU's buffers (lavapipe: 128 MiB)
+/// is a device error before any GPU work, not a failure inside burn.
+#[test]
+fn an_image_too_big_for_the_gpus_buffers_is_a_device_error() {
+    use lungcad::model::monai::MonaiDetector;
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    let (path, weights) = fixture("retinanet_small.safetensors");
+    let cfg = fixture_config(&weights);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    MonaiDetector::write_model(&weights, &path, &cfg, &model, &gpu).unwrap();
+    let detector = MonaiDetector::from_bytes(std::fs::read(&model).unwrap(), &model, &gpu).unwrap();
+    let limit = lungcad::model::max_tensor_bytes(&gpu).unwrap();
+    let size = [512, 512, 72];
+    let needed = 4 * cfg.largest_tensor(size) as u64;
+    if needed <= limit {
+        eprintln!("SKIP: this device holds {limit} bytes in one buffer, {needed} needed");
+        return;
+    }
+    let e = detector
+        .detect_image(&vec![0.0; 512 * 512 * 72], size)
+        .unwrap_err();
+    assert!(
+        matches!(e, lungcad::Error::Device(_)) && e.to_string().contains("MiB"),
+        "{e}"
+    );
+}

@@ -1232,7 +1232,8 @@ impl MonaiDetector {
         if let Some(limit) = super::max_tensor_bytes(&device).filter(|&l| bytes > l) {
             return Err(Error::Device(format!(
                 "MONAI's RetinaNet on {} x {} x {} makes a tensor of {} MiB and this device \
-                 holds at most {} MiB in one buffer (a smaller sliding window fits)",
+                 holds at most {} MiB in one buffer: run it on the CPU (--device cpu) or on \
+                 a device with larger buffers",
                 run[0],
                 run[1],
                 run[2],
