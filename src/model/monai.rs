@@ -473,8 +473,8 @@ fn safetensors_header(
         .checked_add(n)
         .filter(|&end| end <= bytes.len())
         .ok_or_else(|| err("safetensors header past the end of the file".into()))?;
-    let header =
-        serde_json::from_slice(&bytes[8..end]).map_err(|e| err(format!("safetensors header: {e}")))?;
+    let header = serde_json::from_slice(&bytes[8..end])
+        .map_err(|e| err(format!("safetensors header: {e}")))?;
     Ok((header, end))
 }
 
@@ -541,7 +541,11 @@ fn floats_as_f32(bytes: Vec<u8>, origin: &Path) -> Result<Vec<u8>> {
         match dtype(v).as_deref() {
             Some("F16") => widen(2, &|c| f16_to_f32(half(c)), &mut out),
             Some("BF16") => widen(2, &|c| f32::from_bits(u32::from(half(c)) << 16), &mut out),
-            Some("F64") => widen(8, &|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32, &mut out),
+            Some("F64") => widen(
+                8,
+                &|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32,
+                &mut out,
+            ),
             _ => {
                 out.extend_from_slice(raw);
                 entry["data_offsets"] = serde_json::json!([begin, out.len()]);
@@ -1164,12 +1168,10 @@ impl MonaiDetector {
             Err(not_safetensors) => {
                 drop(bytes);
                 pytorch_state_dict(source).map_err(|e| match e {
-                    Error::Model { message, .. } if message.starts_with(NOT_PYTORCH) => {
-                        model_err(
-                            source,
-                            format!("neither safetensors ({not_safetensors}) nor {message}"),
-                        )
-                    }
+                    Error::Model { message, .. } if message.starts_with(NOT_PYTORCH) => model_err(
+                        source,
+                        format!("neither safetensors ({not_safetensors}) nor {message}"),
+                    ),
                     e => e,
                 })?
             }
