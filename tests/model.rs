@@ -430,3 +430,47 @@ fn batches_larger_than_the_gpus_buffers_are_refused_with_the_limit() {
         assert!(e.to_string().contains("not even one patch fits"), "{e}");
     }
 }
+
+/// `--device auto` does not keep a GPU that cannot hold one patch of the network (a small
+/// integrated GPU; here lavapipe, 128 MiB, with the default network's 192 MiB per 128³
+/// patch): the detector moves to the CPU and gives the CPU's outputs; a network that fits
+/// stays.
+#[test]
+fn auto_moves_a_network_the_gpu_cannot_hold_to_the_cpu() {
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    let (config, pre) = tiny();
+    let small = Detector::new(config, pre, &gpu, 3).unwrap();
+    let (small, name) = small.or_cpu_if_unfit("wgpu".into()).unwrap();
+    assert_eq!(name, "wgpu");
+    assert_eq!(small.device(), &gpu);
+    let big = Detector::new(
+        DetectorConfig::default(),
+        PreprocessConfig::default(),
+        &gpu,
+        3,
+    )
+    .unwrap();
+    if big.max_batch([128; 3]) != Some(0) {
+        eprintln!("SKIP: this GPU holds a 128³ patch of the default network");
+        return;
+    }
+    let (moved, name) = big.or_cpu_if_unfit("wgpu".into()).unwrap();
+    let (cpu, cpu_name) = select_device(DeviceChoice::Cpu).unwrap();
+    assert_eq!(name, cpu_name);
+    assert_eq!(moved.device(), &cpu);
+    // The same weights as the same network made on the CPU.
+    let reference = Detector::new(
+        DetectorConfig::default(),
+        PreprocessConfig::default(),
+        &cpu,
+        3,
+    )
+    .unwrap();
+    let x = vec![0.25f32; 32 * 32 * 32];
+    assert_eq!(
+        moved.forward_batch(x.clone(), 1, [32; 3]).unwrap(),
+        reference.forward_batch(x, 1, [32; 3]).unwrap()
+    );
+}

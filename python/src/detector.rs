@@ -87,9 +87,10 @@ pub struct PyDetector {
 impl PyDetector {
     /// `model`: a lungcad model file (a MONAI RetinaNet from `import_monai` runs MONAI's
     /// pipeline), or None for the shipped model (phantom-v1, trained on synthetic phantoms
-    /// only). `device`: auto (a wgpu GPU when there is one, else the
-    /// CPU), wgpu, cpu or cuda. `batch_size`: tiles per forward pass (None: 32 on a GPU;
-    /// on the CPU as many tiles as hold 4 x 128³ voxels, at most 32).
+    /// only). `device`: auto (a wgpu GPU when there is one and it holds a patch of the
+    /// network, else the CPU), wgpu, cpu or cuda. `batch_size`: tiles per forward pass
+    /// (None: 32 on a GPU, fewer when its buffers hold fewer; on the CPU as many tiles as
+    /// hold 4 x 128³ voxels, at most 32).
     #[new]
     #[pyo3(signature = (model = None, device = "auto", batch_size = None))]
     fn new(
@@ -115,7 +116,14 @@ impl PyDetector {
                 }
                 None => Model::Lungcad(Box::new(Detector::shipped(&dev)?)),
             };
-            Ok((d, name))
+            // With auto, the CPU instead of a GPU that cannot hold one patch.
+            match d {
+                Model::Lungcad(d) if choice == lungcad::model::DeviceChoice::Auto => {
+                    let (d, name) = d.or_cpu_if_unfit(name)?;
+                    Ok((Model::Lungcad(Box::new(d)), name))
+                }
+                d => Ok((d, name)),
+            }
         })?;
         let batch_size = batch_size.unwrap_or_else(|| match &inner {
             Model::Lungcad(d) => d.default_batch_size(&device),

@@ -39,7 +39,8 @@ pub struct DetectArgs {
 /// Where and how the network runs.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Where the network runs: auto (a wgpu GPU when there is one, else cpu), wgpu (any
+    /// Where the network runs: auto (a wgpu GPU when there is one and it holds a patch of
+    /// the network in one buffer, else cpu), wgpu (any
     /// adapter, software ones such as lavapipe too), cpu (burn flex, multi-threaded) or cuda
     /// (builds with the cuda feature).
     #[arg(long, default_value = "auto")]
@@ -54,9 +55,18 @@ pub struct RunArgs {
 impl RunArgs {
     /// The device, its name, and the model on it (`model`, or the shipped one).
     pub fn load(&self, model: Option<&Path>) -> Result<(Detector, String), Error> {
-        let (dev, name) = m::select_device(self.device.parse()?)?;
-        let detector = load_model(model, &dev)?;
-        Ok((detector, name))
+        let choice = self.device.parse()?;
+        let (dev, name) = m::select_device(choice)?;
+        self.settle(load_model(model, &dev)?, name)
+    }
+
+    /// With `auto`, the CPU instead of a GPU that cannot hold one patch of the network.
+    fn settle(&self, detector: Detector, name: String) -> Result<(Detector, String), Error> {
+        if self.device.parse::<m::DeviceChoice>()? == m::DeviceChoice::Auto {
+            detector.or_cpu_if_unfit(name)
+        } else {
+            Ok((detector, name))
+        }
     }
 
     /// Tiles per forward pass for `detector` on the device named `device_name`.
@@ -173,6 +183,7 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
                 Some((path, bytes)) => Detector::from_bytes(bytes, &path, &dev)?,
                 None => Detector::shipped(&dev)?,
             };
+            let (detector, dev_name) = args.run.settle(detector, dev_name)?;
             let batch_size = args.run.batch_size(&detector, &dev_name);
             let limits = Limits {
                 max_voxels: args.input.max_voxels,

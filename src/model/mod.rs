@@ -407,6 +407,28 @@ impl Detector {
         max_tensor_bytes(&self.device).map(|limit| (limit / per_patch) as usize)
     }
 
+    /// The last step of `--device auto`: a detector whose device cannot hold even one of
+    /// its patches (a GPU with small buffers; see [`Detector::max_batch`]) moved to the
+    /// CPU, with the CPU's device name; otherwise itself and `device_name`.
+    pub fn or_cpu_if_unfit(self, device_name: String) -> Result<(Detector, String)> {
+        if self.max_batch(self.preprocess.patch.size_vox) != Some(0) {
+            return Ok((self, device_name));
+        }
+        let (cpu, cpu_name) = select_device(DeviceChoice::Cpu)?;
+        tracing::info!(
+            "{device_name} cannot hold one {:?} patch of this network; running on {cpu_name}",
+            self.preprocess.patch.size_vox
+        );
+        Ok((
+            Detector {
+                net: burn::module::Module::fork(self.net, &cpu),
+                device: cpu,
+                ..self
+            },
+            cpu_name,
+        ))
+    }
+
     /// `wanted` patches of `patch_vox` per pass, or fewer when the device holds fewer
     /// ([`Detector::max_batch`]); [`Error::Device`] when it does not hold even one.
     pub(crate) fn fit_batch(&self, wanted: usize, patch_vox: [usize; 3]) -> Result<usize> {
