@@ -126,7 +126,18 @@ pub fn train_command(args: TrainArgs) -> Result<(), Error> {
             missing[0]
         );
     }
-    let (device, device_name) = lungcad::model::select_device(args.device.parse()?)?;
+    let choice: lungcad::model::DeviceChoice = args.device.parse()?;
+    let (mut device, mut device_name) = lungcad::model::select_device(choice)?;
+    // With auto, the CPU instead of a GPU that cannot hold one patch of the network.
+    let patch = config.preprocess.patch.size_vox;
+    if choice == lungcad::model::DeviceChoice::Auto
+        && lungcad::model::check_patches_fit(&device, &config.detector, 1, patch).is_err()
+    {
+        eprintln!(
+            "{device_name} cannot hold one {patch:?} patch of this network: training on the CPU"
+        );
+        (device, device_name) = lungcad::model::select_device(lungcad::model::DeviceChoice::Cpu)?;
+    }
     let style = |t: &str| {
         indicatif::ProgressStyle::with_template(t)
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())

@@ -277,6 +277,40 @@ pub fn max_tensor_bytes(device: &Device) -> Option<u64> {
     }
 }
 
+/// [`Error::Device`] naming both sizes when `batch` patches of `patch_vox` through the
+/// network of `config` make a tensor larger than `device` holds in one buffer
+/// ([`max_tensor_bytes`]); `Ok` where the device sets no such limit.
+pub fn check_patches_fit(
+    device: &Device,
+    config: &DetectorConfig,
+    batch: usize,
+    patch_vox: [usize; 3],
+) -> Result<()> {
+    let Some(limit) = max_tensor_bytes(device) else {
+        return Ok(());
+    };
+    let per_patch = 4 * config.largest_tensor_per_patch(patch_vox).max(1) as u64;
+    let max = (limit / per_patch) as usize;
+    if batch <= max {
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let [d, h, w] = patch_vox;
+    Err(Error::Device(format!(
+        "{batch} patch{} of {d} x {h} x {w} make{} a tensor of {:.0} MiB and this device \
+         holds at most {:.0} MiB in one buffer: {}",
+        if batch == 1 { "" } else { "es" },
+        if batch == 1 { "s" } else { "" },
+        mib(per_patch * batch as u64),
+        mib(limit),
+        if max == 0 {
+            "not even one patch fits; use a smaller patch".to_string()
+        } else {
+            format!("at most {max} patches per pass")
+        }
+    )))
+}
+
 /// The adapter behind the wgpu device.
 #[derive(Debug, Clone)]
 struct WgpuAdapter {
@@ -443,28 +477,7 @@ impl Detector {
 
     /// [`Error::Device`] when `batch` patches of `patch_vox` do not fit the device.
     pub(crate) fn check_batch(&self, batch: usize, patch_vox: [usize; 3]) -> Result<()> {
-        match self.max_batch(patch_vox) {
-            Some(max) if batch > max => {
-                let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-                let per_patch = 4 * self.config.largest_tensor_per_patch(patch_vox) as u64;
-                let limit = max_tensor_bytes(&self.device).unwrap_or(0);
-                let [d, h, w] = patch_vox;
-                Err(Error::Device(format!(
-                    "{batch} patch{} of {d} x {h} x {w} make{} a tensor of {:.0} MiB \
-                     and this device holds at most {:.0} MiB in one buffer: {}",
-                    if batch == 1 { "" } else { "es" },
-                    if batch == 1 { "s" } else { "" },
-                    mib(per_patch * batch as u64),
-                    mib(limit),
-                    if max == 0 {
-                        "not even one patch fits; use a smaller patch".to_string()
-                    } else {
-                        format!("at most {max} patches per pass")
-                    }
-                )))
-            }
-            _ => Ok(()),
-        }
+        check_patches_fit(&self.device, &self.config, batch, patch_vox)
     }
 
     /// This detector's configs and device with another network of the same shape.

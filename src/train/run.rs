@@ -482,6 +482,9 @@ pub fn train(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<RunSummary> {
     config.validate()?;
+    // A GPU that cannot hold one patch fails now, not after the cache is prepared.
+    let patch = config.preprocess.patch.size_vox;
+    crate::model::check_patches_fit(device, &config.detector, 1, patch)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_dir = out.join(CHECKPOINTS_DIR);
     let existing = checkpoint::latest(&ckpt_dir)?;
