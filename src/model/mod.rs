@@ -763,11 +763,12 @@ fn first_three<T: std::fmt::Debug>(items: &[T]) -> String {
     shown.join(", ")
 }
 
-/// The `__metadata__` map of a safetensors file's header; `origin` names the file in errors.
-pub fn safetensors_metadata(
+/// A safetensors file's header (`__metadata__` included) and where its data starts;
+/// `origin` names the file in errors.
+pub(crate) fn safetensors_header(
     bytes: &[u8],
     origin: &Path,
-) -> Result<std::collections::HashMap<String, String>> {
+) -> Result<(serde_json::Map<String, serde_json::Value>, usize)> {
     let path = origin;
     let file_len = bytes.len() as u64;
     let len: [u8; 8] = bytes
@@ -786,11 +787,20 @@ pub fn safetensors_metadata(
             format!("not a safetensors file (header length {n} for a file of {file_len} bytes)"),
         ));
     }
-    let header = &bytes[8..8 + n as usize];
-    let v: serde_json::Value = serde_json::from_slice(header)
+    let end = 8 + n as usize;
+    let header = serde_json::from_slice(&bytes[8..end])
         .map_err(|e| model_error(path, format!("safetensors header is not JSON: {e}")))?;
+    Ok((header, end))
+}
+
+/// The `__metadata__` map of a safetensors file's header; `origin` names the file in errors.
+pub fn safetensors_metadata(
+    bytes: &[u8],
+    origin: &Path,
+) -> Result<std::collections::HashMap<String, String>> {
+    let (header, _) = safetensors_header(bytes, origin)?;
     let mut out = std::collections::HashMap::new();
-    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
+    if let Some(m) = header.get("__metadata__").and_then(|m| m.as_object()) {
         for (k, v) in m {
             if let Some(s) = v.as_str() {
                 out.insert(k.clone(), s.to_string());

@@ -458,26 +458,6 @@ impl RetinaNet {
     }
 }
 
-/// A safetensors file's header (without `__metadata__` taken out) and where its data
-/// starts.
-fn safetensors_header(
-    bytes: &[u8],
-    origin: &Path,
-) -> Result<(serde_json::Map<String, serde_json::Value>, usize)> {
-    let err = |m: String| model_err(origin, m);
-    let n = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
-        .ok_or_else(|| err("not a safetensors file".into()))?;
-    let end = 8usize
-        .checked_add(n)
-        .filter(|&end| end <= bytes.len())
-        .ok_or_else(|| err("safetensors header past the end of the file".into()))?;
-    let header = serde_json::from_slice(&bytes[8..end])
-        .map_err(|e| err(format!("safetensors header: {e}")))?;
-    Ok((header, end))
-}
-
 /// IEEE half precision to single (exact).
 fn f16_to_f32(h: u16) -> f32 {
     let negative = h & 0x8000 != 0;
@@ -500,7 +480,7 @@ fn f16_to_f32(h: u16) -> f32 {
 /// they are when every float tensor is float32 already, or when they are no safetensors
 /// file (for the loader to refuse).
 fn floats_as_f32(bytes: Vec<u8>, origin: &Path) -> Result<Vec<u8>> {
-    let Ok((header, start)) = safetensors_header(&bytes, origin) else {
+    let Ok((header, start)) = super::safetensors_header(&bytes, origin) else {
         return Ok(bytes);
     };
     let dtype = |v: &serde_json::Value| v.get("dtype").and_then(|d| d.as_str()).map(str::to_owned);
@@ -832,7 +812,10 @@ impl RetinaNet {
                             let ch = values.len() / cells;
                             add_box(values, grid, acc, sum.out, lo, len, ch);
                         }
-                        add_box(&vec![1.0; cells], grid, &mut sum.count, sum.out, lo, len, 1);
+                        let count = &mut sum.count;
+                        box_rows(grid, [0; 3], sum.out, lo, len, 1, |_, d| {
+                            count[d..d + len[2]].iter_mut().for_each(|c| *c += 1.0)
+                        });
                     }
                 }
             }
@@ -924,6 +907,33 @@ fn pad_into(
     out
 }
 
+/// Calls `row(s, d)` for each row (`len[2]` values along the last axis) of the `(C, len)`
+/// box at `from` in `(C, src_shape)` values and at `to` in `(C, dst_shape)` values, `s` and
+/// `d` being the row's first index in each.
+#[allow(clippy::too_many_arguments)]
+fn box_rows(
+    src_shape: [usize; 3],
+    from: [usize; 3],
+    dst_shape: [usize; 3],
+    to: [usize; 3],
+    len: [usize; 3],
+    channels: usize,
+    mut row: impl FnMut(usize, usize),
+) {
+    for c in 0..channels {
+        for i in 0..len[0] {
+            for j in 0..len[1] {
+                let s = ((c * src_shape[0] + from[0] + i) * src_shape[1] + from[1] + j)
+                    * src_shape[2]
+                    + from[2];
+                let d = ((c * dst_shape[0] + to[0] + i) * dst_shape[1] + to[1] + j) * dst_shape[2]
+                    + to[2];
+                row(s, d);
+            }
+        }
+    }
+}
+
 /// Copies the `(C, len)` box at `from` of the `(C, src_shape)` values `src` to `to` in the
 /// `(C, dst_shape)` values `dst`, a row (last axis) at a time.
 #[allow(clippy::too_many_arguments)]
@@ -937,18 +947,10 @@ fn copy_box(
     len: [usize; 3],
     channels: usize,
 ) {
-    for c in 0..channels {
-        for i in 0..len[0] {
-            for j in 0..len[1] {
-                let s = ((c * src_shape[0] + from[0] + i) * src_shape[1] + from[1] + j)
-                    * src_shape[2]
-                    + from[2];
-                let d = ((c * dst_shape[0] + to[0] + i) * dst_shape[1] + to[1] + j) * dst_shape[2]
-                    + to[2];
-                dst[d..d + len[2]].copy_from_slice(&src[s..s + len[2]]);
-            }
-        }
-    }
+    let n = len[2];
+    box_rows(src_shape, from, dst_shape, to, len, channels, |s, d| {
+        dst[d..d + n].copy_from_slice(&src[s..s + n])
+    });
 }
 
 /// Adds the `(C, len)` box at the origin of the `(C, src_shape)` values `src` into `dst`
@@ -962,18 +964,12 @@ fn add_box(
     len: [usize; 3],
     channels: usize,
 ) {
-    for c in 0..channels {
-        for i in 0..len[0] {
-            for j in 0..len[1] {
-                let s = ((c * src_shape[0] + i) * src_shape[1] + j) * src_shape[2];
-                let d = ((c * dst_shape[0] + to[0] + i) * dst_shape[1] + to[1] + j) * dst_shape[2]
-                    + to[2];
-                for (o, v) in dst[d..d + len[2]].iter_mut().zip(&src[s..s + len[2]]) {
-                    *o += v;
-                }
-            }
+    let n = len[2];
+    box_rows(src_shape, [0; 3], dst_shape, to, len, channels, |s, d| {
+        for (o, v) in dst[d..d + n].iter_mut().zip(&src[s..s + n]) {
+            *o += v;
         }
-    }
+    });
 }
 
 /// MONAI's name of a tensor of this module tree (the inverse of
@@ -1143,7 +1139,7 @@ impl MonaiDetector {
         let bytes = floats_as_f32(bytes.to_vec(), origin)?;
         let mut net = config.init(device)?;
         net.load_state_dict(bytes.clone(), origin, config)?;
-        let (mut header, start) = safetensors_header(&bytes, origin)?;
+        let (mut header, start) = super::safetensors_header(&bytes, origin)?;
         let meta: serde_json::Map<String, serde_json::Value> = model_metadata(config)?
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
