@@ -7,7 +7,7 @@
 
 mod common;
 
-use lungcad::detect::HeadLayout;
+use lungcad::detect::{DecodeConfig, Flips, HeadLayout};
 use lungcad::model::{select_device, Detector, DetectorConfig, DeviceChoice};
 use lungcad::preprocess::{preprocess, PreprocessConfig};
 use lungcad::{Geometry, Limits};
@@ -191,23 +191,100 @@ fn batched_inference_over_a_phantom_is_bounded_and_reproducible() {
     let d = Detector::new(config, pre_cfg, &device, 2).unwrap();
     let tiles = pre.tiles().unwrap().len();
     let mut calls = Vec::new();
+    let all = DecodeConfig {
+        min_probability: 0.0,
+        ..DecodeConfig::default()
+    };
     let a = d
-        .candidates(&pre, 4, 0.0, &mut |done, total| calls.push((done, total)))
+        .candidates(&pre, 4, &all, &mut |done, total| calls.push((done, total)))
         .unwrap();
     assert_eq!(calls.len(), tiles.div_ceil(4));
     assert_eq!(calls.last(), Some(&(tiles, tiles)));
     // Every anchor of every output cell of every tile, at probability threshold 0.
     let per_tile = HeadLayout::default().anchors_mm.len() * 8 * 8 * 8;
     assert_eq!(a.len(), tiles * per_tile);
-    let b = d.candidates(&pre, 4, 0.0, &mut |_, _| {}).unwrap();
+    let b = d.candidates(&pre, 4, &all, &mut |_, _| {}).unwrap();
     assert_eq!(a, b, "same input, same device: same output");
-    let c = d.candidates(&pre, 1, 0.0, &mut |_, _| {}).unwrap();
+    let c = d.candidates(&pre, 1, &all, &mut |_, _| {}).unwrap();
     let worst = a
         .iter()
         .zip(&c)
         .map(|(x, y)| (x.probability - y.probability).abs())
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "batch size changes results by {worst}");
+    // Test-time flips: the same cells and anchors, other values.
+    let flipped = DecodeConfig {
+        flips: Flips::All,
+        ..all
+    };
+    let f = d.candidates(&pre, 4, &flipped, &mut |_, _| {}).unwrap();
+    assert_eq!(f.len(), a.len());
+    assert!(f
+        .iter()
+        .zip(&a)
+        .any(|(x, y)| x.probability != y.probability));
+}
+
+/// `maps` `(B, C, Dz, Dy, Dx)` mirrored along the flagged patch axes `(z, y, x)`, with the
+/// centre offsets of those axes negated: what the map of the mirrored input should be.
+fn mirror_map(maps: &[f32], shape: [usize; 5], axes: [bool; 3]) -> Vec<f32> {
+    let mut m = ndarray::ArrayView5::from_shape(shape, maps)
+        .unwrap()
+        .to_owned();
+    for a in 0..3 {
+        if axes[a] {
+            m.invert_axis(ndarray::Axis(a + 2));
+        }
+    }
+    for c in 0..shape[1] {
+        let k = c % 5;
+        if (1..=3).contains(&k) && axes[k - 1] {
+            m.index_axis_mut(ndarray::Axis(1), c).mapv_inplace(|v| -v);
+        }
+    }
+    m.iter().copied().collect()
+}
+
+#[test]
+fn test_time_flips_average_mirrored_passes() {
+    let (config, pre_cfg) = tiny();
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let d = Detector::new(config, pre_cfg, &device, 5).unwrap();
+    let x = input(2, 11);
+    let plain = d.forward_batch(x.clone(), 2, [32; 3]).unwrap();
+    assert_eq!(d.forward_flips(&x, 2, [32; 3], Flips::None).unwrap(), plain);
+    let shape = [2, 15, 8, 8, 8];
+    // The input mirrored along z and x.
+    let mut xm = ndarray::Array4::from_shape_vec((2, 32, 32, 32), x.clone()).unwrap();
+    xm.invert_axis(ndarray::Axis(1));
+    xm.invert_axis(ndarray::Axis(3));
+    let xm: Vec<f32> = xm.iter().copied().collect();
+    // A single pass is not mirror-symmetric ...
+    let plain_m = d.forward_batch(xm.clone(), 2, [32; 3]).unwrap();
+    let gap = max_abs_diff(&mirror_map(&plain, shape, [true, false, true]), &plain_m);
+    assert!(gap > 1e-3, "an untrained network is not symmetric ({gap})");
+    // ... the average over all 8 flips is: the mirrored input's map is the mirrored map.
+    let avg = d.forward_flips(&x, 2, [32; 3], Flips::All).unwrap();
+    let avg_m = d.forward_flips(&xm, 2, [32; 3], Flips::All).unwrap();
+    let gap = max_abs_diff(&mirror_map(&avg, shape, [true, false, true]), &avg_m);
+    assert!(gap < 1e-5, "flip-averaged maps differ by {gap}");
+    // Flips::X is the mean of the plain pass and the x-mirrored pass mapped back.
+    let mut xx = ndarray::Array4::from_shape_vec((2, 32, 32, 32), x.clone()).unwrap();
+    xx.invert_axis(ndarray::Axis(3));
+    let xx: Vec<f32> = xx.iter().copied().collect();
+    let back = mirror_map(
+        &d.forward_batch(xx, 2, [32; 3]).unwrap(),
+        shape,
+        [false, false, true],
+    );
+    let mean: Vec<f32> = plain
+        .iter()
+        .zip(&back)
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    let gap = max_abs_diff(&d.forward_flips(&x, 2, [32; 3], Flips::X).unwrap(), &mean);
+    assert!(gap < 1e-6, "Flips::X differs from its definition by {gap}");
+    assert!(d.forward_flips(&x, 3, [32; 3], Flips::All).is_err());
 }
 
 /// Writes `v` as little-endian f32.
@@ -337,15 +414,15 @@ fn the_shipped_model_finds_a_held_out_phantoms_nodules() {
     let d = Detector::shipped(&device).unwrap();
     // It carries the configs its model card documents.
     let train = lungcad::train::run::TrainConfig::from_json(include_str!(
-        "../models/phantom-v1/train_config.json"
+        "../models/phantom-v2/train_config.json"
     ))
     .unwrap();
     assert_eq!(d.config, train.detector);
     assert_eq!(d.preprocess, train.preprocess);
     // Seed 5010: the smallest of the model card's held-out phantoms (training used seeds
-    // 1000 to 1063).
+    // 1000 to 1127).
     let synth: lungcad::synth::SynthConfig =
-        serde_json::from_str(include_str!("../models/phantom-v1/synth_config.json")).unwrap();
+        serde_json::from_str(include_str!("../models/phantom-v2/synth_config.json")).unwrap();
     let phantom = lungcad::synth::generate(5010, &synth).unwrap();
     let run = d
         .detect(

@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension `lungcad._lungcad` (checked by mypy.stubtest in the tests)."""
 
 import os
-from typing import Any, Callable, Mapping, Sequence, Union, final
+from typing import Any, Callable, Literal, Mapping, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -125,6 +125,7 @@ class Detector:
         threshold: float = 0.1,
         max_detections: int = 100,
         max_voxels: int | None = None,
+        flips: Literal["none", "x", "all"] | None = None,
     ) -> list[Nodule]: ...
     @property
     def device(self) -> str: ...

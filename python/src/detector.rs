@@ -2,7 +2,7 @@
 
 use crate::errors::{invalid, json_to_py, py_to_json, run, to_py};
 use crate::volume::{limits, PyVolume};
-use lungcad::detect::DecodeConfig;
+use lungcad::detect::{DecodeConfig, Flips};
 use lungcad::model::monai::MonaiDetector;
 use lungcad::model::{select_device, Detector};
 use lungcad::synth::{generate, SynthConfig};
@@ -86,7 +86,7 @@ pub struct PyDetector {
 #[pymethods]
 impl PyDetector {
     /// `model`: a lungcad model file (a MONAI RetinaNet from `import_monai` runs MONAI's
-    /// pipeline), or None for the shipped model (phantom-v1, trained on synthetic phantoms
+    /// pipeline), or None for the shipped model (phantom-v2, trained on synthetic phantoms
     /// only). `device`: auto (a wgpu GPU when there is one and it holds a patch of the
     /// network, else the CPU), wgpu, cpu or cuda. `batch_size`: tiles per forward pass
     /// (None: 32 on a GPU, fewer when its buffers hold fewer; on the CPU as many tiles as
@@ -143,8 +143,10 @@ impl PyDetector {
 
     /// Finds the nodules of a CT (a `Volume`, or a path `load` reads), most probable
     /// first, in world millimetres. Candidates below `threshold` are dropped, at most
-    /// `max_detections` are returned.
-    #[pyo3(signature = (ct, *, threshold = 0.1, max_detections = 100, max_voxels = None))]
+    /// `max_detections` are returned. `flips` ("none", "x" or "all") runs each tile also
+    /// mirrored and averages the mapped-back outputs (test-time augmentation); None is "x"
+    /// for lungcad models, as in `lungcad detect`, and "none" for MONAI models.
+    #[pyo3(signature = (ct, *, threshold = 0.1, max_detections = 100, max_voxels = None, flips = None))]
     fn detect(
         &self,
         py: Python<'_>,
@@ -152,11 +154,22 @@ impl PyDetector {
         threshold: f32,
         max_detections: usize,
         max_voxels: Option<u64>,
+        flips: Option<&str>,
     ) -> PyResult<Vec<PyNodule>> {
         if !(0.0..=1.0).contains(&threshold) {
             return Err(invalid(format!(
                 "threshold must be a probability in [0, 1], got {threshold}"
             )));
+        }
+        let flips: Flips = match flips {
+            Some(f) => f.parse().map_err(to_py)?,
+            None if matches!(self.inner, Model::Monai(_)) => Flips::None,
+            None => Flips::RECOMMENDED,
+        };
+        if flips != Flips::None && matches!(self.inner, Model::Monai(_)) {
+            return Err(invalid(
+                "flips: MONAI RetinaNet models run MONAI's pipeline, which has no test-time flips",
+            ));
         }
         enum Input {
             Volume(lungcad::Volume),
@@ -173,6 +186,7 @@ impl PyDetector {
         let decode = DecodeConfig {
             min_probability: threshold,
             max_detections,
+            flips,
             ..DecodeConfig::default()
         };
         let lim = limits(max_voxels);

@@ -31,7 +31,7 @@ def test_shipped_model_finds_a_held_out_phantoms_nodules(cpu_detector: lungcad.D
     # Seed 5010 is in the model card's held-out range (5000-5019), never trained on; the
     # phantom is made with the shipped model's synthetic config (nodules 6 to 30 mm), as
     # tests/model.rs does.
-    config = json.loads((REPO / "models" / "phantom-v1" / "synth_config.json").read_text())
+    config = json.loads((REPO / "models" / "phantom-v2" / "synth_config.json").read_text())
     phantom = lungcad.synth(5010, **config)
     assert phantom.nodules
     found = cpu_detector.detect(phantom.volume, threshold=0.05)
@@ -69,6 +69,18 @@ def test_four_threads_detect_at_once_with_identical_results(
         counter.join()
     assert all(r == reference for r in results)
     assert ticks[0] > 50
+
+
+def test_test_time_flips_change_the_outputs_not_their_kind(
+    cpu_detector: lungcad.Detector, coarse_phantom: lungcad.Phantom
+) -> None:
+    vol = coarse_phantom.volume
+    plain = cpu_detector.detect(vol, threshold=0.0, flips="none")
+    # The default is "x", as in `lungcad detect`.
+    assert cpu_detector.detect(vol, threshold=0.0) == cpu_detector.detect(vol, threshold=0.0, flips="x")
+    flipped = cpu_detector.detect(vol, threshold=0.0, flips="all")
+    assert plain and flipped and flipped != plain
+    assert all(0.0 <= n.probability <= 1.0 for n in flipped)
 
 
 def test_detect_reads_a_path_and_names_the_series_by_file(
@@ -114,6 +126,8 @@ def test_detector_errors_are_typed(tmp_path: Path, coarse_phantom: lungcad.Phant
         d.detect(coarse_phantom.volume, threshold=1.5)
     with pytest.raises(TypeError):
         d.detect(42)  # type: ignore[arg-type]
+    with pytest.raises(lungcad.InvalidArgumentError, match="flips"):
+        d.detect(coarse_phantom.volume, flips="mirror")  # type: ignore[arg-type]
     with pytest.raises(lungcad.LimitError):
         path = tmp_path / "v.mhd"
         coarse_phantom.volume.save(path)

@@ -46,5 +46,7 @@ def test_a_monai_model_runs_monais_pipeline(tmp_path: Path, source: str) -> None
     np.testing.assert_allclose([(n.coord_x, n.coord_y, n.coord_z) for n in found], boxes[:, :3], atol=1e-3)
     np.testing.assert_allclose([n.probability for n in found], scores, atol=1e-4)
     np.testing.assert_allclose([n.diameter_mm for n in found], boxes[:, 3:].mean(axis=1), atol=1e-3)
+    with pytest.raises(lungcad.InvalidArgumentError, match="test-time flips"):
+        detector.detect(FIXTURES / "preprocess_input.nii.gz", flips="x")
     with pytest.raises(lungcad.ModelError, match="fit"):
         lungcad.import_monai(weights, tmp_path / "x.safetensors", {"fpn_channels": 8})

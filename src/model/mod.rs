@@ -23,7 +23,8 @@ pub mod ops;
 pub use burn::tensor::Device;
 pub use net::DetectorNet;
 
-use crate::detect::{decode_patch, Candidate, DecodeConfig, Detection, HeadLayout};
+use crate::detect::head::CHANNELS_PER_ANCHOR;
+use crate::detect::{decode_patch, Candidate, DecodeConfig, Detection, Flips, HeadLayout};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::preprocess::{PreprocessConfig, Preprocessed};
@@ -512,14 +513,68 @@ impl Detector {
             .map_err(|e| Error::Device(format!("reading the network's output: {e:?}")))
     }
 
+    /// [`Detector::forward_batch`] under test-time `flips`: each pass runs the patches
+    /// mirrored, its output map is mirrored back (cells reversed, the flipped axes' centre
+    /// offsets negated) and the maps are averaged. [`Flips::None`] is `forward_batch`.
+    pub fn forward_flips(
+        &self,
+        input: &[f32],
+        batch: usize,
+        patch_vox: [usize; 3],
+        flips: Flips,
+    ) -> Result<Vec<f32>> {
+        use ndarray::{Array5, ArrayView4, Axis};
+        let passes = flips.passes();
+        if passes.len() == 1 {
+            return self.forward_batch(input.to_vec(), batch, patch_vox);
+        }
+        let [d, h, w] = patch_vox;
+        let source = ArrayView4::from_shape((batch, d, h, w), input).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "input holds {} values, not {batch} x {d} x {h} x {w}",
+                input.len()
+            ))
+        })?;
+        let [oz, oy, ox] = self.config.head.output_shape(patch_vox)?;
+        let channels = self.config.head.channels();
+        let out_dims = (batch, channels, oz, oy, ox);
+        let mut sum = Array5::<f32>::zeros(out_dims);
+        for axes in &passes {
+            let mut view = source.view();
+            for (a, _) in axes.iter().enumerate().filter(|(_, f)| **f) {
+                view.invert_axis(Axis(a + 1));
+            }
+            let output = self.forward_batch(view.iter().copied().collect(), batch, patch_vox)?;
+            let mut map = Array5::from_shape_vec(out_dims, output)
+                .map_err(|e| Error::Device(format!("the network's output: {e}")))?;
+            for (a, _) in axes.iter().enumerate().filter(|(_, f)| **f) {
+                map.invert_axis(Axis(a + 2));
+            }
+            for c in 0..channels {
+                // Channels 1 to 3 of an anchor are the centre offsets (dz, dy, dx).
+                let k = c % CHANNELS_PER_ANCHOR;
+                let sign = if (1..=3).contains(&k) && axes[k - 1] {
+                    -1.0
+                } else {
+                    1.0
+                };
+                sum.index_axis_mut(Axis(1), c)
+                    .scaled_add(sign, &map.index_axis(Axis(1), c));
+            }
+        }
+        sum /= passes.len() as f32;
+        Ok(sum.iter().copied().collect())
+    }
+
     /// Candidates of a preprocessed scan: its tiles cut in batches of `batch_size`, run
-    /// through the network and decoded (probability at least `min_probability`). Memory is
-    /// bounded by the batch. `progress(done, total)` is called after each batch.
+    /// through the network (under `decode.flips`) and decoded (probability at least
+    /// `decode.min_probability`). Memory is bounded by the batch. `progress(done, total)`
+    /// is called after each batch.
     pub fn candidates(
         &self,
         pre: &Preprocessed,
         batch_size: usize,
-        min_probability: f32,
+        decode: &DecodeConfig,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Candidate>> {
         if batch_size == 0 {
@@ -553,7 +608,7 @@ impl Detector {
                 .map_err(|e| Error::InvalidArgument(format!("patch buffer: {e}")))?;
                 pre.patch_into(*o, view);
             }
-            let output = self.forward_batch(input, chunk.len(), patch)?;
+            let output = self.forward_flips(&input, chunk.len(), patch, decode.flips)?;
             for (k, o) in chunk.iter().enumerate() {
                 let map = ndarray::ArrayView4::from_shape(
                     (channels, out_shape[0], out_shape[1], out_shape[2]),
@@ -565,7 +620,7 @@ impl Detector {
                     &self.config.head,
                     pre.geometry().spacing_mm,
                     *o,
-                    min_probability,
+                    decode.min_probability,
                     &mut candidates,
                 )?;
             }
@@ -684,7 +739,7 @@ impl Detector {
         let pre = crate::preprocess::preprocess_owned(volume, &self.preprocess, limits)?;
         let t1 = Instant::now();
         let tiles = pre.tiles()?.len();
-        let found = self.candidates(&pre, batch_size, decode.min_probability, progress)?;
+        let found = self.candidates(&pre, batch_size, decode, progress)?;
         let candidates = found.len();
         let detections = crate::detect::detections(found, pre.geometry(), decode);
         Ok(DetectionRun {
@@ -699,11 +754,11 @@ impl Detector {
 }
 
 /// The model compiled into lungcad: trained on synthetic phantoms only (see
-/// `models/phantom-v1/README.md`, its model card). It is what `lungcad demo` and
+/// `models/phantom-v2/README.md`, its model card). It is what `lungcad demo` and
 /// `lungcad detect` without `--model` run. It has not been trained on real CT.
-pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../models/phantom-v1/model.safetensors");
+pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../models/phantom-v2/model.safetensors");
 /// How errors name [`SHIPPED_MODEL`].
-pub const SHIPPED_MODEL_NAME: &str = "<shipped model phantom-v1>";
+pub const SHIPPED_MODEL_NAME: &str = "<shipped model phantom-v2>";
 
 /// Default tiles per forward pass on a GPU.
 pub const DEFAULT_GPU_BATCH: usize = 32;

@@ -768,12 +768,7 @@ fn validate(
     let mut candidates = Vec::new();
     for (i, scan) in scans.iter().enumerate() {
         let pre = scan.load()?;
-        let found = detector.candidates(
-            &pre,
-            config.batch_size,
-            config.decode.min_probability,
-            &mut |_, _| {},
-        )?;
+        let found = detector.candidates(&pre, config.batch_size, &config.decode, &mut |_, _| {})?;
         for d in detections(found, pre.geometry(), &config.decode) {
             candidates.push(crate::eval::Candidate {
                 seriesuid: scan.series_uid().to_string(),

@@ -3,9 +3,10 @@
 # official LUNA16 annotations of that one scan: where the 23 mm nodule ranks, and how many
 # false positives come before it and in all.
 #
-#   models/phantom-v1/lidc.sh <model.safetensors | shipped> <output folder>
+#   models/phantom-v2/lidc.sh <model.safetensors | shipped> <output folder>
 #
-# LUNGCAD_DATA is the shared data folder (default ../shared/data); LUNGCAD the binary.
+# LUNGCAD_DATA is the shared data folder (default ../shared/data); LUNGCAD the binary;
+# DEVICE the device (default auto); FLIPS the test-time flips (default x).
 set -euo pipefail
 model=$1 out=$2
 data=${LUNGCAD_DATA:-../shared/data}
@@ -14,7 +15,7 @@ uid=1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192
 mkdir -p "$out"
 model_args=()
 [ "$model" != shipped ] && model_args=(--model "$model")
-"$lungcad" detect "$data/lidc/LIDC-IDRI-0001" "${model_args[@]}" --device "${DEVICE:-auto}" \
+"$lungcad" detect "$data/lidc/LIDC-IDRI-0001" "${model_args[@]}" --device "${DEVICE:-auto}" --flips "${FLIPS:-x}" \
     --threshold 0.02 --out "$out/lidc-0001.csv" --overlay "$out/lidc-0001.png" > "$out/detections.txt"
 echo "$uid" > "$out/seriesuids.csv"
 "$lungcad" eval --annotations "$data/luna16/annotations.csv" \
