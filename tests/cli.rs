@@ -823,6 +823,12 @@ fn demo_finds_the_phantoms_nodules_with_the_shipped_model() {
         found + 1 >= total,
         "the shipped model misses nodules: {summary}"
     );
+    if found < total {
+        assert!(
+            stdout.contains("from nodule 1's centre, outside its 3.1 mm radius"),
+            "the near miss is named: {stdout}"
+        );
+    }
     let (_, dets) = read_detections_csv(&out.join("detections.csv"));
     assert!(!dets.is_empty());
     assert!(dets.iter().all(|d| d.0 == phantom.series_uid));

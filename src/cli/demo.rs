@@ -155,8 +155,24 @@ pub fn demo_command(args: DemoArgs) -> Result<(), Error> {
         decode.min_probability
     );
     for d in false_positives.iter().take(SHOWN_FALSE_POSITIVES) {
+        // A near miss (within a diameter of a nodule's centre) says which nodule it missed.
+        let near = phantom
+            .nodules
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i, n, distance_mm(d.centre_world, n.centre_world)))
+            .filter(|(_, n, dist)| *dist <= n.diameter_mm)
+            .min_by(|a, b| a.2.total_cmp(&b.2))
+            .map(|(i, n, dist)| {
+                format!(
+                    "; {dist:.1} mm from nodule {}'s centre, outside its {:.1} mm radius",
+                    i + 1,
+                    n.diameter_mm / 2.0
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "  false positive: ({:.1}, {:.1}, {:.1}) mm, diameter {:.1} mm, probability {:.3}",
+            "  false positive: ({:.1}, {:.1}, {:.1}) mm, diameter {:.1} mm, probability {:.3}{near}",
             d.centre_world[0], d.centre_world[1], d.centre_world[2], d.diameter_mm, d.probability
         );
     }
