@@ -451,7 +451,7 @@ fn monai_benchmark(
     let detector = m::monai::MonaiDetector::from_bytes(bytes, path, &dev)?;
     let mut rng = lungcad::rng::SplitMix64::new(7);
     let values: Vec<f32> = (0..x * y * z).map(|_| rng.normal() as f32).collect();
-    let window = x * y * z >= detector.sliding_window.roi_size.iter().product::<usize>();
+    let window = detector.uses_sliding_window([x, y, z]);
     let run = || detector.detect_image(&values, [x, y, z]);
     let t = std::time::Instant::now();
     let boxes = run()?.len();

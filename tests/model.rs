@@ -231,8 +231,8 @@ fn mirror_map(maps: &[f32], shape: [usize; 5], axes: [bool; 3]) -> Vec<f32> {
     let mut m = ndarray::ArrayView5::from_shape(shape, maps)
         .unwrap()
         .to_owned();
-    for a in 0..3 {
-        if axes[a] {
+    for (a, &flipped) in axes.iter().enumerate() {
+        if flipped {
             m.invert_axis(ndarray::Axis(a + 2));
         }
     }
@@ -252,7 +252,10 @@ fn test_time_flips_average_mirrored_passes() {
     let d = Detector::new(config, pre_cfg, &device, 5).unwrap();
     let x = input(2, 11);
     let plain = d.forward_batch(x.clone(), 2, [32; 3]).unwrap();
-    assert_eq!(d.forward_flips(&x, 2, [32; 3], Flips::None).unwrap(), plain);
+    assert_eq!(
+        d.forward_flips(x.clone(), 2, [32; 3], Flips::None).unwrap(),
+        plain
+    );
     let shape = [2, 15, 8, 8, 8];
     // The input mirrored along z and x.
     let mut xm = ndarray::Array4::from_shape_vec((2, 32, 32, 32), x.clone()).unwrap();
@@ -264,8 +267,8 @@ fn test_time_flips_average_mirrored_passes() {
     let gap = max_abs_diff(&mirror_map(&plain, shape, [true, false, true]), &plain_m);
     assert!(gap > 1e-3, "an untrained network is not symmetric ({gap})");
     // ... the average over all 8 flips is: the mirrored input's map is the mirrored map.
-    let avg = d.forward_flips(&x, 2, [32; 3], Flips::All).unwrap();
-    let avg_m = d.forward_flips(&xm, 2, [32; 3], Flips::All).unwrap();
+    let avg = d.forward_flips(x.clone(), 2, [32; 3], Flips::All).unwrap();
+    let avg_m = d.forward_flips(xm.clone(), 2, [32; 3], Flips::All).unwrap();
     let gap = max_abs_diff(&mirror_map(&avg, shape, [true, false, true]), &avg_m);
     assert!(gap < 1e-5, "flip-averaged maps differ by {gap}");
     // Flips::X is the mean of the plain pass and the x-mirrored pass mapped back.
@@ -282,9 +285,12 @@ fn test_time_flips_average_mirrored_passes() {
         .zip(&back)
         .map(|(a, b)| (a + b) / 2.0)
         .collect();
-    let gap = max_abs_diff(&d.forward_flips(&x, 2, [32; 3], Flips::X).unwrap(), &mean);
+    let gap = max_abs_diff(
+        &d.forward_flips(x.clone(), 2, [32; 3], Flips::X).unwrap(),
+        &mean,
+    );
     assert!(gap < 1e-6, "Flips::X differs from its definition by {gap}");
-    assert!(d.forward_flips(&x, 3, [32; 3], Flips::All).is_err());
+    assert!(d.forward_flips(x.clone(), 3, [32; 3], Flips::All).is_err());
 }
 
 /// Writes `v` as little-endian f32.

@@ -161,16 +161,9 @@ impl PyDetector {
                 "threshold must be a probability in [0, 1], got {threshold}"
             )));
         }
-        let flips: Flips = match flips {
-            Some(f) => f.parse().map_err(to_py)?,
-            None if matches!(self.inner, Model::Monai(_)) => Flips::None,
-            None => Flips::RECOMMENDED,
-        };
-        if flips != Flips::None && matches!(self.inner, Model::Monai(_)) {
-            return Err(invalid(
-                "flips: MONAI RetinaNet models run MONAI's pipeline, which has no test-time flips",
-            ));
-        }
+        let requested = flips.map(str::parse).transpose().map_err(to_py)?;
+        let flips =
+            Flips::for_tool(requested, matches!(self.inner, Model::Monai(_))).map_err(to_py)?;
         enum Input {
             Volume(lungcad::Volume),
             Path(PathBuf),

@@ -61,7 +61,7 @@ pub fn demo_command(args: DemoArgs) -> Result<(), Error> {
             args.threshold
         )));
     }
-    let flips = args.run.flips()?;
+    let flips = args.run.flips(false)?;
     let config: SynthConfig = serde_json::from_str(SHIPPED_SYNTH_CONFIG)
         .map_err(|e| Error::InvalidArgument(format!("the shipped phantom config: {e}")))?;
     let (detector, dev_name) = args.run.load(args.model.as_deref())?;

@@ -60,11 +60,10 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// `--flips`, parsed; [`Flips::RECOMMENDED`] when not given.
-    pub fn flips(&self) -> Result<Flips, Error> {
-        self.flips
-            .as_deref()
-            .map_or(Ok(Flips::RECOMMENDED), str::parse)
+    /// `--flips`, parsed, for a MONAI model or not ([`Flips::for_tool`]).
+    pub fn flips(&self, monai: bool) -> Result<Flips, Error> {
+        let requested = self.flips.as_deref().map(str::parse).transpose()?;
+        Flips::for_tool(requested, monai)
     }
 
     /// The device, its name, and the model on it (`model`, or the shipped one).
@@ -169,6 +168,7 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
         Some((p, bytes)) => m::is_monai_model(bytes, p)?,
         None => false,
     };
+    let flips = args.run.flips(monai)?;
     let volume = args.input.load()?;
     let uid = volume.info.series_uid.clone().unwrap_or_else(|| {
         args.input
@@ -180,11 +180,6 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
     let (dev, dev_name) = m::select_device(args.run.device.parse()?)?;
     let (detections, background) = match model {
         Some((path, bytes)) if monai => {
-            if let Some(f) = args.run.flips.as_deref().filter(|f| *f != "none") {
-                return Err(Error::InvalidArgument(format!(
-                    "--flips {f}: MONAI RetinaNet models run MONAI's pipeline, which has no test-time flips"
-                )));
-            }
             let detector = m::monai::MonaiDetector::from_bytes(bytes, &path, &dev)?;
             let t = std::time::Instant::now();
             let found = detector.detect(&volume)?;
@@ -211,7 +206,7 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
             let decode = DecodeConfig {
                 min_probability: args.threshold,
                 max_detections: args.max_detections,
-                flips: args.run.flips()?,
+                flips,
                 ..DecodeConfig::default()
             };
             let run =

@@ -81,6 +81,31 @@ impl Flips {
     /// library's [`DecodeConfig`] default stays [`Flips::None`], the network alone.
     pub const RECOMMENDED: Flips = Flips::X;
 
+    /// The flips a tool runs (`lungcad detect`, `demo`, Python's `Detector.detect`):
+    /// `requested`, or [`Flips::RECOMMENDED`] when none is. A MONAI RetinaNet (`monai`)
+    /// runs MONAI's pipeline, which has no test-time flips: it takes [`Flips::None`] and
+    /// refuses others.
+    pub fn for_tool(requested: Option<Flips>, monai: bool) -> Result<Flips> {
+        match (requested, monai) {
+            (Some(f), true) if f != Flips::None => Err(Error::InvalidArgument(format!(
+                "flips {}: MONAI RetinaNet models run MONAI's pipeline, which has no test-time flips",
+                f.name()
+            ))),
+            (Some(f), _) => Ok(f),
+            (None, true) => Ok(Flips::None),
+            (None, false) => Ok(Flips::RECOMMENDED),
+        }
+    }
+
+    /// The name `--flips` and Python take: none, x or all.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flips::None => "none",
+            Flips::X => "x",
+            Flips::All => "all",
+        }
+    }
+
     /// The flipped axes `(z, y, x)` of each pass, the unflipped pass first.
     pub fn passes(self) -> Vec<[bool; 3]> {
         match self {

@@ -278,6 +278,12 @@ pub fn max_tensor_bytes(device: &Device) -> Option<u64> {
     }
 }
 
+/// Bytes of the largest tensor (float32) one patch of `patch_vox` makes in `config`'s
+/// network; at least 1.
+fn bytes_per_patch(config: &DetectorConfig, patch_vox: [usize; 3]) -> u64 {
+    4 * config.largest_tensor_per_patch(patch_vox).max(1) as u64
+}
+
 /// [`Error::Device`] naming both sizes when `batch` patches of `patch_vox` through the
 /// network of `config` make a tensor larger than `device` holds in one buffer
 /// ([`max_tensor_bytes`]); `Ok` where the device sets no such limit.
@@ -290,7 +296,7 @@ pub fn check_patches_fit(
     let Some(limit) = max_tensor_bytes(device) else {
         return Ok(());
     };
-    let per_patch = 4 * config.largest_tensor_per_patch(patch_vox).max(1) as u64;
+    let per_patch = bytes_per_patch(config, patch_vox);
     let max = (limit / per_patch) as usize;
     if batch <= max {
         return Ok(());
@@ -438,7 +444,7 @@ impl Detector {
     /// ([`Detector::candidates`]) runs smaller batches than asked when it must; training
     /// accumulates gradients over micro-batches of at most this many.
     pub fn max_batch(&self, patch_vox: [usize; 3]) -> Option<usize> {
-        let per_patch = 4 * self.config.largest_tensor_per_patch(patch_vox).max(1) as u64;
+        let per_patch = bytes_per_patch(&self.config, patch_vox);
         max_tensor_bytes(&self.device).map(|limit| (limit / per_patch) as usize)
     }
 
@@ -518,7 +524,7 @@ impl Detector {
     /// offsets negated) and the maps are averaged. [`Flips::None`] is `forward_batch`.
     pub fn forward_flips(
         &self,
-        input: &[f32],
+        input: Vec<f32>,
         batch: usize,
         patch_vox: [usize; 3],
         flips: Flips,
@@ -526,10 +532,10 @@ impl Detector {
         use ndarray::{Array5, ArrayView4, Axis};
         let passes = flips.passes();
         if passes.len() == 1 {
-            return self.forward_batch(input.to_vec(), batch, patch_vox);
+            return self.forward_batch(input, batch, patch_vox);
         }
         let [d, h, w] = patch_vox;
-        let source = ArrayView4::from_shape((batch, d, h, w), input).map_err(|_| {
+        let source = ArrayView4::from_shape((batch, d, h, w), &input).map_err(|_| {
             Error::InvalidArgument(format!(
                 "input holds {} values, not {batch} x {d} x {h} x {w}",
                 input.len()
@@ -608,7 +614,7 @@ impl Detector {
                 .map_err(|e| Error::InvalidArgument(format!("patch buffer: {e}")))?;
                 pre.patch_into(*o, view);
             }
-            let output = self.forward_flips(&input, chunk.len(), patch, decode.flips)?;
+            let output = self.forward_flips(input, chunk.len(), patch, decode.flips)?;
             for (k, o) in chunk.iter().enumerate() {
                 let map = ndarray::ArrayView4::from_shape(
                     (channels, out_shape[0], out_shape[1], out_shape[2]),

@@ -1206,6 +1206,12 @@ impl MonaiDetector {
         })
     }
 
+    /// Whether an image of `size` voxels runs by sliding window: when it holds at least the
+    /// window's voxels, as the bundle decides.
+    pub fn uses_sliding_window(&self, size: [usize; 3]) -> bool {
+        size.iter().product::<usize>() >= self.sliding_window.roi_size.iter().product::<usize>()
+    }
+
     /// The network and post-processing on a preprocessed image of `size` (X, Y, Z,
     /// one channel): by sliding window when the image holds at least the window's voxels,
     /// as the bundle decides; boxes in its voxels. A run whose largest tensor does not fit
@@ -1215,8 +1221,8 @@ impl MonaiDetector {
         values: &[f32],
         size: [usize; 3],
     ) -> Result<Vec<crate::detect::retina::RetinaBox>> {
-        let voxels: usize = size.iter().product();
-        let window = (voxels >= self.sliding_window.roi_size.iter().product::<usize>())
+        let window = self
+            .uses_sliding_window(size)
             .then_some(&self.sliding_window);
         let run: [usize; 3] = match window {
             Some(w) => w.roi_size,
