@@ -15,6 +15,7 @@
 //! `preprocess_config` (JSON). The PyTorch reference (`python/reference/detector.py`) loads
 //! it as a `state_dict` and saves its own weights in the same form.
 
+pub mod cpu_conv;
 pub mod monai;
 pub mod net;
 pub mod ops;

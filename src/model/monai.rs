@@ -21,6 +21,7 @@
 //! heads:  per level, 4 x (conv3 + GroupNorm(groups) + ReLU), conv3 to A*classes / A*6
 //! ```
 
+use super::cpu_conv::conv3d;
 use super::ops::{max_pool3d, resize_nearest3d};
 use super::Device;
 use crate::error::{Error, Result};
@@ -244,13 +245,13 @@ impl Block {
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let skip = match (&self.downsample_conv, &self.downsample_bn) {
-            (Some(c), Some(b)) => b.forward(c.forward(x.clone())),
+            (Some(c), Some(b)) => b.forward(conv3d(c, x.clone())),
             _ => x.clone(),
         };
-        let y = relu(self.bn1.forward(self.conv1.forward(x)));
-        let y = self.bn2.forward(self.conv2.forward(y));
+        let y = relu(self.bn1.forward(conv3d(&self.conv1, x)));
+        let y = self.bn2.forward(conv3d(&self.conv2, y));
         let y = match (&self.conv3, &self.bn3) {
-            (Some(c), Some(b)) => b.forward(c.forward(relu(y))),
+            (Some(c), Some(b)) => b.forward(conv3d(c, relu(y))),
             _ => y,
         };
         relu(y + skip)
@@ -305,9 +306,9 @@ impl Head {
 
     pub fn forward(&self, mut x: Tensor<5>) -> Tensor<5> {
         for (c, n) in self.convs.iter().zip(&self.norms) {
-            x = relu(n.forward(c.forward(x)));
+            x = relu(n.forward(conv3d(c, x)));
         }
-        self.out.forward(x)
+        conv3d(&self.out, x)
     }
 }
 
@@ -389,7 +390,7 @@ impl RetinaNet {
     /// The pyramid's levels, finest first (MONAI's "0", "1", ..., "pool").
     pub fn features(&self, x: Tensor<5>) -> Vec<Tensor<5>> {
         let body = &self.feature_extractor.body;
-        let mut x = relu(body.bn1.forward(body.conv1.forward(x)));
+        let mut x = relu(body.bn1.forward(conv3d(&body.conv1, x)));
         x = max_pool3d(x, [3; 3], [2; 3], [1; 3]);
         let mut taps = Vec::new();
         for (i, layer) in body.layers.iter().enumerate() {
@@ -402,13 +403,13 @@ impl RetinaNet {
         }
         let fpn = &self.feature_extractor.fpn;
         let n = taps.len();
-        let mut last_inner = fpn.inner_blocks[n - 1].forward(taps[n - 1].clone());
-        let mut levels = vec![fpn.layer_blocks[n - 1].forward(last_inner.clone())];
+        let mut last_inner = conv3d(&fpn.inner_blocks[n - 1], taps[n - 1].clone());
+        let mut levels = vec![conv3d(&fpn.layer_blocks[n - 1], last_inner.clone())];
         for i in (0..n - 1).rev() {
-            let lateral = fpn.inner_blocks[i].forward(taps[i].clone());
+            let lateral = conv3d(&fpn.inner_blocks[i], taps[i].clone());
             let [_, _, d, h, w] = lateral.dims();
             last_inner = lateral + resize_nearest3d(last_inner, [d, h, w]);
-            levels.insert(0, fpn.layer_blocks[i].forward(last_inner.clone()));
+            levels.insert(0, conv3d(&fpn.layer_blocks[i], last_inner.clone()));
         }
         let top = levels[levels.len() - 1].clone();
         levels.push(max_pool3d(top, [1; 3], [2; 3], [0; 3]));

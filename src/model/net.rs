@@ -12,6 +12,7 @@
 //! head:    1x1 conv + ReLU, 1x1 conv -> 5 x anchors          (B, 5A, D/4, H/4, W/4)
 //! ```
 
+use super::cpu_conv::conv3d;
 use super::ops::{max_pool3d_2, upsample_nearest3d_2};
 use super::DetectorConfig;
 use crate::rng::SplitMix64;
@@ -52,7 +53,7 @@ impl ConvBnRelu {
     }
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        relu(self.bn.forward(conv3d(&self.conv, x)))
     }
 }
 
@@ -83,11 +84,11 @@ impl ResBlock {
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let skip = match (&self.shortcut, &self.shortcut_bn) {
-            (Some(c), Some(b)) => b.forward(c.forward(x.clone())),
+            (Some(c), Some(b)) => b.forward(conv3d(c, x.clone())),
             _ => x.clone(),
         };
-        let y = relu(self.bn1.forward(self.conv1.forward(x)));
-        relu(self.bn2.forward(self.conv2.forward(y)) + skip)
+        let y = relu(self.bn1.forward(conv3d(&self.conv1, x)));
+        relu(self.bn2.forward(conv3d(&self.conv2, y)) + skip)
     }
 }
 
@@ -167,7 +168,7 @@ impl DetectorNet {
         let d2 = self
             .dec2
             .forward(Tensor::cat(vec![upsample_nearest3d_2(d3), e2], 1));
-        self.head2.forward(relu(self.head1.forward(d2)))
+        conv3d(&self.head2, relu(conv3d(&self.head1, d2)))
     }
 }
 

@@ -1,0 +1,467 @@
+//! A faster 3-D convolution for inference on the CPU.
+//!
+//! burn's CPU backend (`flex`) convolves by tiled im2col + gemm: for every tile of 512
+//! output voxels it copies the `C_in x kd x kh x kw` inputs of each voxel into a buffer, then
+//! multiplies. On this project's 3 x 3 x 3 layers that runs at about 30 to 45 GFLOP/s on two
+//! cores, where the same cores multiply large matrices at about 200.
+//!
+//! This kernel copies the input once, channels-last and zero-padded, and computes the output
+//! on the padded grid. In that layout the `kw x C_in` inputs of a kernel row are contiguous,
+//! and moving a kernel row by `(a, b)` moves every output voxel's window by the same flat
+//! offset. A kernel row is therefore one matrix product over a run of output voxels, reading
+//! its left matrix in place (rows `C_in` apart, overlapping): `kd x kh` products of
+//! `(voxels, kw C_in) x (kw C_in, C_out)` per run, with no im2col buffer. Voxels of the
+//! padded grid that are not outputs (the last `kh - 1` rows of a plane, `kw - 1` columns of a
+//! row) are computed and dropped. When a kernel row is short (`kw C_in` under
+//! [`SHORT_ROW`], as in a first layer on one channel) the run's rows are gathered into one
+//! `(voxels, kd kh kw C_in)` matrix instead, one product per run.
+//!
+//! Runs are independent (each writes its own output voxels, summing in a fixed order), so the
+//! output does not depend on the number of threads. Used by [`conv3d`] for stride-1,
+//! ungrouped, undilated f32 convolutions larger than 1 x 1 x 1 on a plain `flex` device
+//! (no autodiff: training keeps burn's differentiable convolution); every other case, and
+//! every other device, goes to burn's `Conv3d::forward`. Measured in docs/PERFORMANCE.md.
+
+use burn::backend::DispatchDevice;
+use burn::nn::conv::Conv3d;
+use burn::nn::PaddingConfig3d;
+use burn::prelude::*;
+use burn::tensor::DType;
+use rayon::prelude::*;
+
+/// Output voxels per matrix product (one task): the `RUN x C_out` result stays in L2.
+const RUN: usize = 1024;
+
+/// Kernel rows of fewer values than this are gathered ([module docs](self)).
+const SHORT_ROW: usize = 16;
+
+/// `conv.forward(x)`, by this module's kernel where it applies ([module docs](self)).
+pub fn conv3d(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    let Some(padding) = fast_path(conv, &x) else {
+        return conv.forward(x);
+    };
+    let device = x.device();
+    let dims = x.dims();
+    let weight = conv.weight.val();
+    let [c_out, _, kd, kh, kw] = weight.dims();
+    // Flex hands over its buffer (a copy only when the tensor is shared).
+    let x = x.into_data();
+    let weight = weight.into_data();
+    let bias = conv.bias.as_ref().map(|b| b.val().into_data());
+    fn slice(t: &TensorData) -> Option<&[f32]> {
+        t.as_slice::<f32>().ok()
+    }
+    let bias_slice = bias.as_ref().map(slice);
+    match (slice(&x), slice(&weight), bias_slice) {
+        (Some(xs), Some(ws), None | Some(Some(_))) => {
+            let bs = bias_slice.flatten();
+            let (out, out_dims) = conv3d_f32(xs, dims, ws, [c_out, kd, kh, kw], bs, padding);
+            Tensor::from_data(TensorData::new(out, out_dims), &device)
+        }
+        // Not reached (fast_path checked the dtypes), but never worth a panic.
+        _ => conv.forward(Tensor::from_data(x, &device)),
+    }
+}
+
+/// The padding when [`conv3d`] can take its own path, else `None`.
+fn fast_path(conv: &Conv3d, x: &Tensor<5>) -> Option<[usize; 3]> {
+    // An autodiff device is a variant of its own, so this is inference on the CPU.
+    if !matches!(x.device().as_dispatch(), DispatchDevice::Flex(_))
+        || x.dtype() != DType::F32
+        || conv.weight.val().dtype() != DType::F32
+        || conv.bias.as_ref().is_some_and(|b| b.val().dtype() != DType::F32)
+        || conv.groups != 1
+        || conv.stride != [1, 1, 1]
+        || conv.dilation != [1, 1, 1]
+        // flex's own 1 x 1 x 1 path is already one plain matrix product
+        || conv.kernel_size == [1, 1, 1]
+    {
+        return None;
+    }
+    let padding = match conv.padding {
+        PaddingConfig3d::Valid => [0, 0, 0],
+        PaddingConfig3d::Explicit(d, h, w) => [d, h, w],
+        PaddingConfig3d::Same => return None,
+    };
+    let [n, c_in, d, h, w] = x.dims();
+    let fits = (0..3).all(|a| [d, h, w][a] + 2 * padding[a] >= conv.kernel_size[a]);
+    (n > 0 && c_in > 0 && fits).then_some(padding)
+}
+
+/// The convolution of `x` (`(n, c_in, d, h, w)`, row-major) with `weight`
+/// (`(c_out, c_in, kd, kh, kw)`; `kernel` is `[c_out, kd, kh, kw]`), stride 1, zero
+/// `padding` on both sides of each axis, plus `bias`: the output and its dimensions.
+pub(crate) fn conv3d_f32(
+    x: &[f32],
+    [n, c_in, d, h, w]: [usize; 5],
+    weight: &[f32],
+    [c_out, kd, kh, kw]: [usize; 4],
+    bias: Option<&[f32]>,
+    padding: [usize; 3],
+) -> (Vec<f32>, [usize; 5]) {
+    assert_eq!(x.len(), n * c_in * d * h * w, "input length");
+    assert_eq!(weight.len(), c_out * c_in * kd * kh * kw, "weight length");
+    let (dp, hp, wp) = (d + 2 * padding[0], h + 2 * padding[1], w + 2 * padding[2]);
+    assert!(
+        dp >= kd && hp >= kh && wp >= kw,
+        "kernel larger than the padded input"
+    );
+    let (od, oh, ow) = (dp - kd + 1, hp - kh + 1, wp - kw + 1);
+    let out_dims = [n, c_out, od, oh, ow];
+    let out_len = c_out * od * oh * ow;
+    let mut out = vec![0f32; n * out_len];
+    if out.is_empty() {
+        return (out, out_dims);
+    }
+
+    // The weights as kd x kh matrices of (kw c_in) x c_out, row j = kx c_in + ci.
+    let row = kw * c_in;
+    let mut w_rows = vec![0f32; kd * kh * row * c_out];
+    for (i, v) in weight.iter().enumerate() {
+        let kx = i % kw;
+        let ky = i / kw % kh;
+        let kz = i / (kw * kh) % kd;
+        let ci = i / (kw * kh * kd) % c_in;
+        let co = i / (kw * kh * kd * c_in);
+        w_rows[((kz * kh + ky) * row + kx * c_in + ci) * c_out + co] = *v;
+    }
+
+    // A run is a block of output rows (z, y), in order; its matrix products cover the padded
+    // grid's positions from its first row's start to its last row's end.
+    let plane = hp * wp;
+    let rows = od * oh;
+    let rows_per_run = (RUN / wp).max(1);
+    let gather = row < SHORT_ROW;
+    let grid = Grid {
+        kd,
+        kh,
+        wp,
+        plane,
+        c_in,
+        c_out,
+        row,
+    };
+    let position = |t: usize| t / oh * plane + t % oh * wp;
+    let mut padded = vec![0f32; dp * plane * c_in];
+    for (sample, out) in x
+        .chunks_exact(c_in * d * h * w)
+        .zip(out.chunks_exact_mut(out_len))
+    {
+        pad_channels_last(sample, [c_in, d, h, w], padding, &mut padded);
+        // Each run's rows in each output channel: runs[r][co].
+        let mut runs: Vec<Vec<&mut [f32]>> = Vec::new();
+        for channel in out.chunks_exact_mut(od * oh * ow) {
+            for (r, rows) in channel.chunks_mut(rows_per_run * ow).enumerate() {
+                if r == runs.len() {
+                    runs.push(Vec::with_capacity(c_out));
+                }
+                runs[r].push(rows);
+            }
+        }
+        runs.into_par_iter().enumerate().for_each_init(
+            Vec::new,
+            |acc: &mut Vec<f32>, (r, mut channels)| {
+                let (t0, t1) = (r * rows_per_run, ((r + 1) * rows_per_run).min(rows));
+                let start = position(t0);
+                acc.clear();
+                acc.resize((position(t1 - 1) + ow - start) * c_out, 0.0);
+                if gather {
+                    run_gathered(&padded, &w_rows, grid, start, acc);
+                } else {
+                    run_in_place(&padded, &w_rows, grid, start, acc);
+                }
+                for (co, dst) in channels.iter_mut().enumerate() {
+                    let b = bias.map_or(0.0, |b| b[co]);
+                    for (t, dst_row) in (t0..t1).zip(dst.chunks_exact_mut(ow)) {
+                        let q = position(t) - start;
+                        for (xx, v) in dst_row.iter_mut().enumerate() {
+                            *v = acc[(q + xx) * c_out + co] + b;
+                        }
+                    }
+                }
+            },
+        );
+    }
+    (out, out_dims)
+}
+
+/// `sample` (`(c_in, d, h, w)`) into `padded` as `(d + 2p, h + 2p, w + 2p, c_in)` with zero
+/// borders.
+fn pad_channels_last(
+    sample: &[f32],
+    [c_in, d, h, w]: [usize; 4],
+    padding: [usize; 3],
+    padded: &mut [f32],
+) {
+    let (hp, wp) = (h + 2 * padding[1], w + 2 * padding[2]);
+    padded
+        .par_chunks_mut(hp * wp * c_in)
+        .enumerate()
+        .for_each(|(zp, plane)| {
+            plane.fill(0.0);
+            let Some(z) = zp.checked_sub(padding[0]).filter(|z| *z < d) else {
+                return;
+            };
+            for y in 0..h {
+                let dst = &mut plane[((y + padding[1]) * wp + padding[2]) * c_in..][..w * c_in];
+                for c in 0..c_in {
+                    let src = &sample[((c * d + z) * h + y) * w..][..w];
+                    for (xx, v) in src.iter().enumerate() {
+                        dst[xx * c_in + c] = *v;
+                    }
+                }
+            }
+        });
+}
+
+/// The shapes a run needs.
+#[derive(Clone, Copy)]
+struct Grid {
+    kd: usize,
+    kh: usize,
+    /// Padded row length and plane size, in positions.
+    wp: usize,
+    plane: usize,
+    c_in: usize,
+    c_out: usize,
+    /// Values in a kernel row: `kw c_in`.
+    row: usize,
+}
+
+/// One run of `acc.len() / c_out` output positions from `start`: a matrix product per
+/// kernel row, its left matrix read in place from `padded`.
+fn run_in_place(padded: &[f32], w_rows: &[f32], g: Grid, start: usize, acc: &mut [f32]) {
+    let m = acc.len() / g.c_out;
+    for kz in 0..g.kd {
+        for ky in 0..g.kh {
+            let first = (start + kz * g.plane + ky * g.wp) * g.c_in;
+            // m rows of `row` values, `c_in` apart: the last ends at this slice's end.
+            let lhs = &padded[first..first + (m - 1) * g.c_in + g.row];
+            let rhs = &w_rows[(kz * g.kh + ky) * g.row * g.c_out..][..g.row * g.c_out];
+            product(m, g.row, g.c_out, lhs, g.c_in, rhs, acc, kz + ky > 0);
+        }
+    }
+}
+
+/// As [`run_in_place`], the kernel rows of each position first gathered into one row of
+/// `kd kh row` values, then one matrix product.
+fn run_gathered(padded: &[f32], w_rows: &[f32], g: Grid, start: usize, acc: &mut [f32]) {
+    let m = acc.len() / g.c_out;
+    let k = g.kd * g.kh * g.row;
+    let mut cols = vec![0f32; m * k];
+    for (i, col) in cols.chunks_exact_mut(k).enumerate() {
+        for kz in 0..g.kd {
+            for ky in 0..g.kh {
+                let src = (start + i + kz * g.plane + ky * g.wp) * g.c_in;
+                col[(kz * g.kh + ky) * g.row..][..g.row].copy_from_slice(&padded[src..][..g.row]);
+            }
+        }
+    }
+    product(m, k, g.c_out, &cols, k, w_rows, acc, false);
+}
+
+/// `acc (m x n) [+]= lhs (m x k, rows lhs_row_stride apart) x rhs (k x n)`, all row-major.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs: &[f32],
+    lhs_row_stride: usize,
+    rhs: &[f32],
+    acc: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(m > 0 && lhs.len() > (m - 1) * lhs_row_stride + k - 1 && lhs_row_stride >= 1);
+    assert!(rhs.len() >= k * n && acc.len() >= m * n);
+    // SAFETY: the asserts bound every index gemm reads (lhs[i s + j], rhs[j n + c]) and
+    // writes (acc[i n + c]) for i < m, j < k, c < n; the three slices do not alias.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            acc.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            lhs_row_stride as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+    use burn::nn::conv::Conv3dConfig;
+
+    fn values(n: usize, rng: &mut SplitMix64) -> Vec<f32> {
+        (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect()
+    }
+
+    /// The definition, one output value at a time, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn plain_loop(
+        x: &[f32],
+        [n, c_in, d, h, w]: [usize; 5],
+        weight: &[f32],
+        [c_out, kd, kh, kw]: [usize; 4],
+        bias: Option<&[f32]>,
+        p: [usize; 3],
+    ) -> Vec<f32> {
+        let (od, oh, ow) = (
+            d + 2 * p[0] + 1 - kd,
+            h + 2 * p[1] + 1 - kh,
+            w + 2 * p[2] + 1 - kw,
+        );
+        let mut out = Vec::new();
+        for b in 0..n {
+            for co in 0..c_out {
+                for z in 0..od {
+                    for y in 0..oh {
+                        for xx in 0..ow {
+                            let mut s = bias.map_or(0.0, |v| v[co] as f64);
+                            for ci in 0..c_in {
+                                for a in 0..kd {
+                                    for bb in 0..kh {
+                                        for c in 0..kw {
+                                            let (zi, yi, xi) = (
+                                                (z + a) as isize - p[0] as isize,
+                                                (y + bb) as isize - p[1] as isize,
+                                                (xx + c) as isize - p[2] as isize,
+                                            );
+                                            if zi < 0 || yi < 0 || xi < 0 {
+                                                continue;
+                                            }
+                                            let (zi, yi, xi) =
+                                                (zi as usize, yi as usize, xi as usize);
+                                            if zi >= d || yi >= h || xi >= w {
+                                                continue;
+                                            }
+                                            let xv =
+                                                x[(((b * c_in + ci) * d + zi) * h + yi) * w + xi];
+                                            let wv = weight
+                                                [(((co * c_in + ci) * kd + a) * kh + bb) * kw + c];
+                                            s += xv as f64 * wv as f64;
+                                        }
+                                    }
+                                }
+                            }
+                            out.push(s as f32);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_a_plain_loop() {
+        let mut rng = SplitMix64::new(7);
+        // (x dims, kernel [c_out, kd, kh, kw], padding): both paths (in place for kernel
+        // rows of SHORT_ROW values or more, gathered below), odd sizes, uneven padding,
+        // valid convolution, more outputs than one run, kernel as large as the padded input.
+        let cases: [([usize; 5], [usize; 4], [usize; 3]); 7] = [
+            ([2, 1, 9, 10, 11], [4, 3, 3, 3], [1, 1, 1]),
+            ([1, 6, 7, 8, 9], [5, 3, 3, 3], [1, 1, 1]),
+            ([2, 3, 6, 7, 5], [2, 1, 3, 5], [0, 1, 2]),
+            ([1, 8, 5, 6, 7], [3, 3, 2, 3], [0, 0, 0]),
+            ([1, 16, 12, 13, 14], [8, 3, 3, 3], [1, 1, 1]),
+            ([1, 2, 3, 3, 3], [3, 5, 5, 5], [1, 1, 1]),
+            ([3, 7, 4, 5, 3], [6, 7, 3, 3], [2, 1, 1]),
+        ];
+        for (dims, kernel, padding) in cases {
+            let [n, c_in, d, h, w] = dims;
+            let [c_out, kd, kh, kw] = kernel;
+            let x = values(n * c_in * d * h * w, &mut rng);
+            let weight = values(c_out * c_in * kd * kh * kw, &mut rng);
+            let bias = values(c_out, &mut rng);
+            for bias in [None, Some(bias.as_slice())] {
+                let (got, got_dims) = conv3d_f32(&x, dims, &weight, kernel, bias, padding);
+                let want = plain_loop(&x, dims, &weight, kernel, bias, padding);
+                let od = d + 2 * padding[0] + 1 - kd;
+                let oh = h + 2 * padding[1] + 1 - kh;
+                let ow = w + 2 * padding[2] + 1 - kw;
+                assert_eq!(got_dims, [n, c_out, od, oh, ow], "{dims:?} {kernel:?}");
+                assert_eq!(got.len(), want.len());
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    err < 1e-4,
+                    "{dims:?} {kernel:?} {padding:?}: max error {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn same_as_burn_and_independent_of_threads() {
+        let device = Device::flex();
+        let mut rng = SplitMix64::new(11);
+        let conv = Conv3dConfig::new([5, 7], [3, 3, 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .init(&device);
+        let dims = [2, 5, 16, 15, 14];
+        let v = values(dims.iter().product(), &mut rng);
+        let x = || Tensor::<5>::from_data(TensorData::new(v.clone(), dims), &device);
+        assert!(fast_path(&conv, &x()).is_some());
+        let ours = conv3d(&conv, x())
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let burns = conv.forward(x()).into_data().try_into_vec::<f32>().unwrap();
+        let err = ours
+            .iter()
+            .zip(&burns)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-5, "max difference from burn's conv3d {err}");
+        let one_thread = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let again = one_thread.install(|| {
+            conv3d(&conv, x())
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap()
+        });
+        assert_eq!(ours, again, "the output depends on the thread count");
+    }
+
+    #[test]
+    fn other_cases_are_left_to_burn() {
+        let device = Device::flex();
+        let x = Tensor::<5>::zeros([1, 2, 8, 8, 8], &device);
+        let conv = |c: Conv3dConfig| c.init(&device);
+        let base = || Conv3dConfig::new([2, 3], [3, 3, 3]);
+        assert!(fast_path(&conv(base()), &x).is_some());
+        assert!(fast_path(&conv(base().with_stride([2, 2, 2])), &x).is_none());
+        assert!(fast_path(&conv(base().with_dilation([2, 2, 2])), &x).is_none());
+        assert!(fast_path(
+            &conv(Conv3dConfig::new([2, 2], [3, 3, 3]).with_groups(2)),
+            &x
+        )
+        .is_none());
+        assert!(fast_path(&conv(Conv3dConfig::new([2, 3], [1, 1, 1])), &x).is_none());
+        let autodiff = Device::flex().autodiff();
+        let tracked = Tensor::<5>::zeros([1, 2, 8, 8, 8], &autodiff);
+        assert!(fast_path(&base().init(&autodiff), &tracked).is_none());
+    }
+}
