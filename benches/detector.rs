@@ -6,8 +6,17 @@
 //! 64³ keeps a CPU run to minutes (the network costs 22 GFLOPs per 64³ patch, 180 per
 //! 128³). Full 128³ patches at batch 1, 8 and 32, against PyTorch on the same weights in the
 //! same run: `lungcad benchmark` and benches/compare_detector.py (docs/PERFORMANCE.md).
+//!
+//! Group `conv3d`: the default network's 3x3x3 layers on one sample on the CPU, lungcad's
+//! inference convolution (`model::cpu_conv`) against burn flex's own (`Conv3d::forward`),
+//! in the same run (`cargo bench --bench detector -- conv3d`); the throughput criterion
+//! prints is in FLOP/s ("elem/s").
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use burn::nn::conv::Conv3dConfig;
+use burn::nn::PaddingConfig3d;
+use burn::prelude::*;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use lungcad::model::cpu_conv::conv3d;
 use lungcad::model::{select_device, Detector, DetectorConfig, DeviceChoice};
 use lungcad::preprocess::PreprocessConfig;
 
@@ -51,5 +60,51 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_conv(c: &mut Criterion) {
+    let device = Device::flex();
+    let mut g = c.benchmark_group("conv3d");
+    g.sample_size(10);
+    // (input channels, output channels, side): the stem's, enc1's and enc3's layers.
+    for (c_in, c_out, side) in [
+        (1, 24, 128),
+        (24, 24, 128),
+        (24, 32, 64),
+        (32, 32, 64),
+        (64, 64, 32),
+    ] {
+        let conv = Conv3dConfig::new([c_in, c_out], [3, 3, 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .with_bias(false)
+            .init(&device);
+        let x = Tensor::<5>::random(
+            [1, c_in, side, side, side],
+            burn::tensor::Distribution::Default,
+            &device,
+        )
+        .into_data();
+        let flop = 2 * side * side * side * c_in * c_out * 27;
+        g.throughput(Throughput::Elements(flop as u64));
+        let name = format!("{c_in}to{c_out}_{side}cubed");
+        // A fresh input tensor each time, made outside the timing: a tensor also held
+        // elsewhere would be copied by the kernel (flex hands over only unshared buffers).
+        let input = || Tensor::<5>::from_data(x.clone(), &device);
+        g.bench_function(format!("lungcad/{name}"), |b| {
+            b.iter_batched(
+                input,
+                |x| conv3d(&conv, x).into_data(),
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function(format!("flex/{name}"), |b| {
+            b.iter_batched(
+                input,
+                |x| conv.forward(x).into_data(),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_conv);
 criterion_main!(benches);
