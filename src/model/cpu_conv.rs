@@ -16,6 +16,10 @@
 //! [`SHORT_ROW`], as in a first layer on one channel) the run's rows are gathered into one
 //! `(voxels, kd kh kw C_in)` matrix instead, one product per run.
 //!
+//! A batch norm that follows the convolution (in inference, a per-channel scale and shift)
+//! and a ReLU are applied as the kernel writes its output ([`conv3d_bn`]), which saves two
+//! passes over it.
+//!
 //! Runs are independent (each writes its own output voxels, summing in a fixed order), so the
 //! output does not depend on the number of threads. Used by [`conv3d`] for stride-1,
 //! ungrouped, undilated f32 convolutions larger than 1 x 1 x 1 on a plain `flex` device
@@ -24,9 +28,9 @@
 
 use burn::backend::DispatchDevice;
 use burn::nn::conv::Conv3d;
-use burn::nn::PaddingConfig3d;
+use burn::nn::{BatchNorm, PaddingConfig3d};
 use burn::prelude::*;
-use burn::tensor::DType;
+use burn::tensor::{activation, DType};
 use rayon::prelude::*;
 
 /// Output voxels per matrix product (one task): the `RUN x C_out` result stays in L2.
@@ -40,6 +44,86 @@ pub fn conv3d(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     let Some(padding) = fast_path(conv, &x) else {
         return conv.forward(x);
     };
+    let shift = match &conv.bias {
+        None => None,
+        Some(b) => match values(b.val()) {
+            Some(v) => Some(v),
+            None => return conv.forward(x),
+        },
+    };
+    let epilogue = Epilogue {
+        shift,
+        ..Epilogue::default()
+    };
+    run(conv, x, padding, &epilogue).unwrap_or_else(|x| conv.forward(x))
+}
+
+/// `bn.forward(conv.forward(x))`, then ReLU when `relu`; `bn` in inference (its running
+/// statistics), as burn runs it off an autodiff device. Where [`conv3d`]'s kernel applies,
+/// the batch norm's per-channel scale and shift and the ReLU are applied as the kernel writes
+/// its output, saving two passes over it.
+pub fn conv3d_bn(conv: &Conv3d, bn: &BatchNorm, x: Tensor<5>, relu: bool) -> Tensor<5> {
+    let unfused = |x| {
+        let y = bn.forward(conv3d(conv, x));
+        if relu {
+            activation::relu(y)
+        } else {
+            y
+        }
+    };
+    let Some(padding) = fast_path(conv, &x) else {
+        return unfused(x);
+    };
+    let Some(mut epilogue) = batch_norm_affine(conv, bn) else {
+        return unfused(x);
+    };
+    epilogue.relu = relu;
+    run(conv, x, padding, &epilogue).unwrap_or_else(unfused)
+}
+
+/// A tensor's values as f32, when it holds f32.
+fn values(t: Tensor<1>) -> Option<Vec<f32>> {
+    t.into_data().try_into_vec::<f32>().ok()
+}
+
+/// `conv`'s bias and then `bn` (inference) as one per-channel scale and shift.
+fn batch_norm_affine(conv: &Conv3d, bn: &BatchNorm) -> Option<Epilogue> {
+    let c_out = conv.weight.dims()[0];
+    let gamma = values(bn.gamma.val())?;
+    let beta = values(bn.beta.val())?;
+    let mean = values(bn.running_mean.value())?;
+    let var = values(bn.running_var.value())?;
+    let bias = match &conv.bias {
+        Some(b) => values(b.val())?,
+        None => vec![0.0; c_out],
+    };
+    if [&gamma, &beta, &mean, &var, &bias]
+        .iter()
+        .any(|v| v.len() != c_out)
+    {
+        return None;
+    }
+    let scale: Vec<f64> = (0..c_out)
+        .map(|c| gamma[c] as f64 / (var[c] as f64 + bn.epsilon).sqrt())
+        .collect();
+    let shift = (0..c_out)
+        .map(|c| (beta[c] as f64 + (bias[c] as f64 - mean[c] as f64) * scale[c]) as f32)
+        .collect();
+    Some(Epilogue {
+        scale: Some(scale.into_iter().map(|v| v as f32).collect()),
+        shift: Some(shift),
+        relu: false,
+    })
+}
+
+/// The kernel on `x`, or `x` back (as a tensor) if its data cannot be read as f32, which
+/// [`fast_path`] has checked: never expected, but not worth a panic.
+fn run(
+    conv: &Conv3d,
+    x: Tensor<5>,
+    padding: [usize; 3],
+    epilogue: &Epilogue,
+) -> Result<Tensor<5>, Tensor<5>> {
     let device = x.device();
     let dims = x.dims();
     let weight = conv.weight.val();
@@ -47,20 +131,22 @@ pub fn conv3d(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     // Flex hands over its buffer (a copy only when the tensor is shared).
     let x = x.into_data();
     let weight = weight.into_data();
-    let bias = conv.bias.as_ref().map(|b| b.val().into_data());
-    fn slice(t: &TensorData) -> Option<&[f32]> {
-        t.as_slice::<f32>().ok()
-    }
-    let bias_slice = bias.as_ref().map(slice);
-    match (slice(&x), slice(&weight), bias_slice) {
-        (Some(xs), Some(ws), None | Some(Some(_))) => {
-            let bs = bias_slice.flatten();
-            let (out, out_dims) = conv3d_f32(xs, dims, ws, [c_out, kd, kh, kw], bs, padding);
-            Tensor::from_data(TensorData::new(out, out_dims), &device)
+    match (x.as_slice::<f32>(), weight.as_slice::<f32>()) {
+        (Ok(xs), Ok(ws)) => {
+            let (out, out_dims) = conv3d_f32(xs, dims, ws, [c_out, kd, kh, kw], padding, epilogue);
+            Ok(Tensor::from_data(TensorData::new(out, out_dims), &device))
         }
-        // Not reached (fast_path checked the dtypes), but never worth a panic.
-        _ => conv.forward(Tensor::from_data(x, &device)),
+        _ => Err(Tensor::from_data(x, &device)),
     }
+}
+
+/// What happens to each output value of channel `c` as it is written: times `scale[c]`,
+/// plus `shift[c]`, then ReLU if `relu`.
+#[derive(Default)]
+pub(crate) struct Epilogue {
+    pub scale: Option<Vec<f32>>,
+    pub shift: Option<Vec<f32>>,
+    pub relu: bool,
 }
 
 /// The padding when [`conv3d`] can take its own path, else `None`.
@@ -90,17 +176,20 @@ fn fast_path(conv: &Conv3d, x: &Tensor<5>) -> Option<[usize; 3]> {
 
 /// The convolution of `x` (`(n, c_in, d, h, w)`, row-major) with `weight`
 /// (`(c_out, c_in, kd, kh, kw)`; `kernel` is `[c_out, kd, kh, kw]`), stride 1, zero
-/// `padding` on both sides of each axis, plus `bias`: the output and its dimensions.
+/// `padding` on both sides of each axis, then the `epilogue`: the output and its dimensions.
 pub(crate) fn conv3d_f32(
     x: &[f32],
     [n, c_in, d, h, w]: [usize; 5],
     weight: &[f32],
     [c_out, kd, kh, kw]: [usize; 4],
-    bias: Option<&[f32]>,
     padding: [usize; 3],
+    epilogue: &Epilogue,
 ) -> (Vec<f32>, [usize; 5]) {
     assert_eq!(x.len(), n * c_in * d * h * w, "input length");
     assert_eq!(weight.len(), c_out * c_in * kd * kh * kw, "weight length");
+    for per_channel in [&epilogue.scale, &epilogue.shift].into_iter().flatten() {
+        assert_eq!(per_channel.len(), c_out, "values per output channel");
+    }
     let (dp, hp, wp) = (d + 2 * padding[0], h + 2 * padding[1], w + 2 * padding[2]);
     assert!(
         dp >= kd && hp >= kh && wp >= kw,
@@ -171,11 +260,14 @@ pub(crate) fn conv3d_f32(
                     run_in_place(&padded, &w_rows, grid, start, acc);
                 }
                 for (co, dst) in channels.iter_mut().enumerate() {
-                    let b = bias.map_or(0.0, |b| b[co]);
+                    let scale = epilogue.scale.as_ref().map_or(1.0, |s| s[co]);
+                    let shift = epilogue.shift.as_ref().map_or(0.0, |s| s[co]);
                     for (t, dst_row) in (t0..t1).zip(dst.chunks_exact_mut(ow)) {
                         let q = position(t) - start;
                         for (xx, v) in dst_row.iter_mut().enumerate() {
-                            *v = acc[(q + xx) * c_out + co] + b;
+                            let y = acc[(q + xx) * c_out + co] * scale + shift;
+                            // As burn's relu: negatives to 0, NaN kept.
+                            *v = if epilogue.relu && y < 0.0 { 0.0 } else { y };
                         }
                     }
                 }
@@ -307,7 +399,7 @@ mod tests {
     use crate::rng::SplitMix64;
     use burn::nn::conv::Conv3dConfig;
 
-    fn values(n: usize, rng: &mut SplitMix64) -> Vec<f32> {
+    fn random(n: usize, rng: &mut SplitMix64) -> Vec<f32> {
         (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect()
     }
 
@@ -318,8 +410,8 @@ mod tests {
         [n, c_in, d, h, w]: [usize; 5],
         weight: &[f32],
         [c_out, kd, kh, kw]: [usize; 4],
-        bias: Option<&[f32]>,
         p: [usize; 3],
+        epilogue: &Epilogue,
     ) -> Vec<f32> {
         let (od, oh, ow) = (
             d + 2 * p[0] + 1 - kd,
@@ -332,7 +424,7 @@ mod tests {
                 for z in 0..od {
                     for y in 0..oh {
                         for xx in 0..ow {
-                            let mut s = bias.map_or(0.0, |v| v[co] as f64);
+                            let mut s = 0f64;
                             for ci in 0..c_in {
                                 for a in 0..kd {
                                     for bb in 0..kh {
@@ -359,7 +451,10 @@ mod tests {
                                     }
                                 }
                             }
-                            out.push(s as f32);
+                            let scale = epilogue.scale.as_ref().map_or(1.0, |v| v[co] as f64);
+                            let shift = epilogue.shift.as_ref().map_or(0.0, |v| v[co] as f64);
+                            let y = s * scale + shift;
+                            out.push(if epilogue.relu { y.max(0.0) } else { y } as f32);
                         }
                     }
                 }
@@ -386,12 +481,24 @@ mod tests {
         for (dims, kernel, padding) in cases {
             let [n, c_in, d, h, w] = dims;
             let [c_out, kd, kh, kw] = kernel;
-            let x = values(n * c_in * d * h * w, &mut rng);
-            let weight = values(c_out * c_in * kd * kh * kw, &mut rng);
-            let bias = values(c_out, &mut rng);
-            for bias in [None, Some(bias.as_slice())] {
-                let (got, got_dims) = conv3d_f32(&x, dims, &weight, kernel, bias, padding);
-                let want = plain_loop(&x, dims, &weight, kernel, bias, padding);
+            let x = random(n * c_in * d * h * w, &mut rng);
+            let weight = random(c_out * c_in * kd * kh * kw, &mut rng);
+            let per_channel = |seed| Some(random(c_out, &mut SplitMix64::new(seed)));
+            let epilogues = [
+                Epilogue::default(),
+                Epilogue {
+                    shift: per_channel(1),
+                    ..Epilogue::default()
+                },
+                Epilogue {
+                    scale: per_channel(2),
+                    shift: per_channel(3),
+                    relu: true,
+                },
+            ];
+            for epilogue in &epilogues {
+                let (got, got_dims) = conv3d_f32(&x, dims, &weight, kernel, padding, epilogue);
+                let want = plain_loop(&x, dims, &weight, kernel, padding, epilogue);
                 let od = d + 2 * padding[0] + 1 - kd;
                 let oh = h + 2 * padding[1] + 1 - kh;
                 let ow = w + 2 * padding[2] + 1 - kw;
@@ -418,7 +525,7 @@ mod tests {
             .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
             .init(&device);
         let dims = [2, 5, 16, 15, 14];
-        let v = values(dims.iter().product(), &mut rng);
+        let v = random(dims.iter().product(), &mut rng);
         let x = || Tensor::<5>::from_data(TensorData::new(v.clone(), dims), &device);
         assert!(fast_path(&conv, &x()).is_some());
         let ours = conv3d(&conv, x())
@@ -443,6 +550,45 @@ mod tests {
                 .unwrap()
         });
         assert_eq!(ours, again, "the output depends on the thread count");
+    }
+
+    #[test]
+    fn batch_norm_and_relu_fused_as_burn_runs_them() {
+        use burn::module::{Param, RunningState};
+        let device = Device::flex();
+        let mut rng = SplitMix64::new(13);
+        let c = 6;
+        let vector = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &device);
+        let mut bn = burn::nn::BatchNormConfig::new(c).init(&device);
+        bn.gamma = Param::from_tensor(vector(random(c, &mut rng)));
+        bn.beta = Param::from_tensor(vector(random(c, &mut rng)));
+        bn.running_mean = RunningState::new(vector(random(c, &mut rng)));
+        let var = random(c, &mut rng).iter().map(|v| v + 1.5).collect();
+        bn.running_var = RunningState::new(vector(var));
+        let dims = [2, 4, 9, 10, 11];
+        let v = random(dims.iter().product(), &mut rng);
+        let x = || Tensor::<5>::from_data(TensorData::new(v.clone(), dims), &device);
+        for bias in [false, true] {
+            let conv = Conv3dConfig::new([4, c], [3, 3, 3])
+                .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+                .with_bias(bias)
+                .init(&device);
+            assert!(batch_norm_affine(&conv, &bn).is_some());
+            for relu in [false, true] {
+                let ours = conv3d_bn(&conv, &bn, x(), relu);
+                let y = bn.forward(conv.forward(x()));
+                let burns = if relu { activation::relu(y) } else { y };
+                let read = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().unwrap();
+                let (ours, burns) = (read(ours), read(burns));
+                assert!(burns.iter().any(|v| *v < 0.0) != relu);
+                let err = ours
+                    .iter()
+                    .zip(&burns)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(err < 1e-5, "bias {bias}, relu {relu}: max difference {err}");
+            }
+        }
     }
 
     #[test]

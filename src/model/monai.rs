@@ -21,7 +21,7 @@
 //! heads:  per level, 4 x (conv3 + GroupNorm(groups) + ReLU), conv3 to A*classes / A*6
 //! ```
 
-use super::cpu_conv::conv3d;
+use super::cpu_conv::{conv3d, conv3d_bn};
 use super::ops::{max_pool3d, resize_nearest3d};
 use super::Device;
 use crate::error::{Error, Result};
@@ -245,13 +245,13 @@ impl Block {
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let skip = match (&self.downsample_conv, &self.downsample_bn) {
-            (Some(c), Some(b)) => b.forward(conv3d(c, x.clone())),
+            (Some(c), Some(b)) => conv3d_bn(c, b, x.clone(), false),
             _ => x.clone(),
         };
-        let y = relu(self.bn1.forward(conv3d(&self.conv1, x)));
-        let y = self.bn2.forward(conv3d(&self.conv2, y));
+        let y = conv3d_bn(&self.conv1, &self.bn1, x, true);
+        let y = conv3d_bn(&self.conv2, &self.bn2, y, false);
         let y = match (&self.conv3, &self.bn3) {
-            (Some(c), Some(b)) => b.forward(conv3d(c, relu(y))),
+            (Some(c), Some(b)) => conv3d_bn(c, b, relu(y), false),
             _ => y,
         };
         relu(y + skip)
@@ -390,7 +390,7 @@ impl RetinaNet {
     /// The pyramid's levels, finest first (MONAI's "0", "1", ..., "pool").
     pub fn features(&self, x: Tensor<5>) -> Vec<Tensor<5>> {
         let body = &self.feature_extractor.body;
-        let mut x = relu(body.bn1.forward(conv3d(&body.conv1, x)));
+        let mut x = conv3d_bn(&body.conv1, &body.bn1, x, true);
         x = max_pool3d(x, [3; 3], [2; 3], [1; 3]);
         let mut taps = Vec::new();
         for (i, layer) in body.layers.iter().enumerate() {

@@ -12,7 +12,7 @@
 //! head:    1x1 conv + ReLU, 1x1 conv -> 5 x anchors          (B, 5A, D/4, H/4, W/4)
 //! ```
 
-use super::cpu_conv::conv3d;
+use super::cpu_conv::{conv3d, conv3d_bn};
 use super::ops::{max_pool3d_2, upsample_nearest3d_2};
 use super::DetectorConfig;
 use crate::rng::SplitMix64;
@@ -53,7 +53,7 @@ impl ConvBnRelu {
     }
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        relu(self.bn.forward(conv3d(&self.conv, x)))
+        conv3d_bn(&self.conv, &self.bn, x, true)
     }
 }
 
@@ -84,11 +84,11 @@ impl ResBlock {
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let skip = match (&self.shortcut, &self.shortcut_bn) {
-            (Some(c), Some(b)) => b.forward(conv3d(c, x.clone())),
+            (Some(c), Some(b)) => conv3d_bn(c, b, x.clone(), false),
             _ => x.clone(),
         };
-        let y = relu(self.bn1.forward(conv3d(&self.conv1, x)));
-        relu(self.bn2.forward(conv3d(&self.conv2, y)) + skip)
+        let y = conv3d_bn(&self.conv1, &self.bn1, x, true);
+        relu(conv3d_bn(&self.conv2, &self.bn2, y, false) + skip)
     }
 }
 
