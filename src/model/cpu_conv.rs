@@ -2,8 +2,9 @@
 //!
 //! burn's CPU backend (`flex`) convolves by tiled im2col + gemm: for every tile of 512
 //! output voxels it copies the `C_in x kd x kh x kw` inputs of each voxel into a buffer, then
-//! multiplies. On this project's 3 x 3 x 3 layers that runs at about 30 to 45 GFLOP/s on two
-//! cores, where the same cores multiply large matrices at about 200.
+//! multiplies, in products as short as the layer has output channels. On the default
+//! network's 3 x 3 x 3 layers that runs at 65 to 130 GFLOP/s on the project's two-core
+//! machine, this kernel at 110 to 250 (docs/PERFORMANCE.md, `cargo bench --bench detector`).
 //!
 //! This kernel copies the input once, channels-last and zero-padded, and computes the output
 //! on the padded grid. In that layout the `kw x C_in` inputs of a kernel row are contiguous,
