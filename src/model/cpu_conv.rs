@@ -144,10 +144,10 @@ fn run(
 /// What happens to each output value of channel `c` as it is written: times `scale[c]`,
 /// plus `shift[c]`, then ReLU if `relu`.
 #[derive(Default)]
-pub(crate) struct Epilogue {
-    pub scale: Option<Vec<f32>>,
-    pub shift: Option<Vec<f32>>,
-    pub relu: bool,
+struct Epilogue {
+    scale: Option<Vec<f32>>,
+    shift: Option<Vec<f32>>,
+    relu: bool,
 }
 
 /// The padding when [`conv3d`] can take its own path, else `None`.
@@ -178,7 +178,7 @@ fn fast_path(conv: &Conv3d, x: &Tensor<5>) -> Option<[usize; 3]> {
 /// The convolution of `x` (`(n, c_in, d, h, w)`, row-major) with `weight`
 /// (`(c_out, c_in, kd, kh, kw)`; `kernel` is `[c_out, kd, kh, kw]`), stride 1, zero
 /// `padding` on both sides of each axis, then the `epilogue`: the output and its dimensions.
-pub(crate) fn conv3d_f32(
+fn conv3d_f32(
     x: &[f32],
     [n, c_in, d, h, w]: [usize; 5],
     weight: &[f32],
@@ -232,6 +232,7 @@ pub(crate) fn conv3d_f32(
         row,
     };
     let position = |t: usize| t / oh * plane + t % oh * wp;
+    // Zero once: each sample writes only the interior, so the borders stay zero.
     let mut padded = vec![0f32; dp * plane * c_in];
     for (sample, out) in x
         .chunks_exact(c_in * d * h * w)
@@ -249,14 +250,14 @@ pub(crate) fn conv3d_f32(
             }
         }
         runs.into_par_iter().enumerate().for_each_init(
-            Vec::new,
-            |acc: &mut Vec<f32>, (r, mut channels)| {
+            <(Vec<f32>, Vec<f32>)>::default,
+            |(acc, cols), (r, mut channels)| {
                 let (t0, t1) = (r * rows_per_run, ((r + 1) * rows_per_run).min(rows));
                 let start = position(t0);
                 acc.clear();
                 acc.resize((position(t1 - 1) + ow - start) * c_out, 0.0);
                 if gather {
-                    run_gathered(&padded, &w_rows, grid, start, acc);
+                    run_gathered(&padded, &w_rows, grid, start, acc, cols);
                 } else {
                     run_in_place(&padded, &w_rows, grid, start, acc);
                 }
@@ -278,8 +279,8 @@ pub(crate) fn conv3d_f32(
     (out, out_dims)
 }
 
-/// `sample` (`(c_in, d, h, w)`) into `padded` as `(d + 2p, h + 2p, w + 2p, c_in)` with zero
-/// borders.
+/// `sample` (`(c_in, d, h, w)`) into the interior of `padded`, `(d + 2p, h + 2p, w + 2p,
+/// c_in)`; its borders are left as they are (zero).
 fn pad_channels_last(
     sample: &[f32],
     [c_in, d, h, w]: [usize; 4],
@@ -291,7 +292,6 @@ fn pad_channels_last(
         .par_chunks_mut(hp * wp * c_in)
         .enumerate()
         .for_each(|(zp, plane)| {
-            plane.fill(0.0);
             let Some(z) = zp.checked_sub(padding[0]).filter(|z| *z < d) else {
                 return;
             };
@@ -337,11 +337,19 @@ fn run_in_place(padded: &[f32], w_rows: &[f32], g: Grid, start: usize, acc: &mut
 }
 
 /// As [`run_in_place`], the kernel rows of each position first gathered into one row of
-/// `kd kh row` values, then one matrix product.
-fn run_gathered(padded: &[f32], w_rows: &[f32], g: Grid, start: usize, acc: &mut [f32]) {
+/// `kd kh row` values (in `cols`, the task's reused buffer), then one matrix product.
+fn run_gathered(
+    padded: &[f32],
+    w_rows: &[f32],
+    g: Grid,
+    start: usize,
+    acc: &mut [f32],
+    cols: &mut Vec<f32>,
+) {
     let m = acc.len() / g.c_out;
     let k = g.kd * g.kh * g.row;
-    let mut cols = vec![0f32; m * k];
+    cols.resize(m * k, 0.0);
+    let cols = &mut cols[..m * k];
     for (i, col) in cols.chunks_exact_mut(k).enumerate() {
         for kz in 0..g.kd {
             for ky in 0..g.kh {
@@ -350,7 +358,7 @@ fn run_gathered(padded: &[f32], w_rows: &[f32], g: Grid, start: usize, acc: &mut
             }
         }
     }
-    product(m, k, g.c_out, &cols, k, w_rows, acc, false);
+    product(m, k, g.c_out, cols, k, w_rows, acc, false);
 }
 
 /// `acc (m x n) [+]= lhs (m x k, rows lhs_row_stride apart) x rhs (k x n)`, all row-major.
