@@ -64,13 +64,18 @@ fn bench_conv(c: &mut Criterion) {
     let device = Device::flex();
     let mut g = c.benchmark_group("conv3d");
     g.sample_size(10);
-    // (input channels, output channels, side): the stem's, enc1's and enc3's layers.
+    // (input channels, output channels, side): the default network's stem, enc1 and enc3
+    // layers, at 64 channels also by Winograd (`model::cpu_conv`), then a width below that
+    // path's threshold and two of MONAI's RetinaNet's layers (a bottleneck's, a head's).
     for (c_in, c_out, side) in [
         (1, 24, 128),
         (24, 24, 128),
         (24, 32, 64),
         (32, 32, 64),
         (64, 64, 32),
+        (48, 48, 64),
+        (128, 128, 16),
+        (256, 256, 32),
     ] {
         let conv = Conv3dConfig::new([c_in, c_out], [3, 3, 3])
             .with_padding(PaddingConfig3d::Explicit(1, 1, 1))

@@ -21,6 +21,10 @@
 //! and a ReLU are applied as the kernel writes its output ([`conv3d_bn`]), which saves two
 //! passes over it.
 //!
+//! Wide 3 x 3 x 3 layers, 64 channels or more in and out (the default network's deeper
+//! layers, and those of MONAI's RetinaNet), take Winograd's algorithm instead
+//! (`cpu_conv/winograd.rs`): 3.4 times fewer multiplications.
+//!
 //! Runs are independent (each writes its own output voxels, summing in a fixed order), so the
 //! output does not depend on the number of threads. Used by [`conv3d`] for stride-1,
 //! ungrouped, undilated f32 convolutions larger than 1 x 1 x 1 on a plain `flex` device
@@ -33,6 +37,8 @@ use burn::nn::{BatchNorm, PaddingConfig3d};
 use burn::prelude::*;
 use burn::tensor::{activation, DType};
 use rayon::prelude::*;
+
+mod winograd;
 
 /// Output voxels per matrix product (one task): the `RUN x C_out` result stays in L2.
 const RUN: usize = 1024;
@@ -150,6 +156,34 @@ struct Epilogue {
     relu: bool,
 }
 
+impl Epilogue {
+    /// Channel `c`'s scale and shift.
+    fn affine(&self, c: usize) -> (f32, f32) {
+        (
+            self.scale.as_ref().map_or(1.0, |s| s[c]),
+            self.shift.as_ref().map_or(0.0, |s| s[c]),
+        )
+    }
+
+    /// The ReLU if any.
+    fn finish(&self, y: f32) -> f32 {
+        if self.relu {
+            relu(y)
+        } else {
+            y
+        }
+    }
+}
+
+/// As burn's relu: negatives to 0, NaN kept.
+fn relu(y: f32) -> f32 {
+    if y < 0.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
 /// The padding when [`conv3d`] can take its own path, else `None`.
 fn fast_path(conv: &Conv3d, x: &Tensor<5>) -> Option<[usize; 3]> {
     // An autodiff device is a variant of its own, so this is inference on the CPU.
@@ -204,16 +238,30 @@ fn conv3d_f32(
         return (out, out_dims);
     }
 
-    // The weights as kd x kh matrices of (kw c_in) x c_out, row j = kx c_in + ci.
+    // The weights as kd x kh matrices of (kw c_in) x c_out, row j = kx c_in + ci: in all,
+    // (tap, c_in, c_out) with tap (kz kh + ky) kw + kx, as each weight's last index.
+    let taps = kd * kh * kw;
     let row = kw * c_in;
-    let mut w_rows = vec![0f32; kd * kh * row * c_out];
-    for (i, v) in weight.iter().enumerate() {
-        let kx = i % kw;
-        let ky = i / kw % kh;
-        let kz = i / (kw * kh) % kd;
-        let ci = i / (kw * kh * kd) % c_in;
-        let co = i / (kw * kh * kd * c_in);
-        w_rows[((kz * kh + ky) * row + kx * c_in + ci) * c_out + co] = *v;
+    let mut w_rows = vec![0f32; taps * c_in * c_out];
+    w_rows
+        .par_chunks_mut(c_out)
+        .enumerate()
+        .for_each(|(r, dst)| {
+            let (tap, ci) = (r / c_in, r % c_in);
+            for (co, v) in dst.iter_mut().enumerate() {
+                *v = weight[(co * c_in + ci) * taps + tap];
+            }
+        });
+
+    if winograd::applies([kd, kh, kw], c_in, c_out) {
+        let u = winograd::transform_weights(&w_rows, c_in, c_out);
+        for (sample, out) in x
+            .chunks_exact(c_in * d * h * w)
+            .zip(out.chunks_exact_mut(out_len))
+        {
+            winograd::conv_sample(sample, [c_in, d, h, w], padding, &u, c_out, out, epilogue);
+        }
+        return (out, out_dims);
     }
 
     // A run is a block of output rows (z, y), in order; its matrix products cover the padded
@@ -262,14 +310,11 @@ fn conv3d_f32(
                     run_in_place(&padded, &w_rows, grid, start, acc);
                 }
                 for (co, dst) in channels.iter_mut().enumerate() {
-                    let scale = epilogue.scale.as_ref().map_or(1.0, |s| s[co]);
-                    let shift = epilogue.shift.as_ref().map_or(0.0, |s| s[co]);
+                    let (scale, shift) = epilogue.affine(co);
                     for (t, dst_row) in (t0..t1).zip(dst.chunks_exact_mut(ow)) {
                         let q = position(t) - start;
                         for (xx, v) in dst_row.iter_mut().enumerate() {
-                            let y = acc[(q + xx) * c_out + co] * scale + shift;
-                            // As burn's relu: negatives to 0, NaN kept.
-                            *v = if epilogue.relu && y < 0.0 { 0.0 } else { y };
+                            *v = epilogue.finish(acc[(q + xx) * c_out + co] * scale + shift);
                         }
                     }
                 }
@@ -527,13 +572,62 @@ mod tests {
     }
 
     #[test]
+    fn winograd_path_matches_a_plain_loop() {
+        let mut rng = SplitMix64::new(17);
+        // Odd output sizes (tiles past the edge), more tiles in a plane than one batch,
+        // valid and uneven padding, two samples.
+        let cases: [([usize; 5], [usize; 4], [usize; 3]); 3] = [
+            ([1, 64, 3, 24, 21], [64, 3, 3, 3], [1, 1, 1]),
+            ([2, 66, 6, 7, 4], [72, 3, 3, 3], [0, 0, 0]),
+            ([1, 64, 3, 3, 3], [65, 3, 3, 3], [2, 1, 0]),
+        ];
+        for (dims, kernel, padding) in cases {
+            let [n, c_in, d, h, w] = dims;
+            let [c_out, kd, kh, kw] = kernel;
+            assert!(winograd::applies([kd, kh, kw], c_in, c_out));
+            let x = random(n * c_in * d * h * w, &mut rng);
+            let weight = random(c_out * c_in * kd * kh * kw, &mut rng);
+            let per_channel = |seed| Some(random(c_out, &mut SplitMix64::new(seed)));
+            let epilogues = [
+                Epilogue::default(),
+                Epilogue {
+                    scale: per_channel(4),
+                    shift: per_channel(5),
+                    relu: true,
+                },
+            ];
+            for epilogue in &epilogues {
+                let (got, _) = conv3d_f32(&x, dims, &weight, kernel, padding, epilogue);
+                let want = plain_loop(&x, dims, &weight, kernel, padding, epilogue);
+                assert_eq!(got.len(), want.len());
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    err < 1e-4,
+                    "{dims:?} {kernel:?} {padding:?}: max error {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn same_as_burn_and_independent_of_threads() {
+        // The direct kernel, then the Winograd one.
+        for (c_in, c_out) in [(5, 7), (64, 72)] {
+            same_as_burn_and_independent_of_threads_at(c_in, c_out);
+        }
+    }
+
+    fn same_as_burn_and_independent_of_threads_at(c_in: usize, c_out: usize) {
         let device = Device::flex();
         let mut rng = SplitMix64::new(11);
-        let conv = Conv3dConfig::new([5, 7], [3, 3, 3])
+        let conv = Conv3dConfig::new([c_in, c_out], [3, 3, 3])
             .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
             .init(&device);
-        let dims = [2, 5, 16, 15, 14];
+        let dims = [2, c_in, 16, 15, 14];
         let v = random(dims.iter().product(), &mut rng);
         let x = || Tensor::<5>::from_data(TensorData::new(v.clone(), dims), &device);
         assert!(fast_path(&conv, &x()).is_some());
@@ -547,7 +641,10 @@ mod tests {
             .zip(&burns)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        assert!(err < 1e-5, "max difference from burn's conv3d {err}");
+        assert!(
+            err < 1e-5,
+            "{c_in} to {c_out}: max difference from burn's conv3d {err}"
+        );
         let one_thread = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
