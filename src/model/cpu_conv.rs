@@ -376,7 +376,9 @@ fn run_in_place(padded: &[f32], w_rows: &[f32], g: Grid, start: usize, acc: &mut
             // m rows of `row` values, `c_in` apart: the last ends at this slice's end.
             let lhs = &padded[first..first + (m - 1) * g.c_in + g.row];
             let rhs = &w_rows[(kz * g.kh + ky) * g.row * g.c_out..][..g.row * g.c_out];
-            product(m, g.row, g.c_out, lhs, g.c_in, rhs, acc, kz + ky > 0);
+            let at = Layout::rows(g.c_out);
+            let lhs = (lhs, Layout::rows(g.c_in));
+            product([m, g.row, g.c_out], lhs, (rhs, at), (acc, at), kz + ky > 0);
         }
     }
 }
@@ -403,40 +405,63 @@ fn run_gathered(
             }
         }
     }
-    product(m, k, g.c_out, cols, k, w_rows, acc, false);
+    let at = Layout::rows(g.c_out);
+    product(
+        [m, k, g.c_out],
+        (cols, Layout::rows(k)),
+        (w_rows, at),
+        (acc, at),
+        false,
+    );
 }
 
-/// `acc (m x n) [+]= lhs (m x k, rows lhs_row_stride apart) x rhs (k x n)`, all row-major.
-#[allow(clippy::too_many_arguments)]
+/// A matrix in a slice: element `(i, j)` at `i row + j col`.
+#[derive(Clone, Copy)]
+struct Layout {
+    row: usize,
+    col: usize,
+}
+
+impl Layout {
+    /// Row-major, rows `row` values apart.
+    fn rows(row: usize) -> Self {
+        Layout { row, col: 1 }
+    }
+
+    /// Whether a `rows x cols` matrix in this layout fits in `len` values.
+    fn fits(self, rows: usize, cols: usize, len: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.row + (cols - 1) * self.col < len
+    }
+}
+
+/// `acc (m x n) [+]= lhs (m x k) x rhs (k x n)`, each matrix as its layout says (gemm, on
+/// the calling thread).
 fn product(
-    m: usize,
-    k: usize,
-    n: usize,
-    lhs: &[f32],
-    lhs_row_stride: usize,
-    rhs: &[f32],
-    acc: &mut [f32],
+    [m, k, n]: [usize; 3],
+    (lhs, lhs_at): (&[f32], Layout),
+    (rhs, rhs_at): (&[f32], Layout),
+    (acc, acc_at): (&mut [f32], Layout),
     accumulate: bool,
 ) {
-    assert!(m > 0 && lhs.len() > (m - 1) * lhs_row_stride + k - 1 && lhs_row_stride >= 1);
-    assert!(rhs.len() >= k * n && acc.len() >= m * n);
-    // SAFETY: the asserts bound every index gemm reads (lhs[i s + j], rhs[j n + c]) and
-    // writes (acc[i n + c]) for i < m, j < k, c < n; the three slices do not alias.
+    assert!(lhs_at.fits(m, k, lhs.len()) && rhs_at.fits(k, n, rhs.len()));
+    assert!(acc_at.fits(m, n, acc.len()));
+    // SAFETY: the asserts bound every index gemm reads (lhs[i r + j c] for i < m, j < k, and
+    // rhs's likewise) and writes (acc's, i < m, j < n); the three slices do not alias.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             acc.as_mut_ptr(),
-            1,
-            n as isize,
+            acc_at.col as isize,
+            acc_at.row as isize,
             accumulate,
             lhs.as_ptr(),
-            1,
-            lhs_row_stride as isize,
+            lhs_at.col as isize,
+            lhs_at.row as isize,
             rhs.as_ptr(),
-            1,
-            n as isize,
+            rhs_at.col as isize,
+            rhs_at.row as isize,
             1.0,
             1.0,
             false,
@@ -517,24 +542,17 @@ mod tests {
         out
     }
 
-    #[test]
-    fn matches_a_plain_loop() {
-        let mut rng = SplitMix64::new(7);
-        // (x dims, kernel [c_out, kd, kh, kw], padding): both paths (in place for kernel
-        // rows of SHORT_ROW values or more, gathered below), odd sizes, uneven padding,
-        // valid convolution, more outputs than one run, kernel as large as the padded input.
-        let cases: [([usize; 5], [usize; 4], [usize; 3]); 7] = [
-            ([2, 1, 9, 10, 11], [4, 3, 3, 3], [1, 1, 1]),
-            ([1, 6, 7, 8, 9], [5, 3, 3, 3], [1, 1, 1]),
-            ([2, 3, 6, 7, 5], [2, 1, 3, 5], [0, 1, 2]),
-            ([1, 8, 5, 6, 7], [3, 3, 2, 3], [0, 0, 0]),
-            ([1, 16, 12, 13, 14], [8, 3, 3, 3], [1, 1, 1]),
-            ([1, 2, 3, 3, 3], [3, 5, 5, 5], [1, 1, 1]),
-            ([3, 7, 4, 5, 3], [6, 7, 3, 3], [2, 1, 1]),
-        ];
-        for (dims, kernel, padding) in cases {
+    /// (x dims, kernel [c_out, kd, kh, kw], padding).
+    type Case = ([usize; 5], [usize; 4], [usize; 3]);
+
+    /// `conv3d_f32` against [`plain_loop`] on each case, with no epilogue, a bias, and a scale,
+    /// shift and ReLU; `winograd`: whether the cases take that path.
+    fn check_against_plain_loop(cases: &[Case], seed: u64, winograd: bool) {
+        let mut rng = SplitMix64::new(seed);
+        for &(dims, kernel, padding) in cases {
             let [n, c_in, d, h, w] = dims;
             let [c_out, kd, kh, kw] = kernel;
+            assert_eq!(winograd::applies([kd, kh, kw], c_in, c_out), winograd);
             let x = random(n * c_in * d * h * w, &mut rng);
             let weight = random(c_out * c_in * kd * kh * kw, &mut rng);
             let per_channel = |seed| Some(random(c_out, &mut SplitMix64::new(seed)));
@@ -572,45 +590,33 @@ mod tests {
     }
 
     #[test]
+    fn matches_a_plain_loop() {
+        // Both direct paths (in place for kernel rows of SHORT_ROW values or more, gathered
+        // below), odd sizes, uneven padding, valid convolution, more outputs than one run,
+        // kernel as large as the padded input.
+        let cases = [
+            ([2, 1, 9, 10, 11], [4, 3, 3, 3], [1, 1, 1]),
+            ([1, 6, 7, 8, 9], [5, 3, 3, 3], [1, 1, 1]),
+            ([2, 3, 6, 7, 5], [2, 1, 3, 5], [0, 1, 2]),
+            ([1, 8, 5, 6, 7], [3, 3, 2, 3], [0, 0, 0]),
+            ([1, 16, 12, 13, 14], [8, 3, 3, 3], [1, 1, 1]),
+            ([1, 2, 3, 3, 3], [3, 5, 5, 5], [1, 1, 1]),
+            ([3, 7, 4, 5, 3], [6, 7, 3, 3], [2, 1, 1]),
+        ];
+        check_against_plain_loop(&cases, 7, false);
+    }
+
+    #[test]
     fn winograd_path_matches_a_plain_loop() {
-        let mut rng = SplitMix64::new(17);
         // Odd output sizes (tiles past the edge), more tiles in a plane than one batch,
-        // valid and uneven padding, two samples.
-        let cases: [([usize; 5], [usize; 4], [usize; 3]); 3] = [
+        // valid and uneven padding, a single output voxel, two samples.
+        let cases = [
             ([1, 64, 3, 24, 21], [64, 3, 3, 3], [1, 1, 1]),
             ([2, 66, 6, 7, 4], [72, 3, 3, 3], [0, 0, 0]),
             ([1, 64, 3, 3, 3], [65, 3, 3, 3], [2, 1, 0]),
+            ([1, 64, 1, 1, 1], [64, 3, 3, 3], [1, 1, 1]),
         ];
-        for (dims, kernel, padding) in cases {
-            let [n, c_in, d, h, w] = dims;
-            let [c_out, kd, kh, kw] = kernel;
-            assert!(winograd::applies([kd, kh, kw], c_in, c_out));
-            let x = random(n * c_in * d * h * w, &mut rng);
-            let weight = random(c_out * c_in * kd * kh * kw, &mut rng);
-            let per_channel = |seed| Some(random(c_out, &mut SplitMix64::new(seed)));
-            let epilogues = [
-                Epilogue::default(),
-                Epilogue {
-                    scale: per_channel(4),
-                    shift: per_channel(5),
-                    relu: true,
-                },
-            ];
-            for epilogue in &epilogues {
-                let (got, _) = conv3d_f32(&x, dims, &weight, kernel, padding, epilogue);
-                let want = plain_loop(&x, dims, &weight, kernel, padding, epilogue);
-                assert_eq!(got.len(), want.len());
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(
-                    err < 1e-4,
-                    "{dims:?} {kernel:?} {padding:?}: max error {err}"
-                );
-            }
-        }
+        check_against_plain_loop(&cases, 17, true);
     }
 
     #[test]

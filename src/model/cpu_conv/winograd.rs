@@ -18,7 +18,7 @@
 //! ([`MIN_CHANNELS`]); the transforms cost about as much as `C_in + C_out` products per tile,
 //! against `64 C_in C_out` for the products themselves.
 
-use super::{relu, Epilogue};
+use super::{product, relu, Epilogue, Layout};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
@@ -128,6 +128,14 @@ pub(super) fn conv_sample(
             planes[a].push(pair);
         }
     }
+    let layer = Layer {
+        c_in,
+        c_out,
+        input: [d, h, w],
+        padding,
+        output: [od, oh, ow],
+        tx,
+    };
     let rows_per_batch = (TILES / tx).max(1);
     let arch = pulp::Arch::new();
     // Planes cost the same: a group of them per thread, with one set of buffers each.
@@ -142,53 +150,27 @@ pub(super) fn conv_sample(
             for (a, mut channels) in group {
                 for b0 in (0..ty).step_by(rows_per_batch) {
                     let rows = rows_per_batch.min(ty - b0);
-                    let batch = Batch::new(
-                        c_in,
-                        c_out,
-                        [d, h, w],
-                        padding,
-                        [od, oh, ow],
-                        tx,
-                        [a, b0, rows],
-                    );
+                    let batch = Batch::new(&layer, [a, b0, rows]);
                     buf.fit(&batch);
                     arch.dispatch(InputPass {
                         x,
                         batch: &batch,
                         buf,
                     });
-                    let (nt, ntp) = (batch.nt, batch.ntp);
+                    // Tile-major: tile i of channel j at i + j ntp.
+                    let (nt, at) = (
+                        batch.nt,
+                        Layout {
+                            row: 1,
+                            col: batch.ntp,
+                        },
+                    );
                     for p in 0..POINTS {
-                        // (nt, c_in) x (c_in, c_out), tile-major: columns ntp apart.
-                        let lhs = &buf.v[p * c_in * ntp..][..c_in * ntp];
+                        let lhs = &buf.v[p * c_in * batch.ntp..][..c_in * batch.ntp];
                         let rhs = &u[p * c_in * c_out..][..c_in * c_out];
-                        let dst = &mut buf.m[p * c_out * ntp..][..c_out * ntp];
-                        // SAFETY: gemm reads lhs[i + j ntp] (i < nt <= ntp, j < c_in),
-                        // rhs[j c_out + c] (c < c_out) and writes dst[i + c ntp], all within the
-                        // slices' lengths; the slices do not alias.
-                        unsafe {
-                            gemm::gemm(
-                                nt,
-                                c_out,
-                                c_in,
-                                dst.as_mut_ptr(),
-                                ntp as isize,
-                                1,
-                                false,
-                                lhs.as_ptr(),
-                                ntp as isize,
-                                1,
-                                rhs.as_ptr(),
-                                1,
-                                c_out as isize,
-                                1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
+                        let dst = &mut buf.m[p * c_out * batch.ntp..][..c_out * batch.ntp];
+                        let rhs = (rhs, Layout::rows(c_out));
+                        product([nt, c_in, c_out], (lhs, at), rhs, (dst, at), false);
                     }
                     arch.dispatch(OutputPass {
                         batch: &batch,
@@ -201,17 +183,22 @@ pub(super) fn conv_sample(
         });
 }
 
-/// A batch of tiles: whole rows `b0..b0 + rows` of tile plane `a`, and the layer's sizes.
-struct Batch {
+/// The layer's sizes.
+struct Layer {
     c_in: usize,
     c_out: usize,
     /// The input's extent `(d, h, w)` and padding, the output's extent.
     input: [usize; 3],
     padding: [usize; 3],
     output: [usize; 3],
-    /// Tiles along x, and along x rounded up to whole blocks of `L`.
+    /// Tiles along x.
     tx: usize,
-    txp: usize,
+}
+
+/// A batch of tiles: whole rows `b0..b0 + rows` of tile plane `a` (and, through `Deref`, the
+/// layer's sizes).
+struct Batch<'l> {
+    layer: &'l Layer,
     a: usize,
     b0: usize,
     rows: usize,
@@ -223,34 +210,26 @@ struct Batch {
     half: usize,
 }
 
-impl Batch {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        c_in: usize,
-        c_out: usize,
-        input: [usize; 3],
-        padding: [usize; 3],
-        output: [usize; 3],
-        tx: usize,
-        [a, b0, rows]: [usize; 3],
-    ) -> Self {
-        let nt = rows * tx;
-        let ntp = nt.div_ceil(L) * L;
+impl<'l> Batch<'l> {
+    fn new(layer: &'l Layer, [a, b0, rows]: [usize; 3]) -> Self {
+        let nt = rows * layer.tx;
         Batch {
-            c_in,
-            c_out,
-            input,
-            padding,
-            output,
-            tx,
-            txp: tx.div_ceil(L) * L,
+            layer,
             a,
             b0,
             rows,
             nt,
-            ntp,
-            half: ((rows + 1) * tx).div_ceil(L) * L + L,
+            ntp: nt.div_ceil(L) * L,
+            half: ((rows + 1) * layer.tx).div_ceil(L) * L + L,
         }
+    }
+}
+
+impl std::ops::Deref for Batch<'_> {
+    type Target = Layer;
+
+    fn deref(&self) -> &Layer {
+        self.layer
     }
 }
 
@@ -270,7 +249,8 @@ impl Buffers {
     fn fit(&mut self, b: &Batch) {
         self.v.resize(POINTS * b.c_in * b.ntp, 0.0);
         self.m.resize(POINTS * b.c_out * b.ntp, 0.0);
-        self.t.resize(32 * b.half + 64 * b.ntp + b.txp + L, 0.0);
+        // The last pass reads up to a block past a row of tiles.
+        self.t.resize(32 * b.half + 64 * b.ntp + b.tx + 2 * L, 0.0);
         self.row.clear();
         self.row.resize(2 * b.tx + 2, 0.0);
     }
@@ -280,7 +260,7 @@ impl Buffers {
 /// has (`pulp::Arch::dispatch`: this crate is built for baseline x86-64).
 struct InputPass<'a> {
     x: &'a [f32],
-    batch: &'a Batch,
+    batch: &'a Batch<'a>,
     buf: &'a mut Buffers,
 }
 
@@ -297,7 +277,7 @@ impl WithSimd for InputPass<'_> {
 
 /// [`output_tiles`] on every output channel, compiled as [`InputPass`] is.
 struct OutputPass<'a, 'o> {
-    batch: &'a Batch,
+    batch: &'a Batch<'a>,
     buf: &'a mut Buffers,
     channels: &'a mut [&'o mut [f32]],
     epilogue: &'a Epilogue,
