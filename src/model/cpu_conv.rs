@@ -253,14 +253,19 @@ fn conv3d_f32(
             }
         });
 
-    if winograd::applies([kd, kh, kw], c_in, c_out) {
+    // Winograd's transforms would turn an infinite value into NaN (its module docs).
+    let finite = |v: &[f32]| v.par_iter().all(|v| v.is_finite());
+    if winograd::applies([kd, kh, kw], c_in, c_out) && finite(x) && finite(weight) {
         let u = winograd::transform_weights(&w_rows, c_in, c_out);
-        for (sample, out) in x
-            .chunks_exact(c_in * d * h * w)
-            .zip(out.chunks_exact_mut(out_len))
-        {
-            winograd::conv_sample(sample, [c_in, d, h, w], padding, &u, c_out, out, epilogue);
-        }
+        winograd::conv(
+            x,
+            [n, c_in, d, h, w],
+            padding,
+            &u,
+            c_out,
+            &mut out,
+            epilogue,
+        );
         return (out, out_dims);
     }
 
@@ -608,15 +613,43 @@ mod tests {
 
     #[test]
     fn winograd_path_matches_a_plain_loop() {
-        // Odd output sizes (tiles past the edge), more tiles in a plane than one batch,
-        // valid and uneven padding, a single output voxel, two samples.
+        // Odd output sizes (tiles past the edge), more tiles in a plane than one batch, a row
+        // of tiles longer than one batch, valid and uneven padding, inputs 1 and 2 voxels
+        // across, a single output voxel, two samples.
         let cases = [
             ([1, 64, 3, 24, 21], [64, 3, 3, 3], [1, 1, 1]),
+            ([1, 64, 1, 2, 300], [64, 3, 3, 3], [1, 1, 1]),
             ([2, 66, 6, 7, 4], [72, 3, 3, 3], [0, 0, 0]),
             ([1, 64, 3, 3, 3], [65, 3, 3, 3], [2, 1, 0]),
+            ([1, 64, 2, 1, 2], [64, 3, 3, 3], [1, 1, 1]),
             ([1, 64, 1, 1, 1], [64, 3, 3, 3], [1, 1, 1]),
         ];
         check_against_plain_loop(&cases, 17, true);
+    }
+
+    #[test]
+    fn an_infinite_input_gives_infinities_as_a_direct_convolution_does() {
+        // On Winograd's path the transforms would turn it into NaN (winograd.rs), so such
+        // an input is convolved directly.
+        let (c, side) = (64, 4);
+        let mut x = vec![0f32; c * side * side * side];
+        x[((5 * side + 1) * side + 2) * side + 1] = f32::INFINITY;
+        let weight = vec![0.01f32; c * c * 27];
+        let (out, _) = conv3d_f32(
+            &x,
+            [1, c, side, side, side],
+            &weight,
+            [c, 3, 3, 3],
+            [1, 1, 1],
+            &Epilogue::default(),
+        );
+        assert!(out.iter().all(|v| !v.is_nan()));
+        // Each channel: the 27 outputs around (1, 2, 1) see it.
+        assert_eq!(out.iter().filter(|v| **v == f32::INFINITY).count(), 27 * c);
+        assert_eq!(
+            out.iter().filter(|v| **v == 0.0).count(),
+            out.len() - 27 * c
+        );
     }
 
     #[test]
@@ -637,10 +670,19 @@ mod tests {
         let v = random(dims.iter().product(), &mut rng);
         let x = || Tensor::<5>::from_data(TensorData::new(v.clone(), dims), &device);
         assert!(fast_path(&conv, &x()).is_some());
-        let ours = conv3d(&conv, x())
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap();
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                conv3d(&conv, x())
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .unwrap()
+            })
+        };
+        let ours = on(3);
         let burns = conv.forward(x()).into_data().try_into_vec::<f32>().unwrap();
         let err = ours
             .iter()
@@ -651,16 +693,7 @@ mod tests {
             err < 1e-5,
             "{c_in} to {c_out}: max difference from burn's conv3d {err}"
         );
-        let one_thread = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let again = one_thread.install(|| {
-            conv3d(&conv, x())
-                .into_data()
-                .try_into_vec::<f32>()
-                .unwrap()
-        });
+        let again = on(1);
         assert_eq!(ours, again, "the output depends on the thread count");
     }
 

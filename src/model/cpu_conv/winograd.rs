@@ -9,14 +9,19 @@
 //! become 64 independent matrix products per batch of tiles:
 //! `(tiles, C_in) x (C_in, C_out)`, one per transformed position.
 //!
-//! The transforms hold only additions, subtractions and halvings, so rounding stays that of a
-//! few more additions per value: against a plain loop the outputs differ by about as much as
-//! the direct kernel's do (tests below). Each output value is computed by the same sequence
-//! of operations whatever the number of threads.
+//! The transforms hold only additions, subtractions and halvings, so with finite inputs
+//! rounding stays that of a few more additions per value (the tests in `cpu_conv.rs` hold
+//! both paths to 1e-4 of a plain loop in f64, and MONAI's full-size network to 1e-4 of
+//! MONAI's outputs). An infinite input value would enter several transformed values with
+//! opposite signs and come out NaN where a direct convolution gives ±inf, so the caller
+//! keeps non-finite inputs on the direct path. Each output value is computed by the same
+//! sequence of operations whatever the number of threads.
 //!
 //! Worth it when the products are long, that is when both channel counts are wide
-//! ([`MIN_CHANNELS`]); the transforms cost about as much as `C_in + C_out` products per tile,
-//! against `64 C_in C_out` for the products themselves.
+//! ([`MIN_CHANNELS`]): per tile the products take `64 C_in C_out` multiply-adds, while the
+//! transforms take about 160 additions per input channel and 100 per output channel and
+//! move 64 values per channel through memory, which with few channels costs what the
+//! saved multiplications would.
 
 use super::{product, relu, Epilogue, Layout};
 use pulp::{Simd, WithSimd};
@@ -93,14 +98,14 @@ pub(super) fn transform_weights(w_rows: &[f32], c_in: usize, c_out: usize) -> Ve
     u
 }
 
-/// One sample's convolution: `x` its input, `(c_in, d, h, w)` row-major, zero `padding`
-/// on both sides of each axis; `u` the filters from [`transform_weights`]; `out` its output,
-/// `(c_out, od, oh, ow)` with `od = d + 2 padding - 2` (and so on), each value written once,
-/// through the `epilogue`.
+/// The convolution of `x`, `(n, c_in, d, h, w)` row-major, zero `padding` on both sides of
+/// each axis; `u` the filters from [`transform_weights`]; `out` the output,
+/// `(n, c_out, od, oh, ow)` with `od = d + 2 padding - 2` (and so on), each value written
+/// once, through the `epilogue`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn conv_sample(
+pub(super) fn conv(
     x: &[f32],
-    [c_in, d, h, w]: [usize; 4],
+    [n, c_in, d, h, w]: [usize; 5],
     padding: [usize; 3],
     u: &[f32],
     c_out: usize,
@@ -112,20 +117,23 @@ pub(super) fn conv_sample(
             .checked_sub(2)
             .expect("a padded input of at least the kernel's size")
     });
-    assert_eq!(x.len(), c_in * d * h * w, "input length");
+    let sample = c_in * d * h * w;
+    assert_eq!(x.len(), n * sample, "input length");
     assert_eq!(u.len(), POINTS * c_in * c_out, "filter length");
-    assert_eq!(out.len(), c_out * od * oh * ow, "output length");
+    assert_eq!(out.len(), n * c_out * od * oh * ow, "output length");
     let (ty, tx) = (oh.div_ceil(2), ow.div_ceil(2));
     let plane = oh * ow;
-    // A task per plane of tiles (a pair of output planes), holding those planes of each
-    // output channel: planes[a][co].
-    let mut planes: Vec<Vec<&mut [f32]>> = Vec::new();
-    for channel in out.chunks_exact_mut(od * plane) {
-        for (a, pair) in channel.chunks_mut(2 * plane).enumerate() {
-            if a == planes.len() {
-                planes.push(Vec::with_capacity(c_out));
+    // A task per sample and plane of tiles (a pair of output planes), holding those planes
+    // of each output channel: planes[s tz + a] = (s, a, [co]).
+    let tz = od.div_ceil(2);
+    let mut planes: Vec<(usize, usize, Vec<&mut [f32]>)> = (0..n * tz)
+        .map(|t| (t / tz, t % tz, Vec::with_capacity(c_out)))
+        .collect();
+    for (s, output) in out.chunks_exact_mut(c_out * od * plane).enumerate() {
+        for channel in output.chunks_exact_mut(od * plane) {
+            for (a, pair) in channel.chunks_mut(2 * plane).enumerate() {
+                planes[s * tz + a].2.push(pair);
             }
-            planes[a].push(pair);
         }
     }
     let layer = Layer {
@@ -140,47 +148,44 @@ pub(super) fn conv_sample(
     let arch = pulp::Arch::new();
     // Planes cost the same: a group of them per thread, with one set of buffers each.
     let per_group = planes.len().div_ceil(rayon::current_num_threads()).max(1);
-    planes
-        .into_par_iter()
-        .enumerate()
-        .chunks(per_group)
-        .for_each(|group| {
-            let mut buffers = Buffers::default();
-            let buf = &mut buffers;
-            for (a, mut channels) in group {
-                for b0 in (0..ty).step_by(rows_per_batch) {
-                    let rows = rows_per_batch.min(ty - b0);
-                    let batch = Batch::new(&layer, [a, b0, rows]);
-                    buf.fit(&batch);
-                    arch.dispatch(InputPass {
-                        x,
-                        batch: &batch,
-                        buf,
-                    });
-                    // Tile-major: tile i of channel j at i + j ntp.
-                    let (nt, at) = (
-                        batch.nt,
-                        Layout {
-                            row: 1,
-                            col: batch.ntp,
-                        },
-                    );
-                    for p in 0..POINTS {
-                        let lhs = &buf.v[p * c_in * batch.ntp..][..c_in * batch.ntp];
-                        let rhs = &u[p * c_in * c_out..][..c_in * c_out];
-                        let dst = &mut buf.m[p * c_out * batch.ntp..][..c_out * batch.ntp];
-                        let rhs = (rhs, Layout::rows(c_out));
-                        product([nt, c_in, c_out], (lhs, at), rhs, (dst, at), false);
-                    }
-                    arch.dispatch(OutputPass {
-                        batch: &batch,
-                        buf,
-                        channels: &mut channels,
-                        epilogue,
-                    });
+    planes.into_par_iter().chunks(per_group).for_each(|group| {
+        let mut buffers = Buffers::default();
+        let buf = &mut buffers;
+        for (s, a, mut channels) in group {
+            let x = &x[s * sample..][..sample];
+            for b0 in (0..ty).step_by(rows_per_batch) {
+                let rows = rows_per_batch.min(ty - b0);
+                let batch = Batch::new(&layer, [a, b0, rows]);
+                buf.fit(&batch);
+                arch.dispatch(InputPass {
+                    x,
+                    batch: &batch,
+                    buf,
+                });
+                // Tile-major: tile i of channel j at i + j ntp.
+                let (nt, at) = (
+                    batch.nt,
+                    Layout {
+                        row: 1,
+                        col: batch.ntp,
+                    },
+                );
+                for p in 0..POINTS {
+                    let lhs = &buf.v[p * c_in * batch.ntp..][..c_in * batch.ntp];
+                    let rhs = &u[p * c_in * c_out..][..c_in * c_out];
+                    let dst = &mut buf.m[p * c_out * batch.ntp..][..c_out * batch.ntp];
+                    let rhs = (rhs, Layout::rows(c_out));
+                    product([nt, c_in, c_out], (lhs, at), rhs, (dst, at), false);
                 }
+                arch.dispatch(OutputPass {
+                    batch: &batch,
+                    buf,
+                    channels: &mut channels,
+                    epilogue,
+                });
             }
-        });
+        }
+    });
 }
 
 /// The layer's sizes.
