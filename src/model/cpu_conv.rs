@@ -262,7 +262,7 @@ fn conv3d_f32(
             [n, c_in, d, h, w],
             padding,
             &u,
-            c_out,
+            [c_out, od, oh, ow],
             &mut out,
             epilogue,
         );

@@ -108,15 +108,14 @@ pub(super) fn conv(
     [n, c_in, d, h, w]: [usize; 5],
     padding: [usize; 3],
     u: &[f32],
-    c_out: usize,
+    [c_out, od, oh, ow]: [usize; 4],
     out: &mut [f32],
     epilogue: &Epilogue,
 ) {
-    let [od, oh, ow] = [0, 1, 2].map(|a| {
-        ([d, h, w][a] + 2 * padding[a])
-            .checked_sub(2)
-            .expect("a padded input of at least the kernel's size")
-    });
+    assert!(
+        (0..3).all(|a| [d, h, w][a] + 2 * padding[a] == [od, oh, ow][a] + 2),
+        "output extent of a 3 x 3 x 3 kernel"
+    );
     let sample = c_in * d * h * w;
     assert_eq!(x.len(), n * sample, "input length");
     assert_eq!(u.len(), POINTS * c_in * c_out, "filter length");
@@ -302,7 +301,9 @@ impl WithSimd for OutputPass<'_, '_> {
 /// `L` values of `v` from `at`.
 #[inline(always)]
 fn load(v: &[f32], at: usize) -> Lanes {
-    v[at..at + L].try_into().expect("L values")
+    let mut values = [0f32; L];
+    values.copy_from_slice(&v[at..at + L]);
+    values
 }
 
 /// `Bᵀ d B` over three axes, on input channel `ci` of the batch's tiles: into `buf.v`,
