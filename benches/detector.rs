@@ -10,7 +10,8 @@
 //! Group `conv3d`: the default network's 3x3x3 layers on one sample on the CPU, lungcad's
 //! inference convolution (`model::cpu_conv`) against burn flex's own (`Conv3d::forward`),
 //! in the same run (`cargo bench --bench detector -- conv3d`); the throughput criterion
-//! prints is in FLOP/s ("elem/s").
+//! prints is in FLOP/s ("elem/s"). Group `conv3d_train`: the same in training, forward and
+//! backward (`cargo bench --bench detector -- conv3d_train`).
 
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::PaddingConfig3d;
@@ -111,5 +112,51 @@ fn bench_conv(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_conv);
+/// Forward and backward pass of one layer in training (`sum(conv(x) r)`, gradients of the
+/// input and the weights), lungcad's autodiff step (`model::cpu_conv`) against burn's own
+/// autodiff convolution on flex: `cargo bench --bench detector -- conv3d_train`.
+fn bench_conv_train(c: &mut Criterion) {
+    let device = Device::flex().autodiff();
+    let mut g = c.benchmark_group("conv3d_train");
+    g.sample_size(10);
+    // The default network's stem, enc1, enc2 and enc3 layers at 64³ (its 128³ layers take
+    // flex several seconds each).
+    for (c_in, c_out, side) in [(1, 24, 64), (24, 24, 64), (32, 32, 64), (64, 64, 32)] {
+        let conv = Conv3dConfig::new([c_in, c_out], [3, 3, 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .with_bias(false)
+            .init(&device);
+        let random = |c| {
+            Tensor::<5>::random(
+                [1, c, side, side, side],
+                burn::tensor::Distribution::Default,
+                &device,
+            )
+            .into_data()
+        };
+        let (x, r) = (random(c_in), random(c_out));
+        // Forward, input gradient and weight gradient: three times the forward's products.
+        let flop = 3 * 2 * side * side * side * c_in * c_out * 27;
+        g.throughput(Throughput::Elements(flop as u64));
+        let name = format!("{c_in}to{c_out}_{side}cubed");
+        let step = |ours: bool| {
+            let x = Tensor::<5>::from_data(x.clone(), &device).require_grad();
+            let r = Tensor::<5>::from_data(r.clone(), &device);
+            let y = if ours {
+                conv3d(&conv, x.clone())
+            } else {
+                conv.forward(x.clone())
+            };
+            let grads = (y * r).sum().backward();
+            let dx = x.grad(&grads).expect("input gradient").into_data();
+            let dw = conv.weight.val().grad(&grads).expect("weight gradient");
+            (dx, dw.into_data())
+        };
+        g.bench_function(format!("lungcad/{name}"), |b| b.iter(|| step(true)));
+        g.bench_function(format!("flex/{name}"), |b| b.iter(|| step(false)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_conv, bench_conv_train);
 criterion_main!(benches);

@@ -27,9 +27,11 @@
 //!
 //! Runs are independent (each writes its own output voxels, summing in a fixed order), so the
 //! output does not depend on the number of threads. Used by [`conv3d`] for stride-1,
-//! ungrouped, undilated f32 convolutions larger than 1 x 1 x 1 on a plain `flex` device
-//! (no autodiff: training keeps burn's differentiable convolution); every other case, and
-//! every other device, goes to burn's `Conv3d::forward`. Measured in docs/PERFORMANCE.md.
+//! ungrouped, undilated f32 convolutions larger than 1 x 1 x 1 on a plain `flex` device.
+//! On `flex` with autodiff (training), stride-1 convolutions of any kernel size are a step of
+//! the autodiff graph whose forward and backward passes run on these kernels
+//! (`cpu_conv/autodiff.rs`). Every other case, and every other device, goes to burn's
+//! `Conv3d::forward`. Measured in docs/PERFORMANCE.md.
 
 use burn::backend::DispatchDevice;
 use burn::nn::conv::Conv3d;
@@ -38,6 +40,7 @@ use burn::prelude::*;
 use burn::tensor::{activation, DType};
 use rayon::prelude::*;
 
+mod autodiff;
 mod winograd;
 
 /// Output voxels per matrix product (one task): the `RUN x C_out` result stays in L2.
@@ -48,6 +51,10 @@ const SHORT_ROW: usize = 16;
 
 /// `conv.forward(x)`, by this module's kernel where it applies ([module docs](self)).
 pub fn conv3d(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    let x = match autodiff::conv3d(conv, x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let Some(padding) = fast_path(conv, &x) else {
         return conv.forward(x);
     };
@@ -71,11 +78,11 @@ pub fn conv3d(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
 /// its output, saving two passes over it.
 pub fn conv3d_bn(conv: &Conv3d, bn: &BatchNorm, x: Tensor<5>, relu: bool) -> Tensor<5> {
     let unfused = |x| {
-        let y = bn.forward(conv3d(conv, x));
-        if relu {
-            activation::relu(y)
-        } else {
-            y
+        // In training on the CPU, batch norm and ReLU are one step (`model/cpu_norm.rs`).
+        match super::cpu_norm::batch_norm_train(bn, conv3d(conv, x), relu) {
+            Ok(y) => y,
+            Err(y) if relu => activation::relu(bn.forward(y)),
+            Err(y) => bn.forward(y),
         }
     };
     let Some(padding) = fast_path(conv, &x) else {
@@ -205,7 +212,10 @@ fn fast_path(conv: &Conv3d, x: &Tensor<5>) -> Option<[usize; 3]> {
         PaddingConfig3d::Same => return None,
     };
     let [n, c_in, d, h, w] = x.dims();
-    let fits = (0..3).all(|a| [d, h, w][a] + 2 * padding[a] >= conv.kernel_size[a]);
+    let fits = (0..3).all(|a| {
+        let n = [d, h, w][a];
+        n > 0 && n + 2 * padding[a] >= conv.kernel_size[a]
+    });
     (n > 0 && c_in > 0 && fits).then_some(padding)
 }
 
@@ -337,20 +347,32 @@ fn pad_channels_last(
     padding: [usize; 3],
     padded: &mut [f32],
 ) {
-    let (hp, wp) = (h + 2 * padding[1], w + 2 * padding[2]);
-    padded
-        .par_chunks_mut(hp * wp * c_in)
+    let grid = [h + 2 * padding[1], w + 2 * padding[2]];
+    channels_last_into(sample, [c_in, d, h, w], padding, grid, padded);
+}
+
+/// `sample` (`(c, d, h, w)`) into `dst`, channels-last on a grid of planes of `rows x cols`
+/// positions, `sample`'s voxel `(z, y, x)` at position `(z, y, x) + offset`; the rest of
+/// `dst` is left as it is.
+fn channels_last_into(
+    sample: &[f32],
+    [c, d, h, w]: [usize; 4],
+    offset: [usize; 3],
+    [rows, cols]: [usize; 2],
+    dst: &mut [f32],
+) {
+    dst.par_chunks_mut(rows * cols * c)
         .enumerate()
         .for_each(|(zp, plane)| {
-            let Some(z) = zp.checked_sub(padding[0]).filter(|z| *z < d) else {
+            let Some(z) = zp.checked_sub(offset[0]).filter(|z| *z < d) else {
                 return;
             };
             for y in 0..h {
-                let dst = &mut plane[((y + padding[1]) * wp + padding[2]) * c_in..][..w * c_in];
-                for c in 0..c_in {
-                    let src = &sample[((c * d + z) * h + y) * w..][..w];
+                let dst = &mut plane[((y + offset[1]) * cols + offset[2]) * c..][..w * c];
+                for ch in 0..c {
+                    let src = &sample[((ch * d + z) * h + y) * w..][..w];
                     for (xx, v) in src.iter().enumerate() {
-                        dst[xx * c_in + c] = *v;
+                        dst[xx * c + ch] = *v;
                     }
                 }
             }
@@ -480,12 +502,9 @@ fn product(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::{max_difference, random};
     use crate::rng::SplitMix64;
     use burn::nn::conv::Conv3dConfig;
-
-    fn random(n: usize, rng: &mut SplitMix64) -> Vec<f32> {
-        (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect()
-    }
 
     /// The definition, one output value at a time, in f64.
     #[allow(clippy::too_many_arguments)]
@@ -581,11 +600,7 @@ mod tests {
                 let ow = w + 2 * padding[2] + 1 - kw;
                 assert_eq!(got_dims, [n, c_out, od, oh, ow], "{dims:?} {kernel:?}");
                 assert_eq!(got.len(), want.len());
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let err = max_difference(&got, &want);
                 assert!(
                     err < 1e-4,
                     "{dims:?} {kernel:?} {padding:?}: max error {err}"
@@ -684,11 +699,7 @@ mod tests {
         };
         let ours = on(3);
         let burns = conv.forward(x()).into_data().try_into_vec::<f32>().unwrap();
-        let err = ours
-            .iter()
-            .zip(&burns)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = max_difference(&ours, &burns);
         assert!(
             err < 1e-5,
             "{c_in} to {c_out}: max difference from burn's conv3d {err}"
@@ -726,11 +737,7 @@ mod tests {
                 let read = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().unwrap();
                 let (ours, burns) = (read(ours), read(burns));
                 assert!(burns.iter().any(|v| *v < 0.0) != relu);
-                let err = ours
-                    .iter()
-                    .zip(&burns)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let err = max_difference(&ours, &burns);
                 assert!(err < 1e-5, "bias {bias}, relu {relu}: max difference {err}");
             }
         }

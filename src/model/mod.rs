@@ -16,9 +16,14 @@
 //! it as a `state_dict` and saves its own weights in the same form.
 
 pub mod cpu_conv;
+mod cpu_norm;
+mod cpu_pool;
+mod flex;
 pub mod monai;
 pub mod net;
 pub mod ops;
+#[cfg(test)]
+mod test_util;
 
 /// burn's run-time device handle, as [`select_device`] returns it.
 pub use burn::tensor::Device;

@@ -7,8 +7,17 @@ use burn::prelude::*;
 /// `max_pool3d(x, 2)` (floor mode: an odd last plane, row or column is dropped).
 ///
 /// Each window's eight values are laid out on three axes of length 2 by a reshape to rank
-/// 6, then reduced with `max_dim`.
+/// 6, then reduced with `max_dim`. On the CPU (`flex`, with or without autodiff) one pass
+/// does it instead, with the same winners (`cpu_pool.rs`).
 pub fn max_pool3d_2(x: Tensor<5>) -> Tensor<5> {
+    match super::cpu_pool::max_pool3d_2(x) {
+        Ok(y) => y,
+        Err(x) => max_pool3d_2_by_reductions(x),
+    }
+}
+
+/// [`max_pool3d_2`] by three `max_dim` reductions, on any device.
+pub(super) fn max_pool3d_2_by_reductions(x: Tensor<5>) -> Tensor<5> {
     let [n, c, d, h, w] = x.dims();
     let (d2, h2, w2) = (d / 2, h / 2, w / 2);
     let x = if d % 2 == 1 || h % 2 == 1 || w % 2 == 1 {
@@ -124,10 +133,12 @@ mod tests {
         for dims in [[2, 3, 4, 6, 8], [1, 2, 5, 7, 3], [1, 1, 2, 2, 2]] {
             let v = data(dims, 1);
             let x = Tensor::<5>::from_data(TensorData::new(v.clone(), dims), &device);
-            let out = max_pool3d_2(x);
             let (expected, od) = pool_loop(&v, dims, [2; 3], [2; 3], [0; 3]);
-            assert_eq!(out.dims(), od);
-            assert_eq!(out.into_data().try_into_vec::<f32>().unwrap(), expected);
+            // The CPU's one-pass path (cpu_pool.rs), then the reductions other devices run.
+            for out in [max_pool3d_2(x.clone()), max_pool3d_2_by_reductions(x)] {
+                assert_eq!(out.dims(), od);
+                assert_eq!(out.into_data().try_into_vec::<f32>().unwrap(), expected);
+            }
         }
     }
 
