@@ -11,13 +11,17 @@
 //! inference convolution (`model::cpu_conv`) against burn flex's own (`Conv3d::forward`),
 //! in the same run (`cargo bench --bench detector -- conv3d`); the throughput criterion
 //! prints is in FLOP/s ("elem/s"). Group `conv3d_train`: the same in training, forward and
-//! backward (`cargo bench --bench detector -- conv3d_train`).
+//! backward (`cargo bench --bench detector -- conv3d_train`). Group `norm_pool_train`: batch
+//! norm + ReLU and 2x2x2 max pooling in training, lungcad's CPU steps against burn's ops
+//! (`cargo bench --bench detector -- norm_pool_train`).
 
 use burn::nn::conv::Conv3dConfig;
-use burn::nn::PaddingConfig3d;
+use burn::nn::{BatchNormConfig, PaddingConfig3d};
 use burn::prelude::*;
+use burn::tensor::activation::relu;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lungcad::model::cpu_conv::conv3d;
+use lungcad::model::ops::{batch_norm_relu, max_pool3d_2, max_pool3d_2_by_reductions};
 use lungcad::model::{select_device, Detector, DetectorConfig, DeviceChoice};
 use lungcad::preprocess::PreprocessConfig;
 
@@ -158,5 +162,51 @@ fn bench_conv_train(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_conv, bench_conv_train);
+/// Forward and backward pass of batch norm (training: the batch's statistics) + ReLU, and of
+/// the 2x2x2 max pooling, on one sample of 24 channels at 128³ (the default network's
+/// stem), lungcad's CPU steps (`ops::batch_norm_relu`, `ops::max_pool3d_2`) against burn's
+/// own ops on flex with autodiff: `cargo bench --bench detector -- norm_pool_train`.
+fn bench_norm_pool_train(c: &mut Criterion) {
+    let device = Device::flex().autodiff();
+    let mut g = c.benchmark_group("norm_pool_train");
+    g.sample_size(10);
+    let (channels, side) = (24, 128);
+    let dims = [1, channels, side, side, side];
+    let random = |dims: [usize; 5]| {
+        Tensor::<5>::random(dims, burn::tensor::Distribution::Default, &device).into_data()
+    };
+    let (x, r) = (random(dims), random(dims));
+    let r_half = random([1, channels, side / 2, side / 2, side / 2]);
+    let bn = BatchNormConfig::new(channels).init(&device);
+    g.throughput(Throughput::Elements((channels * side * side * side) as u64));
+    // `sum(f(x) r)` and its input gradient (batch norm's gamma and beta gradients too).
+    let step = |f: &dyn Fn(Tensor<5>) -> Tensor<5>, r: &TensorData| {
+        let x = Tensor::<5>::from_data(x.clone(), &device).require_grad();
+        let r = Tensor::<5>::from_data(r.clone(), &device);
+        let grads = (f(x.clone()) * r).sum().backward();
+        x.grad(&grads).expect("input gradient").into_data()
+    };
+    let name = format!("{channels}ch_{side}cubed");
+    g.bench_function(format!("lungcad/batch_norm_relu_{name}"), |b| {
+        b.iter(|| step(&|x| batch_norm_relu(&bn, x, true), &r))
+    });
+    g.bench_function(format!("burn/batch_norm_relu_{name}"), |b| {
+        b.iter(|| step(&|x| relu(bn.forward(x)), &r))
+    });
+    g.bench_function(format!("lungcad/max_pool_{name}"), |b| {
+        b.iter(|| step(&max_pool3d_2, &r_half))
+    });
+    g.bench_function(format!("burn/max_pool_{name}"), |b| {
+        b.iter(|| step(&max_pool3d_2_by_reductions, &r_half))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench,
+    bench_conv,
+    bench_conv_train,
+    bench_norm_pool_train
+);
 criterion_main!(benches);

@@ -37,7 +37,7 @@ use burn::backend::DispatchDevice;
 use burn::nn::conv::Conv3d;
 use burn::nn::{BatchNorm, PaddingConfig3d};
 use burn::prelude::*;
-use burn::tensor::{activation, DType};
+use burn::tensor::DType;
 use rayon::prelude::*;
 
 mod autodiff;
@@ -77,14 +77,8 @@ pub fn conv3d(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
 /// the batch norm's per-channel scale and shift and the ReLU are applied as the kernel writes
 /// its output, saving two passes over it.
 pub fn conv3d_bn(conv: &Conv3d, bn: &BatchNorm, x: Tensor<5>, relu: bool) -> Tensor<5> {
-    let unfused = |x| {
-        // In training on the CPU, batch norm and ReLU are one step (`model/cpu_norm.rs`).
-        match super::cpu_norm::batch_norm_train(bn, conv3d(conv, x), relu) {
-            Ok(y) => y,
-            Err(y) if relu => activation::relu(bn.forward(y)),
-            Err(y) => bn.forward(y),
-        }
-    };
+    // In training on the CPU, batch norm and ReLU are one step (`model/cpu_norm.rs`).
+    let unfused = |x| super::ops::batch_norm_relu(bn, conv3d(conv, x), relu);
     let Some(padding) = fast_path(conv, &x) else {
         return unfused(x);
     };
@@ -505,6 +499,7 @@ mod tests {
     use crate::model::test_util::{max_difference, random};
     use crate::rng::SplitMix64;
     use burn::nn::conv::Conv3dConfig;
+    use burn::tensor::activation;
 
     /// The definition, one output value at a time, in f64.
     #[allow(clippy::too_many_arguments)]

@@ -1,7 +1,10 @@
 //! 3-D tensor ops burn 0.22 lacks, built from reshapes and reductions (differentiable, on
-//! every backend), each tested against a plain loop.
+//! every backend), each tested against a plain loop; on the CPU, steps of this crate's own
+//! where they are faster (pooling, batch norm + ReLU in training).
 
+use burn::nn::BatchNorm;
 use burn::prelude::*;
+use burn::tensor::activation;
 
 /// 3-D max pooling with a 2 x 2 x 2 window and stride 2 on `(N, C, D, H, W)`, as PyTorch's
 /// `max_pool3d(x, 2)` (floor mode: an odd last plane, row or column is dropped).
@@ -16,8 +19,9 @@ pub fn max_pool3d_2(x: Tensor<5>) -> Tensor<5> {
     }
 }
 
-/// [`max_pool3d_2`] by three `max_dim` reductions, on any device.
-pub(super) fn max_pool3d_2_by_reductions(x: Tensor<5>) -> Tensor<5> {
+/// [`max_pool3d_2`] by three `max_dim` reductions, on any device (what every device but the
+/// CPU runs; public for the benches, which compare the two).
+pub fn max_pool3d_2_by_reductions(x: Tensor<5>) -> Tensor<5> {
     let [n, c, d, h, w] = x.dims();
     let (d2, h2, w2) = (d / 2, h / 2, w / 2);
     let x = if d % 2 == 1 || h % 2 == 1 || w % 2 == 1 {
@@ -30,6 +34,17 @@ pub(super) fn max_pool3d_2_by_reductions(x: Tensor<5>) -> Tensor<5> {
         .max_dim(3)
         .max_dim(1)
         .reshape([n, c, d2, h2, w2])
+}
+
+/// `bn.forward(x)`, then a ReLU when `relu`. In training on the CPU (`flex` with autodiff,
+/// `bn` training) one step of this crate's does both (`cpu_norm.rs`: three passes over the
+/// activation forward, two backward); elsewhere burn's `BatchNorm::forward` and `relu`.
+pub fn batch_norm_relu(bn: &BatchNorm, x: Tensor<5>, relu: bool) -> Tensor<5> {
+    match super::cpu_norm::batch_norm_train(bn, x, relu) {
+        Ok(y) => y,
+        Err(y) if relu => activation::relu(bn.forward(y)),
+        Err(y) => bn.forward(y),
+    }
 }
 
 /// Nearest-neighbour upsampling by 2 on each spatial axis of `(N, C, D, H, W)`, as PyTorch's
