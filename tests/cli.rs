@@ -541,7 +541,7 @@ fn detect_runs_end_to_end_on_lidc() {
         .args(["init-model", "--seed", "3", "--out"])
         .arg(&model)
         .arg("--detector-config")
-        .arg(&config)
+        .arg(config)
         .output()
         .unwrap();
     assert!(

@@ -690,7 +690,7 @@ fn the_cache_gives_the_same_patches_and_is_rebuilt_when_stale() {
         ScanData::Memory(pre),
         &src.nodules,
     )];
-    let disk = vec![TrainScan::new(
+    let disk = [TrainScan::new(
         &src.series_uid,
         ScanData::Cached(cached),
         &src.nodules,

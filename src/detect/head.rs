@@ -379,7 +379,7 @@ mod tests {
                     .collect::<Vec<_>>()
             })
             .collect();
-        assert!(labels.iter().any(|&l| l == IGNORED));
+        assert!(labels.contains(&IGNORED));
         let out = ideal_output(&t, 12.0);
         let mut cands = Vec::new();
         decode_patch(out.view(), &layout, spacing, [100, -4, 7], 0.5, &mut cands).unwrap();

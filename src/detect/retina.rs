@@ -248,7 +248,8 @@ mod tests {
         let cells = 8;
         let mut cls = vec![-20.0f32; cells];
         let mut reg = vec![0f32; 6 * cells];
-        let v = (1 * 2 + 0) * 2 + 1;
+        let (z, y, x) = (1, 0, 1);
+        let v = (z * 2 + y) * 2 + x;
         cls[v] = 3.0;
         reg[v] = 0.25;
         reg[3 * cells + v] = 2f32.ln();

@@ -1160,7 +1160,7 @@ mod tests {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
-                    if seed % 7 == 0 {
+                    if seed.is_multiple_of(7) {
                         *byte = (seed >> 32) as u8;
                     }
                 }

@@ -119,7 +119,7 @@ impl RetinaNetConfig {
         {
             return bad("channels, anchors and classes must be at least 1".into());
         }
-        if self.head_groups == 0 || self.fpn_channels % self.head_groups != 0 {
+        if self.head_groups == 0 || !self.fpn_channels.is_multiple_of(self.head_groups) {
             return bad(format!(
                 "fpn_channels {} must be a multiple of head_groups {}",
                 self.fpn_channels, self.head_groups

@@ -102,7 +102,7 @@ pub fn resample(
     limits: &Limits,
 ) -> Result<Volume> {
     let in_shape = volume.shape();
-    if in_shape.iter().any(|n| *n == 0) {
+    if in_shape.contains(&0) {
         return Err(Error::InvalidArgument(
             "cannot resample an empty volume".into(),
         ));

@@ -334,7 +334,7 @@ pub fn assemble_fuzz(data: &[u8]) {
             instance_number: None,
         })
         .collect();
-    if let Ok(a) = assemble(&"fuzz".to_string(), slices) {
+    if let Ok(a) = assemble("fuzz", slices) {
         let _ = a.geometry.world_to_voxel([0.0; 3]);
     }
 }
