@@ -189,14 +189,25 @@ fn relu(y: f32) -> f32 {
 fn fast_path(conv: &Conv3d, x: &Tensor<5>) -> Option<[usize; 3]> {
     // An autodiff device is a variant of its own, so this is inference on the CPU.
     if !matches!(x.device().as_dispatch(), DispatchDevice::Flex(_))
-        || x.dtype() != DType::F32
-        || conv.weight.val().dtype() != DType::F32
         || conv.bias.as_ref().is_some_and(|b| b.val().dtype() != DType::F32)
+        // flex's own 1 x 1 x 1 path is already one plain matrix product
+        || conv.kernel_size == [1, 1, 1]
+    {
+        return None;
+    }
+    stride1_padding(conv, x)
+}
+
+/// The zero padding of `conv` on `x` when both are f32 and `conv` is stride-1, undilated and
+/// ungrouped with explicit (or no) padding, and `x` is not empty and, padded, holds the
+/// kernel on each axis; else `None`. What this module's kernels (inference and training)
+/// need of any convolution, before their own conditions.
+fn stride1_padding(conv: &Conv3d, x: &Tensor<5>) -> Option<[usize; 3]> {
+    if x.dtype() != DType::F32
+        || conv.weight.val().dtype() != DType::F32
         || conv.groups != 1
         || conv.stride != [1, 1, 1]
         || conv.dilation != [1, 1, 1]
-        // flex's own 1 x 1 x 1 path is already one plain matrix product
-        || conv.kernel_size == [1, 1, 1]
     {
         return None;
     }

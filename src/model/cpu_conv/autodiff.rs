@@ -19,7 +19,9 @@
 //! in a fixed order (blocks of positions fixed by the shapes alone), so gradients do not
 //! depend on the number of threads.
 
-use super::{channels_last_into, conv3d_f32, pad_channels_last, product, Epilogue, Layout};
+use super::{
+    channels_last_into, conv3d_f32, pad_channels_last, product, stride1_padding, Epilogue, Layout,
+};
 use crate::model::flex::{self, is_flex_autodiff, tensor, values, Ad};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -30,9 +32,7 @@ use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::Flex;
 use burn::nn::conv::Conv3d;
-use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
-use burn::tensor::DType;
 use rayon::prelude::*;
 
 /// Values of the weight gradient's per-block partial sums held at once, at most (32 M f32,
@@ -85,27 +85,11 @@ pub(super) fn conv3d(conv: &Conv3d, x: Tensor<5>) -> Result<Tensor<5>, Tensor<5>
 
 /// The padding when [`conv3d`] applies (before the tensors' own checks), else `None`.
 fn applies(conv: &Conv3d, x: &Tensor<5>) -> Option<[usize; 3]> {
-    if !is_flex_autodiff(&x.device())
-        || x.dtype() != DType::F32
-        || conv.weight.val().dtype() != DType::F32
-        || conv.groups != 1
-        || conv.stride != [1, 1, 1]
-        || conv.dilation != [1, 1, 1]
-    {
+    if !is_flex_autodiff(&x.device()) {
         return None;
     }
-    let padding = match conv.padding {
-        PaddingConfig3d::Valid => [0, 0, 0],
-        PaddingConfig3d::Explicit(d, h, w) => [d, h, w],
-        PaddingConfig3d::Same => return None,
-    };
-    let [n, c_in, d, h, w] = x.dims();
     let k = conv.kernel_size;
-    let fits = (0..3).all(|a| {
-        let n = [d, h, w][a];
-        n > 0 && padding[a] < k[a] && n + 2 * padding[a] >= k[a]
-    });
-    (n > 0 && c_in > 0 && fits).then_some(padding)
+    stride1_padding(conv, x).filter(|p| (0..3).all(|a| p[a] < k[a]))
 }
 
 /// The step's backward state: its two inputs (checkpointed nodes) and the padding.
@@ -332,6 +316,7 @@ mod tests {
     use crate::model::test_util::{max_difference, random, scale};
     use crate::rng::SplitMix64;
     use burn::nn::conv::Conv3dConfig;
+    use burn::nn::PaddingConfig3d;
 
     /// The definition, one weight at a time, in f64.
     fn plain_loop(
