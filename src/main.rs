@@ -190,6 +190,19 @@ enum Command {
 struct Input {
     /// A DICOM folder (searched recursively) or file, a .mhd/.mha, or a .nii/.nii.gz.
     ct: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+impl Input {
+    fn load(&self) -> Result<Volume, Error> {
+        self.load.load(&self.ct)
+    }
+}
+
+/// How to read a CT.
+#[derive(Args)]
+struct LoadArgs {
     /// DICOM: SeriesInstanceUID to load (default: the CT series with the most slices).
     #[arg(long = "series")]
     series: Option<String>,
@@ -201,17 +214,21 @@ struct Input {
     max_voxels: u64,
 }
 
-impl Input {
-    fn load(&self) -> Result<Volume, Error> {
+impl LoadArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_voxels: self.max_voxels,
+            ..Limits::default()
+        }
+    }
+
+    fn load(&self, ct: &std::path::Path) -> Result<Volume, Error> {
         let config = LoadConfig {
             series_uid: self.series.clone(),
             allow_modality: self.allow_modality,
-            limits: Limits {
-                max_voxels: self.max_voxels,
-                ..Limits::default()
-            },
+            limits: self.limits(),
         };
-        lungcad::load(&self.ct, &config)
+        lungcad::load(ct, &config)
     }
 }
 
@@ -691,10 +708,7 @@ fn preprocess_command(
     let t0 = std::time::Instant::now();
     let volume = input.load()?;
     let load_s = t0.elapsed().as_secs_f64();
-    let limits = Limits {
-        max_voxels: input.max_voxels,
-        ..Limits::default()
-    };
+    let limits = input.load.limits();
     let input_shape = volume.shape();
     let pre = preprocess::preprocess_owned(volume, &cfg, &limits)?;
     let t1 = std::time::Instant::now();

@@ -500,7 +500,7 @@ fn detect_writes_csv_json_and_overlay_and_refuses_bad_options() {
     let not_a_model = dir.path().join("notes.safetensors");
     std::fs::write(&not_a_model, b"hello").unwrap();
     for (args, expect) in [
-        (vec!["--out", "det.txt"], "csv or .json"),
+        (vec!["--out", "det.txt"], ".csv, .json or .jsonl"),
         (vec!["--batch-size", "0"], "batch size"),
         (vec!["--device", "tpu"], "auto, wgpu, cpu or cuda"),
         (vec!["--flips", "mirror"], "none, x or all"),
@@ -521,6 +521,152 @@ fn detect_writes_csv_json_and_overlay_and_refuses_bad_options() {
     assert_eq!(run.status.code(), Some(1), "{err}");
     assert!(err.contains("notes.safetensors"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// `lungcad detect` over several CTs: one model load, one submission CSV with every scan's
+/// rows (each scan's rows as a run on it alone writes them), a JSON line and an overlay
+/// per scan, and a scan that cannot be read reported and skipped with exit status 1.
+#[test]
+fn detect_runs_several_cts_into_one_submission_and_skips_unreadable_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _, _) = common::chest_phantom(
+        Geometry::new([2.5, 2.0, 2.0], [-150.0, -120.0, -100.0]),
+        [60, 120, 150],
+        true,
+    );
+    let (b, _, _) = common::chest_phantom(
+        Geometry::new([2.0, 2.5, 2.5], [-140.0, -110.0, -300.0]),
+        [70, 100, 120],
+        true,
+    );
+    let (pa, pb) = (
+        dir.path().join("1.2.3.1.mha"),
+        dir.path().join("1.2.3.2.nii.gz"),
+    );
+    lungcad::save(&a, &pa).unwrap();
+    lungcad::save(&b, &pb).unwrap();
+    let broken = dir.path().join("9.9.mhd");
+    std::fs::write(&broken, "not a header\n").unwrap();
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/detector_tiny/model.safetensors"
+    );
+    let detect = |cts: &[&std::path::Path], extra: &[&str]| {
+        lungcad()
+            .arg("detect")
+            .args(cts)
+            .args(["--model", model, "--device", "cpu", "--threshold", "0"])
+            .args(["--max-detections", "6"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let (csv, jsonl, overlays) = (
+        dir.path().join("all.csv"),
+        dir.path().join("all.jsonl"),
+        dir.path().join("overlays"),
+    );
+    let run = detect(
+        &[&pa, &broken, &pb],
+        &[
+            "--out",
+            csv.to_str().unwrap(),
+            "--out",
+            jsonl.to_str().unwrap(),
+            "--overlay-dir",
+            overlays.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("[2/3] skipped"), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("1 of 3 CTs skipped")
+            && stderr.contains("9.9.mhd: MetaImage"),
+        "{stderr}"
+    );
+    // One line per scan on stdout, named by the file without its extension(s).
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("[1/3] 1.2.3.1: 6 detection(s)"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("[3/3] 1.2.3.2: 6 detection(s)"),
+        "{stdout}"
+    );
+
+    // The CSV: one header, then each scan's rows, as a run on that scan alone writes them.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.matches("seriesuid,").count(), 1);
+    let mut expected = String::new();
+    for (i, ct) in [&pa, &pb].into_iter().enumerate() {
+        let one = dir.path().join(format!("one{i}.csv"));
+        let run = detect(&[ct], &["--out", one.to_str().unwrap()]);
+        assert!(run.status.success());
+        let single = std::fs::read_to_string(&one).unwrap();
+        if i == 0 {
+            expected += single.lines().next().unwrap();
+            expected += "\n";
+        }
+        expected += &single[single.find('\n').unwrap() + 1..];
+    }
+    assert_eq!(text, expected);
+    // JSON lines: one object per scan, the CSV's detections with their diameters.
+    let objects: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objects.len(), 2);
+    let (_, rows) = read_detections_csv(&csv);
+    for (o, uid) in objects.iter().zip(["1.2.3.1", "1.2.3.2"]) {
+        assert_eq!(o["seriesuid"], uid);
+        let dets = o["detections"].as_array().unwrap();
+        let mine: Vec<_> = rows.iter().filter(|r| r.0 == uid).collect();
+        assert_eq!(dets.len(), mine.len());
+        for (d, r) in dets.iter().zip(mine) {
+            assert!((d["coordX"].as_f64().unwrap() - r.1[0]).abs() < 1e-6);
+            assert!(d["diameter_mm"].as_f64().unwrap() > 0.0);
+        }
+    }
+    for uid in ["1.2.3.1", "1.2.3.2"] {
+        let png = std::fs::read(overlays.join(format!("{uid}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    // A scan given twice is detected once.
+    let twice = dir.path().join("twice.csv");
+    let run = detect(&[&pa, &pa], &["--out", twice.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(err.contains("already detected from"), "{err}");
+    assert_eq!(read_detections_csv(&twice).1.len(), 6);
+    // When no scan could be read, no output is left behind.
+    let none = dir.path().join("none.csv");
+    let run = detect(&[&broken, &broken], &["--out", none.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(!none.exists());
+    // Refused before any work: one-scan outputs and --series with several CTs.
+    for (args, expect) in [
+        (vec!["--out", "x.json"], ".jsonl"),
+        (vec!["--overlay", "x.png"], "--overlay-dir"),
+        (vec!["--series", "1.2"], "--series"),
+        (vec!["--out", "x.txt"], ".csv, .json or .jsonl"),
+    ] {
+        let run = detect(&[&pa, &pb], &args);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 }
 
 /// `lungcad detect` end to end on the real LIDC-IDRI-0001: an untrained network (small, so

@@ -11,19 +11,15 @@ model=$1 data=$2 out=$3
 lungcad=${LUNGCAD:-target/release/lungcad}
 device=${DEVICE:-auto}
 flips=${FLIPS:-x}
-mkdir -p "$out/detections"
+mkdir -p "$out"
 model_args=()
 [ "$model" != shipped ] && model_args=(--model "$model")
-echo "seriesuid,coordX,coordY,coordZ,probability" > "$out/predictions.csv"
-: > "$out/seriesuids.csv"
-for mhd in "$data"/*.mhd; do
-    uid=$(basename "$mhd" .mhd)
-    echo "$uid" >> "$out/seriesuids.csv"
-    # A low threshold, so the FROC curve reaches 8 false positives per scan.
-    "$lungcad" detect "$mhd" "${model_args[@]}" --device "$device" --flips "$flips" --threshold 0.02 \
-        --out "$out/detections/$uid.csv" > /dev/null
-    tail -n +2 "$out/detections/$uid.csv" >> "$out/predictions.csv"
-done
+scans=("$data"/*.mhd)
+for mhd in "${scans[@]}"; do basename "$mhd" .mhd; done > "$out/seriesuids.csv"
+# All scans in one process (the model is loaded once), into one submission CSV; a low
+# threshold, so the FROC curve reaches 8 false positives per scan.
+"$lungcad" detect "${scans[@]}" "${model_args[@]}" --device "$device" --flips "$flips" \
+    --threshold 0.02 --out "$out/predictions.csv" > "$out/detections.txt"
 echo "seriesuid,coordX,coordY,coordZ,diameter_mm" > "$out/excluded.csv"
 "$lungcad" eval --annotations "$data/annotations.csv" --excluded "$out/excluded.csv" \
     --seriesuids "$out/seriesuids.csv" --predictions "$out/predictions.csv" \

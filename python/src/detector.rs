@@ -184,18 +184,21 @@ impl PyDetector {
         };
         let lim = limits(max_voxels);
         let (found, uid) = run(py, || {
-            let (volume, stem) = match input {
-                Input::Volume(v) => (v, None),
+            let (volume, uid) = match input {
+                Input::Volume(v) => {
+                    let uid = v.info.series_uid.clone();
+                    (v, uid)
+                }
                 Input::Path(p) => {
                     let load = lungcad::LoadConfig {
                         limits: lim.clone(),
                         ..Default::default()
                     };
-                    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
-                    (lungcad::load(&p, &load)?, stem)
+                    let volume = lungcad::load(&p, &load)?;
+                    let uid = lungcad::io::series_name(&volume, &p);
+                    (volume, Some(uid))
                 }
             };
-            let uid = volume.info.series_uid.clone().or(stem);
             let found = match &self.inner {
                 Model::Lungcad(d) => {
                     d.detect(volume, self.batch_size, &decode, &lim, &mut |_, _| {})?

@@ -91,6 +91,10 @@ def test_detect_reads_a_path_and_names_the_series_by_file(
     from_path = cpu_detector.detect(path)
     from_volume = cpu_detector.detect(coarse_phantom.volume)
     assert [n.series_uid for n in from_path] == ["1.2.826.0.1.99"] * len(from_path)
+    # Every volume extension is stripped, .nii.gz whole (LUNA16's and Tianchi's naming).
+    gz = tmp_path / "1.2.826.0.1.98.nii.gz"
+    coarse_phantom.volume.save(gz)
+    assert {n.series_uid for n in cpu_detector.detect(gz, threshold=0.0)} == {"1.2.826.0.1.98"}
     np.testing.assert_allclose(
         [(n.coord_x, n.coord_y, n.coord_z, n.probability) for n in from_path],
         [(n.coord_x, n.coord_y, n.coord_z, n.probability) for n in from_volume],

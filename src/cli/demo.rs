@@ -98,6 +98,7 @@ pub fn demo_command(args: DemoArgs) -> Result<(), Error> {
     let run = detect_with_progress(
         &detector,
         &dev_name,
+        "",
         phantom.volume.clone(),
         batch_size,
         &decode,

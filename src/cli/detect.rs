@@ -1,17 +1,28 @@
 //! `lungcad detect`, and what `lungcad demo` shares with it: the model, the batch size, the
-//! progress bar over tiles and the table of detections.
+//! progress bar over tiles and the table of detections. One CT or many: with several, the
+//! model is loaded once, the scans run one after another, each scan's detections are
+//! appended to the outputs as it finishes, and a scan that cannot be read is reported and
+//! skipped.
 
-use crate::Input;
+use crate::LoadArgs;
 use clap::Args;
 use lungcad::detect::{self, DecodeConfig, Detection, Flips};
 use lungcad::model::{self as m, DetectionRun, Detector, Device};
 use lungcad::{Error, Limits, Volume};
+use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct DetectArgs {
+    /// The CT, or several: each a DICOM folder (searched recursively; one series from each)
+    /// or file, a .mhd/.mha, or a .nii/.nii.gz. With several (say `subset0/*.mhd`), the model
+    /// is loaded once, the scans run one after another, and a scan that cannot be read or
+    /// preprocessed is reported and skipped (the exit status is then 1).
+    #[arg(required = true, value_name = "CT")]
+    ct: Vec<PathBuf>,
     #[command(flatten)]
-    input: Input,
+    load: LoadArgs,
     /// Model file (safetensors with lungcad metadata; see `lungcad init-model`,
     /// `lungcad train` and `lungcad import-monai`, whose MONAI RetinaNet models run MONAI's
     /// preprocessing, sliding window and post-processing). Default: the shipped model phantom-v2, trained on synthetic
@@ -23,17 +34,24 @@ pub struct DetectArgs {
     /// Lowest probability reported.
     #[arg(long, default_value_t = DecodeConfig::default().min_probability)]
     threshold: f32,
-    /// Most detections reported.
+    /// Most detections reported per scan.
     #[arg(long, default_value_t = DecodeConfig::default().max_detections)]
     max_detections: usize,
     /// Write the detections: .csv (LUNA16 submission columns
-    /// seriesuid,coordX,coordY,coordZ,probability) or .json (adds diameter_mm). Repeat
-    /// to write both.
+    /// seriesuid,coordX,coordY,coordZ,probability; all scans in one file), .json (one CT
+    /// only; adds diameter_mm) or .jsonl (one JSON object per scan and line, as .json
+    /// writes it). Each scan's detections are written as it finishes. Repeat to write
+    /// several.
     #[arg(long)]
     out: Vec<PathBuf>,
-    /// Write a PNG with axial, coronal and sagittal slices through the top detections.
+    /// Write a PNG with axial, coronal and sagittal slices through the top detections (one
+    /// CT only; see --overlay-dir).
     #[arg(long)]
     overlay: Option<PathBuf>,
+    /// Write one overlay PNG per scan into this folder (made if missing), named
+    /// <seriesuid>.png.
+    #[arg(long)]
+    overlay_dir: Option<PathBuf>,
 }
 
 /// Where and how the network runs.
@@ -101,6 +119,7 @@ pub fn load_model(model: Option<&Path>, device: &Device) -> Result<Detector, Err
 pub fn detect_with_progress(
     detector: &Detector,
     device_name: &str,
+    label: &str,
     volume: Volume,
     batch_size: usize,
     decode: &DecodeConfig,
@@ -111,7 +130,7 @@ pub fn detect_with_progress(
         indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} tiles, {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    bar.set_prefix(format!("detect on {device_name}"));
+    bar.set_prefix(format!("{label}detect on {device_name}"));
     let run = detector.detect(volume, batch_size, decode, limits, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64)
@@ -119,7 +138,7 @@ pub fn detect_with_progress(
     bar.finish_and_clear();
     let run = run?;
     eprintln!(
-        "{} detection(s) from {} candidate(s) over {} tile(s) in batches of {batch_size} on {device_name}; preprocessing {:.2} s, network {:.2} s",
+        "{label}{} detection(s) from {} candidate(s) over {} tile(s) in batches of {batch_size} on {device_name}; preprocessing {:.2} s, network {:.2} s",
         run.detections.len(),
         run.candidates,
         run.tiles,
@@ -148,72 +167,220 @@ fn is_json(path: &Path) -> bool {
         .ends_with(".json")
 }
 
-pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
-    for o in &args.out {
-        let name = o.to_string_lossy().to_ascii_lowercase();
-        if !(name.ends_with(".csv") || name.ends_with(".json")) {
-            return Err(Error::InvalidArgument(format!(
-                "{}: detections are written as .csv or .json",
-                o.display()
-            )));
+/// A detections file and how it is written.
+#[derive(Clone, Copy, PartialEq)]
+enum OutKind {
+    /// LUNA16 submission rows, all scans in one file.
+    Csv,
+    /// One scan's object ([`detect::to_json`]), pretty-printed.
+    Json,
+    /// One [`detect::to_json`] object per scan and line.
+    Jsonl,
+}
+
+impl OutKind {
+    fn of(path: &Path) -> Option<OutKind> {
+        let name = path.to_string_lossy().to_ascii_lowercase();
+        if name.ends_with(".csv") {
+            Some(OutKind::Csv)
+        } else if name.ends_with(".jsonl") {
+            Some(OutKind::Jsonl)
+        } else if name.ends_with(".json") {
+            Some(OutKind::Json)
+        } else {
+            None
         }
     }
-    // The model file is read once; a MONAI RetinaNet (lungcad import-monai) runs MONAI's
-    // pipeline.
-    let model = match &args.model {
-        Some(p) => Some((p.clone(), m::read_model_file(p)?)),
-        None => None,
-    };
-    let monai = match &model {
-        Some((p, bytes)) => m::is_monai_model(bytes, p)?,
-        None => false,
-    };
-    let flips = args.run.flips(monai)?;
-    let volume = args.input.load()?;
-    let uid = volume.info.series_uid.clone().unwrap_or_else(|| {
-        args.input
-            .ct
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
-    let (dev, dev_name) = m::select_device(args.run.device.parse()?)?;
-    let (detections, background) = match model {
-        Some((path, bytes)) if monai => {
-            let detector = m::monai::MonaiDetector::from_bytes(bytes, &path, &dev)?;
-            let t = std::time::Instant::now();
-            let found = detector.detect(&volume)?;
-            let dets = m::monai::select(&found, args.threshold, args.max_detections);
-            eprintln!(
-                "{} detection(s) of {} with MONAI's RetinaNet pipeline on {dev_name} in {:.2} s",
-                dets.len(),
-                found.len(),
-                t.elapsed().as_secs_f64()
-            );
-            (dets, volume)
+}
+
+/// The `--out` files, opened before the first scan (so that one that cannot be written
+/// fails the command before any work) and appended to as each scan finishes.
+struct Outputs {
+    files: Vec<(PathBuf, OutKind, std::io::BufWriter<std::fs::File>)>,
+}
+
+impl Outputs {
+    fn create(paths: &[PathBuf], scans: usize) -> Result<Outputs, Error> {
+        let mut kinds = Vec::new();
+        for p in paths {
+            let kind = OutKind::of(p).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{}: detections are written as .csv, .json or .jsonl",
+                    p.display()
+                ))
+            })?;
+            if kind == OutKind::Json && scans > 1 {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: .json holds one scan's detections; with {scans} CTs write .jsonl (one object per scan and line) or .csv",
+                    p.display()
+                )));
+            }
+            kinds.push((p.clone(), kind));
         }
-        model => {
-            let detector = match model {
-                Some((path, bytes)) => Detector::from_bytes(bytes, &path, &dev)?,
-                None => Detector::shipped(&dev)?,
+        let mut files = Vec::new();
+        for (p, kind) in kinds {
+            let f = std::fs::File::create(&p).map_err(|e| super::io_error(&p, e))?;
+            let mut w = std::io::BufWriter::new(f);
+            if kind == OutKind::Csv {
+                writeln!(w, "{}", lungcad::eval::PREDICTIONS_CSV_HEADER)
+                    .and_then(|_| w.flush())
+                    .map_err(|e| super::io_error(&p, e))?;
+            }
+            files.push((p, kind, w));
+        }
+        Ok(Outputs { files })
+    }
+
+    /// Appends one scan's detections to every file, flushed.
+    fn add(&mut self, dets: &[Detection], uid: &str) -> Result<(), Error> {
+        for (p, kind, w) in &mut self.files {
+            let written = match kind {
+                OutKind::Csv => {
+                    lungcad::eval::write_prediction_rows(w, &detect::to_candidates(dets, uid))
+                }
+                OutKind::Json => serde_json::to_writer_pretty(&mut *w, &detect::to_json(dets, uid))
+                    .map_err(std::io::Error::from)
+                    .and_then(|_| writeln!(w)),
+                OutKind::Jsonl => serde_json::to_writer(&mut *w, &detect::to_json(dets, uid))
+                    .map_err(std::io::Error::from)
+                    .and_then(|_| writeln!(w)),
             };
-            let (detector, dev_name) = args.run.settle(detector, dev_name)?;
-            let batch_size = args.run.batch_size(&detector, &dev_name);
-            let limits = Limits {
-                max_voxels: args.input.max_voxels,
-                ..Limits::default()
-            };
-            let decode = DecodeConfig {
-                min_probability: args.threshold,
+            written
+                .and_then(|_| w.flush())
+                .map_err(|e| super::io_error(p, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the files (when no scan could be detected, so that none is left looking
+    /// like a result).
+    fn remove(self) {
+        for (p, _, w) in self.files {
+            drop(w);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _, _)| p.as_path())
+    }
+}
+
+/// The network `lungcad detect` runs, ready for scan after scan.
+enum Runner {
+    Lungcad {
+        detector: Box<Detector>,
+        device_name: String,
+        batch_size: usize,
+        decode: DecodeConfig,
+        limits: Limits,
+    },
+    Monai {
+        detector: Box<m::monai::MonaiDetector>,
+        device_name: String,
+        threshold: f32,
+        max_detections: usize,
+    },
+}
+
+impl Runner {
+    fn new(args: &DetectArgs) -> Result<Runner, Error> {
+        // The model file is read once; a MONAI RetinaNet (lungcad import-monai) runs MONAI's
+        // pipeline.
+        let model = match &args.model {
+            Some(p) => Some((p.clone(), m::read_model_file(p)?)),
+            None => None,
+        };
+        let monai = match &model {
+            Some((p, bytes)) => m::is_monai_model(bytes, p)?,
+            None => false,
+        };
+        let flips = args.run.flips(monai)?;
+        let (dev, device_name) = m::select_device(args.run.device.parse()?)?;
+        Ok(match model {
+            Some((path, bytes)) if monai => Runner::Monai {
+                detector: Box::new(m::monai::MonaiDetector::from_bytes(bytes, &path, &dev)?),
+                device_name,
+                threshold: args.threshold,
                 max_detections: args.max_detections,
-                flips,
-                ..DecodeConfig::default()
-            };
-            let run =
-                detect_with_progress(&detector, &dev_name, volume, batch_size, &decode, &limits)?;
-            (run.detections, run.preprocessed.volume)
+            },
+            model => {
+                let detector = match model {
+                    Some((path, bytes)) => Detector::from_bytes(bytes, &path, &dev)?,
+                    None => Detector::shipped(&dev)?,
+                };
+                let (detector, device_name) = args.run.settle(detector, device_name)?;
+                let batch_size = args.run.batch_size(&detector, &device_name);
+                let decode = DecodeConfig {
+                    min_probability: args.threshold,
+                    max_detections: args.max_detections,
+                    flips,
+                    ..DecodeConfig::default()
+                };
+                Runner::Lungcad {
+                    detector: Box::new(detector),
+                    device_name,
+                    batch_size,
+                    decode,
+                    limits: args.load.limits(),
+                }
+            }
+        })
+    }
+
+    /// The detections in `volume`, and the volume to draw them on.
+    fn detect(&self, volume: Volume, label: &str) -> Result<(Vec<Detection>, Volume), Error> {
+        match self {
+            Runner::Lungcad {
+                detector,
+                device_name,
+                batch_size,
+                decode,
+                limits,
+            } => {
+                let run = detect_with_progress(
+                    detector,
+                    device_name,
+                    label,
+                    volume,
+                    *batch_size,
+                    decode,
+                    limits,
+                )?;
+                Ok((run.detections, run.preprocessed.volume))
+            }
+            Runner::Monai {
+                detector,
+                device_name,
+                threshold,
+                max_detections,
+            } => {
+                let t = std::time::Instant::now();
+                let found = detector.detect(&volume)?;
+                let dets = m::monai::select(&found, *threshold, *max_detections);
+                eprintln!(
+                    "{label}{} detection(s) of {} with MONAI's RetinaNet pipeline on {device_name} in {:.2} s",
+                    dets.len(),
+                    found.len(),
+                    t.elapsed().as_secs_f64()
+                );
+                Ok((dets, volume))
+            }
         }
-    };
+    }
+}
+
+/// Whether a failure concerns its scan only (it could not be read, was refused by a
+/// limit or could not be preprocessed), so that a run over several CTs goes on; a model
+/// or device failure would fail every scan and ends the run.
+fn only_this_scan(e: &Error) -> bool {
+    !matches!(
+        e,
+        Error::Model { .. } | Error::Device(_) | Error::InvalidArgument(_)
+    )
+}
+
+fn print_table(detections: &[Detection]) {
     println!("rank  coordX_mm  coordY_mm  coordZ_mm  diameter_mm  probability");
     for (i, d) in detections.iter().enumerate() {
         println!(
@@ -226,10 +393,127 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
             d.probability
         );
     }
-    write_detections(&detections, &uid, &args.out)?;
-    if let Some(p) = &args.overlay {
-        detect::write_overlay_png(&background, &detections, 5, p)?;
-        eprintln!("wrote {}", p.display());
+}
+
+pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
+    let n = args.ct.len();
+    if n > 1 {
+        if args.load.series.is_some() {
+            return Err(Error::InvalidArgument(
+                "--series picks a series of one DICOM input; with several CTs, each DICOM folder gives its CT series with the most slices".into(),
+            ));
+        }
+        if args.overlay.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "--overlay writes one scan's PNG; with {n} CTs use --overlay-dir"
+            )));
+        }
     }
-    Ok(())
+    let mut outputs = Outputs::create(&args.out, n)?;
+    let runner = match Runner::new(&args) {
+        Ok(r) => r,
+        Err(e) => {
+            outputs.remove();
+            return Err(e);
+        }
+    };
+    if let Some(d) = &args.overlay_dir {
+        std::fs::create_dir_all(d).map_err(|e| super::io_error(d, e))?;
+    }
+    let mut seen: HashMap<String, &Path> = HashMap::new();
+    let mut skipped: Vec<(&Path, Error)> = Vec::new();
+    let mut done = 0usize;
+    for (i, ct) in args.ct.iter().enumerate() {
+        let label = if n > 1 {
+            format!("[{}/{n}] ", i + 1)
+        } else {
+            String::new()
+        };
+        let t = std::time::Instant::now();
+        let scan = args.load.load(ct).and_then(|volume| {
+            let uid = lungcad::io::series_name(&volume, ct);
+            match seen.get(uid.as_str()) {
+                Some(first) => Err(Error::Series {
+                    series_uid: uid,
+                    problem: lungcad::SeriesProblem::Attribute(format!(
+                        "already detected from {}",
+                        first.display()
+                    )),
+                }),
+                None => Ok((volume, uid)),
+            }
+        });
+        let result = scan.and_then(|(volume, uid)| {
+            runner
+                .detect(volume, &label)
+                .map(|(dets, background)| (dets, background, uid))
+        });
+        let (detections, background, uid) = match result {
+            Ok(r) => r,
+            Err(e) if n > 1 && only_this_scan(&e) => {
+                eprintln!("{label}skipped {}: {e}", ct.display());
+                skipped.push((ct, e));
+                continue;
+            }
+            Err(e) => {
+                if done == 0 {
+                    outputs.remove();
+                }
+                return Err(e);
+            }
+        };
+        seen.insert(uid.clone(), ct);
+        if n == 1 {
+            print_table(&detections);
+        } else {
+            let best = detections
+                .first()
+                .map(|d| {
+                    format!(
+                        ", best {:.4} at ({:.2}, {:.2}, {:.2}) mm",
+                        d.probability, d.centre_world[0], d.centre_world[1], d.centre_world[2]
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "{label}{uid}: {} detection(s){best} ({:.1} s)",
+                detections.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        outputs.add(&detections, &uid)?;
+        let overlay = match (&args.overlay, &args.overlay_dir) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(d)) => Some(d.join(format!("{uid}.png"))),
+            (None, None) => None,
+        };
+        if let Some(p) = overlay {
+            detect::write_overlay_png(&background, &detections, 5, &p)?;
+            eprintln!("{label}wrote {}", p.display());
+        }
+        done += 1;
+    }
+    if done == 0 {
+        outputs.remove();
+    } else {
+        for p in outputs.paths() {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    if skipped.is_empty() {
+        return Ok(());
+    }
+    let mut list: Vec<String> = skipped
+        .iter()
+        .take(5)
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    if skipped.len() > 5 {
+        list.push(format!("and {} more", skipped.len() - 5));
+    }
+    Err(Error::InvalidArgument(format!(
+        "{} of {n} CTs skipped (the reasons are above): {}",
+        skipped.len(),
+        list.join(", ")
+    )))
 }

@@ -170,9 +170,9 @@ pub fn detections(
         .collect()
 }
 
-/// Writes detections as a LUNA16 submission CSV: `seriesuid,coordX,coordY,coordZ,probability`.
-pub fn write_csv(detections: &[Detection], series_uid: &str, path: impl AsRef<Path>) -> Result<()> {
-    let rows: Vec<crate::eval::Candidate> = detections
+/// Detections as rows of a LUNA16 submission CSV, all under `series_uid`.
+pub fn to_candidates(detections: &[Detection], series_uid: &str) -> Vec<crate::eval::Candidate> {
+    detections
         .iter()
         .map(|d| crate::eval::Candidate {
             seriesuid: series_uid.to_string(),
@@ -181,8 +181,12 @@ pub fn write_csv(detections: &[Detection], series_uid: &str, path: impl AsRef<Pa
             coord_z: d.centre_world[2],
             probability: d.probability as f64,
         })
-        .collect();
-    crate::eval::write_predictions_csv(&rows, path)
+        .collect()
+}
+
+/// Writes detections as a LUNA16 submission CSV: `seriesuid,coordX,coordY,coordZ,probability`.
+pub fn write_csv(detections: &[Detection], series_uid: &str, path: impl AsRef<Path>) -> Result<()> {
+    crate::eval::write_predictions_csv(&to_candidates(detections, series_uid), path)
 }
 
 /// Detections as JSON: `{"seriesuid", "detections": [{coordX, coordY, coordZ, diameter_mm,

@@ -267,16 +267,28 @@ pub fn write_predictions_csv(candidates: &[Candidate], path: impl AsRef<Path>) -
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::new(file);
     let io = |e| Error::io(path, e);
-    writeln!(w, "seriesuid,coordX,coordY,coordZ,probability").map_err(io)?;
+    writeln!(w, "{PREDICTIONS_CSV_HEADER}").map_err(io)?;
+    write_prediction_rows(&mut w, candidates).map_err(io)?;
+    w.flush().map_err(io)
+}
+
+/// The header line of a LUNA16 predictions (submission) CSV.
+pub const PREDICTIONS_CSV_HEADER: &str = "seriesuid,coordX,coordY,coordZ,probability";
+
+/// Writes `candidates` as rows of a predictions CSV (after [`PREDICTIONS_CSV_HEADER`]), one
+/// line each: what [`write_predictions_csv`] writes, for writers that append scan by scan.
+pub fn write_prediction_rows(
+    w: &mut impl std::io::Write,
+    candidates: &[Candidate],
+) -> std::io::Result<()> {
     for c in candidates {
         writeln!(
             w,
             "{},{},{},{},{}",
             c.seriesuid, c.coord_x, c.coord_y, c.coord_z, c.probability
-        )
-        .map_err(io)?;
+        )?;
     }
-    w.flush().map_err(io)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -73,7 +73,9 @@ mod plot;
 mod report;
 pub mod synthetic;
 
-pub use csv::{read_seriesuids, write_predictions_csv};
+pub use csv::{
+    read_seriesuids, write_prediction_rows, write_predictions_csv, PREDICTIONS_CSV_HEADER,
+};
 pub use plot::{plot_froc_png, render_froc, PlotOptions, RgbImage};
 pub use report::{report_json, report_text};
 

@@ -84,3 +84,89 @@ pub fn save(volume: &Volume, path: impl AsRef<Path>) -> Result<()> {
         ))),
     }
 }
+
+/// The series UID a volume file stands for: its file name without the extension, as the
+/// LUNA16 and Tianchi layouts name scans (`<uid>.mhd`, `LKDS-00001.mhd`, `<uid>.nii.gz`).
+/// `None` for a name without one of the volume extensions (`.mhd`, `.mha`, `.nii`,
+/// `.nii.gz`).
+pub fn series_uid_of_file(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let lower = name.to_ascii_lowercase();
+    [".nii.gz", ".mhd", ".mha", ".nii"]
+        .iter()
+        .find(|ext| lower.ends_with(*ext))
+        .map(|ext| name[..name.len() - ext.len()].to_string())
+}
+
+/// The name a scan's detections are reported under (the `seriesuid` of the LUNA16 CSVs):
+/// the volume's SeriesInstanceUID (DICOM), else the file's name without its extension
+/// ([`series_uid_of_file`]), else the last component of `path`, the file or folder it was
+/// loaded from. A character that would break a CSV row or a file name (comma, quote,
+/// whitespace, control characters, `/`, `\`) becomes `_`, so the name is safe in both.
+pub fn series_name(volume: &Volume, path: &Path) -> String {
+    let name = volume
+        .info
+        .series_uid
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .or_else(|| series_uid_of_file(path))
+        .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let safe: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c == ',' || c == '"' || c == '/' || c == '\\' || c.is_whitespace() || c.is_control()
+            {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    match safe.as_str() {
+        "" | "." | ".." => "unnamed".to_string(),
+        _ => safe,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::Geometry;
+
+    #[test]
+    fn series_uid_of_file_strips_the_volume_extensions_only() {
+        let of = |p: &str| series_uid_of_file(Path::new(p));
+        assert_eq!(of("a/1.3.6.1.4.mhd").as_deref(), Some("1.3.6.1.4"));
+        assert_eq!(of("LKDS-00001.MHD").as_deref(), Some("LKDS-00001"));
+        assert_eq!(of("x/scan.nii.gz").as_deref(), Some("scan"));
+        assert_eq!(of("scan.nii").as_deref(), Some("scan"));
+        assert_eq!(of("scan.mha").as_deref(), Some("scan"));
+        assert_eq!(of("IM0001.dcm"), None);
+        assert_eq!(of("folder"), None);
+    }
+
+    #[test]
+    fn series_name_prefers_the_uid_then_the_file_and_is_safe_in_csv_and_paths() {
+        let mut v = Volume::new(
+            ndarray::Array3::zeros((1, 1, 1)),
+            Geometry::new([1.0; 3], [0.0; 3]),
+        )
+        .expect("a 1-voxel volume");
+        let name = |v: &Volume, p: &str| series_name(v, Path::new(p));
+        assert_eq!(name(&v, "data/1.2.840.5.nii.gz"), "1.2.840.5");
+        assert_eq!(name(&v, "data/LIDC-IDRI-0001"), "LIDC-IDRI-0001");
+        assert_eq!(name(&v, "/"), "unnamed");
+        v.info.series_uid = Some("1.2.3".into());
+        assert_eq!(name(&v, "data/other.mhd"), "1.2.3");
+        // A blank UID (seen in real files) is no name.
+        v.info.series_uid = Some("  ".into());
+        assert_eq!(name(&v, "data/s.mha"), "s");
+        // A hostile UID cannot add a CSV row or column, or leave its folder.
+        v.info.series_uid = Some("1,2\n3/../\"x\" y".into());
+        assert_eq!(name(&v, "d"), "1_2_3_..__x__y");
+        v.info.series_uid = Some("..".into());
+        assert_eq!(name(&v, "d"), "unnamed");
+    }
+}

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::eval::{Annotations, Finding};
-use crate::io::{dicom, LoadConfig};
+use crate::io::{dicom, series_uid_of_file, LoadConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -34,19 +34,6 @@ impl ScanSource {
     }
 }
 
-/// The series UID a volume file stands for: its name without the extension (LUNA16's
-/// `<uid>.mhd`, Tianchi's `LKDS-00001.mhd`, `<uid>.nii.gz`).
-fn uid_of_file(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let lower = name.to_ascii_lowercase();
-    for ext in [".nii.gz", ".mhd", ".mha", ".nii"] {
-        if lower.ends_with(ext) {
-            return Some(name[..name.len() - ext.len()].to_string());
-        }
-    }
-    None
-}
-
 /// Whether `path` is a DICOM Part 10 file (the `DICM` magic after the 128-byte preamble);
 /// only the first 132 bytes are read.
 fn looks_like_dicom(path: &Path) -> bool {
@@ -70,7 +57,7 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>, dicom_dirs: &mut Vec<PathBuf>) -> 
         let p = e.path();
         if p.is_dir() {
             walk(&p, files, dicom_dirs)?;
-        } else if uid_of_file(&p).is_some() {
+        } else if series_uid_of_file(&p).is_some() {
             files.push(p);
         } else if !has_dicom && looks_like_dicom(&p) {
             has_dicom = true;
@@ -114,7 +101,7 @@ pub fn find_scans(
         Ok(())
     };
     for f in files {
-        if let Some(uid) = uid_of_file(&f) {
+        if let Some(uid) = series_uid_of_file(&f) {
             add(uid, f, false)?;
         }
     }
