@@ -288,7 +288,7 @@ fn info_text(v: &Volume) -> String {
     s
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Info { input, json } => {
             let v = input.load()?;
@@ -327,7 +327,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             json,
         )?,
         Command::Demo(args) => cli::demo::demo_command(args)?,
-        Command::Detect(args) => cli::detect::detect_command(args)?,
+        Command::Detect(args) => return cli::detect::detect_command(args),
         Command::Train(args) => cli::train::train_command(args)?,
         Command::Synth(args) => cli::synth::synth_command(args)?,
         Command::ImportMonai {
@@ -443,7 +443,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Times a MONAI RetinaNet model's detection (network and post-processing, no
@@ -833,7 +833,7 @@ fn main() -> ExitCode {
     // A panic is a bug; never let one reach the user as a backtrace: report it in one line.
     std::panic::set_hook(Box::new(|_| {}));
     match std::panic::catch_unwind(move || run(cli)) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Ok(code)) => code,
         Ok(Err(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

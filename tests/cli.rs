@@ -472,6 +472,25 @@ fn detect_writes_csv_json_and_overlay_and_refuses_bad_options() {
     ]);
     assert!(run.status.success());
     assert_eq!(std::fs::read(&csv).unwrap(), std::fs::read(&again).unwrap());
+    // ... on any number of threads.
+    for threads in ["1", "3"] {
+        let other = dir.path().join(format!("threads{threads}.csv"));
+        let run = lungcad()
+            .env("RAYON_NUM_THREADS", threads)
+            .arg("detect")
+            .arg(&input)
+            .args(["--model", model, "--device", "cpu", "--batch-size", "3"])
+            .args(["--threshold", "0", "--max-detections", "7", "--out"])
+            .arg(&other)
+            .output()
+            .unwrap();
+        assert!(run.status.success());
+        assert_eq!(
+            std::fs::read(&csv).unwrap(),
+            std::fs::read(&other).unwrap(),
+            "{threads} thread(s)"
+        );
+    }
     // Test-time flips: the default is x; without them, as many detections, other values.
     let flipped = dir.path().join("flipped.csv");
     let run = detect(&[
@@ -649,17 +668,34 @@ fn detect_runs_several_cts_into_one_submission_and_skips_unreadable_ones() {
     assert_eq!(run.status.code(), Some(1), "{err}");
     assert!(err.contains("already detected from"), "{err}");
     assert_eq!(read_detections_csv(&twice).1.len(), 6);
-    // When no scan could be read, no output is left behind.
+    // When no scan could be read, no output is left behind, and a file already at an
+    // output's path is left as it was.
     let none = dir.path().join("none.csv");
     let run = detect(&[&broken, &broken], &["--out", none.to_str().unwrap()]);
     assert_eq!(run.status.code(), Some(1));
     assert!(!none.exists());
-    // Refused before any work: one-scan outputs and --series with several CTs.
+    std::fs::write(&none, "earlier results\n").unwrap();
+    for cts in [vec![broken.as_path()], vec![&broken, &broken]] {
+        let run = detect(&cts, &["--out", none.to_str().unwrap()]);
+        assert_eq!(run.status.code(), Some(1));
+        assert_eq!(std::fs::read_to_string(&none).unwrap(), "earlier results\n");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Refused before any work: one-scan outputs and --series with several CTs, an output
+    // given twice or that is also an input.
+    let twice_csv = dir.path().join("t.csv");
+    let twice_csv = twice_csv.to_str().unwrap();
     for (args, expect) in [
         (vec!["--out", "x.json"], ".jsonl"),
         (vec!["--overlay", "x.png"], "--overlay-dir"),
         (vec!["--series", "1.2"], "--series"),
         (vec!["--out", "x.txt"], ".csv, .json or .jsonl"),
+        (vec!["--out", twice_csv, "--out", twice_csv], "given twice"),
     ] {
         let run = detect(&[&pa, &pb], &args);
         let err = String::from_utf8_lossy(&run.stderr);
@@ -667,6 +703,11 @@ fn detect_runs_several_cts_into_one_submission_and_skips_unreadable_ones() {
         assert!(err.contains(expect), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
+    let named_csv = dir.path().join("scan.csv");
+    let run = detect(&[&pa, &named_csv], &["--out", named_csv.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(err.contains("also a CT to read"), "{err}");
 }
 
 /// `lungcad detect` end to end on the real LIDC-IDRI-0001: an untrained network (small, so

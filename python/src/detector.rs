@@ -186,7 +186,12 @@ impl PyDetector {
         let (found, uid) = run(py, || {
             let (volume, uid) = match input {
                 Input::Volume(v) => {
-                    let uid = v.info.series_uid.clone();
+                    let uid = v
+                        .info
+                        .series_uid
+                        .as_deref()
+                        .filter(|u| !u.trim().is_empty());
+                    let uid = uid.map(lungcad::io::safe_series_name);
                     (v, uid)
                 }
                 Input::Path(p) => {

@@ -1,7 +1,7 @@
 //! `lungcad demo`: a phantom with known nodules, detection with the shipped model, and the
 //! result against the truth.
 
-use super::detect::{detect_with_progress, write_detections, RunArgs};
+use super::detect::{detect_with_progress, Outputs, RunArgs};
 use super::io_error;
 use clap::Args;
 use lungcad::detect::{self, DecodeConfig, Detection};
@@ -186,14 +186,15 @@ pub fn demo_command(args: DemoArgs) -> Result<(), Error> {
     let truth_path = args.out.join("truth.csv");
     std::fs::write(&truth_path, truth).map_err(|e| io_error(&truth_path, e))?;
     eprintln!("wrote {}", truth_path.display());
-    write_detections(
-        dets,
-        &uid,
+    let mut outputs = Outputs::create(
         &[
             args.out.join("detections.csv"),
             args.out.join("detections.json"),
         ],
+        &[],
     )?;
+    outputs.add(dets, &uid)?;
+    outputs.keep()?;
     // The overlay: each nodule's first hit, then the most probable false positives, at
     // most 8 rows (the top detection when there is nothing else).
     let mut hit_ranks: Vec<usize> = first_hits.iter().flatten().copied().collect();

@@ -12,6 +12,7 @@ use lungcad::{Error, Limits, Volume};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 #[derive(Args)]
 pub struct DetectArgs {
@@ -40,13 +41,14 @@ pub struct DetectArgs {
     /// Write the detections: .csv (LUNA16 submission columns
     /// seriesuid,coordX,coordY,coordZ,probability; all scans in one file), .json (one CT
     /// only; adds diameter_mm) or .jsonl (one JSON object per scan and line, as .json
-    /// writes it). Each scan's detections are written as it finishes. Repeat to write
-    /// several.
+    /// writes it). Written as <file>.partial, each scan's detections added as it finishes,
+    /// and renamed at the end (a failed run leaves an existing file as it was). Repeat to
+    /// write several.
     #[arg(long)]
     out: Vec<PathBuf>,
     /// Write a PNG with axial, coronal and sagittal slices through the top detections (one
     /// CT only; see --overlay-dir).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overlay_dir")]
     overlay: Option<PathBuf>,
     /// Write one overlay PNG per scan into this folder (made if missing), named
     /// <seriesuid>.png.
@@ -148,31 +150,12 @@ pub fn detect_with_progress(
     Ok(run)
 }
 
-/// Writes `detections` as .csv or .json by each path's extension.
-pub fn write_detections(dets: &[Detection], uid: &str, out: &[PathBuf]) -> Result<(), Error> {
-    for o in out {
-        if is_json(o) {
-            detect::write_json(dets, uid, o)?;
-        } else {
-            detect::write_csv(dets, uid, o)?;
-        }
-        eprintln!("wrote {}", o.display());
-    }
-    Ok(())
-}
-
-fn is_json(path: &Path) -> bool {
-    path.to_string_lossy()
-        .to_ascii_lowercase()
-        .ends_with(".json")
-}
-
 /// A detections file and how it is written.
 #[derive(Clone, Copy, PartialEq)]
 enum OutKind {
     /// LUNA16 submission rows, all scans in one file.
     Csv,
-    /// One scan's object ([`detect::to_json`]), pretty-printed.
+    /// One scan's object ([`detect::write_json`]).
     Json,
     /// One [`detect::to_json`] object per scan and line.
     Jsonl,
@@ -193,76 +176,118 @@ impl OutKind {
     }
 }
 
-/// The `--out` files, opened before the first scan (so that one that cannot be written
-/// fails the command before any work) and appended to as each scan finishes.
-struct Outputs {
-    files: Vec<(PathBuf, OutKind, std::io::BufWriter<std::fs::File>)>,
+/// One `--out` file, written as `<path>.partial` until [`Outputs::keep`] renames it.
+struct Out {
+    path: PathBuf,
+    partial: PathBuf,
+    kind: OutKind,
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+/// The detection files. Each is written as `<path>.partial`, appended to and flushed as
+/// each scan finishes, and renamed to its path by [`Outputs::keep`]; dropped without that
+/// (no scan detected, or an early error), the partial files are removed, so a file
+/// already at the path is never lost to a failed run.
+pub struct Outputs {
+    files: Vec<Out>,
 }
 
 impl Outputs {
-    fn create(paths: &[PathBuf], scans: usize) -> Result<Outputs, Error> {
-        let mut kinds = Vec::new();
-        for p in paths {
-            let kind = OutKind::of(p).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{}: detections are written as .csv, .json or .jsonl",
-                    p.display()
-                ))
-            })?;
-            if kind == OutKind::Json && scans > 1 {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: .json holds one scan's detections; with {scans} CTs write .jsonl (one object per scan and line) or .csv",
-                    p.display()
+    /// Checks the names (.csv, .json with one scan, .jsonl; no path twice, none that is an
+    /// input) and creates the partial files, so that one that cannot be written fails
+    /// before any scan is read.
+    pub fn create(paths: &[PathBuf], inputs: &[PathBuf]) -> Result<Outputs, Error> {
+        let same = |a: &Path, b: &Path| {
+            a == b
+                || matches!((std::path::absolute(a), std::path::absolute(b)), (Ok(x), Ok(y)) if x == y)
+        };
+        let mut files: Vec<Out> = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let bad = |why: String| Error::InvalidArgument(format!("{}: {why}", p.display()));
+            let kind = OutKind::of(p)
+                .ok_or_else(|| bad("detections are written as .csv, .json or .jsonl".into()))?;
+            if kind == OutKind::Json && inputs.len() > 1 {
+                return Err(bad(format!(
+                    ".json holds one scan's detections; with {} CTs write .jsonl (one object per scan and line) or .csv",
+                    inputs.len()
                 )));
             }
-            kinds.push((p.clone(), kind));
-        }
-        let mut files = Vec::new();
-        for (p, kind) in kinds {
-            let f = std::fs::File::create(&p).map_err(|e| super::io_error(&p, e))?;
-            let mut w = std::io::BufWriter::new(f);
-            if kind == OutKind::Csv {
-                writeln!(w, "{}", lungcad::eval::PREDICTIONS_CSV_HEADER)
-                    .and_then(|_| w.flush())
-                    .map_err(|e| super::io_error(&p, e))?;
+            if paths[..i].iter().any(|q| same(p, q)) {
+                return Err(bad("given twice as --out".into()));
             }
-            files.push((p, kind, w));
+            if inputs.iter().any(|q| same(p, q)) {
+                return Err(bad("is also a CT to read".into()));
+            }
+            let mut partial = p.clone().into_os_string();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
+            let file = std::fs::File::create(&partial).map_err(|e| super::io_error(&partial, e))?;
+            let mut file = std::io::BufWriter::new(file);
+            let header = match kind {
+                OutKind::Csv => writeln!(file, "{}", lungcad::eval::PREDICTIONS_CSV_HEADER)
+                    .and_then(|_| file.flush())
+                    .map_err(|e| super::io_error(&partial, e)),
+                _ => Ok(()),
+            };
+            // Kept before the header's error is returned, so that Drop removes the file.
+            files.push(Out {
+                path: p.clone(),
+                partial,
+                kind,
+                file,
+            });
+            header?;
         }
         Ok(Outputs { files })
     }
 
     /// Appends one scan's detections to every file, flushed.
-    fn add(&mut self, dets: &[Detection], uid: &str) -> Result<(), Error> {
-        for (p, kind, w) in &mut self.files {
-            let written = match kind {
-                OutKind::Csv => {
-                    lungcad::eval::write_prediction_rows(w, &detect::to_candidates(dets, uid))
+    pub fn add(&mut self, dets: &[Detection], uid: &str) -> Result<(), Error> {
+        for out in &mut self.files {
+            let written = match out.kind {
+                OutKind::Csv => lungcad::eval::write_prediction_rows(
+                    &mut out.file,
+                    &detect::to_candidates(dets, uid),
+                ),
+                OutKind::Json => {
+                    detect::write_json(dets, uid, &out.partial)?;
+                    Ok(())
                 }
-                OutKind::Json => serde_json::to_writer_pretty(&mut *w, &detect::to_json(dets, uid))
+                OutKind::Jsonl => serde_json::to_writer(&mut out.file, &detect::to_json(dets, uid))
                     .map_err(std::io::Error::from)
-                    .and_then(|_| writeln!(w)),
-                OutKind::Jsonl => serde_json::to_writer(&mut *w, &detect::to_json(dets, uid))
-                    .map_err(std::io::Error::from)
-                    .and_then(|_| writeln!(w)),
+                    .and_then(|_| writeln!(out.file)),
             };
             written
-                .and_then(|_| w.flush())
-                .map_err(|e| super::io_error(p, e))?;
+                .and_then(|_| out.file.flush())
+                .map_err(|e| super::io_error(&out.partial, e))?;
         }
         Ok(())
     }
 
-    /// Removes the files (when no scan could be detected, so that none is left looking
-    /// like a result).
-    fn remove(self) {
-        for (p, _, w) in self.files {
-            drop(w);
-            let _ = std::fs::remove_file(p);
+    /// Renames the partial files to their paths, saying so on stderr.
+    pub fn keep(mut self) -> Result<(), Error> {
+        for out in std::mem::take(&mut self.files) {
+            let Out {
+                path,
+                partial,
+                mut file,
+                ..
+            } = out;
+            file.flush().map_err(|e| super::io_error(&partial, e))?;
+            drop(file);
+            std::fs::rename(&partial, &path).map_err(|e| super::io_error(&path, e))?;
+            eprintln!("wrote {}", path.display());
         }
+        Ok(())
     }
+}
 
-    fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.files.iter().map(|(p, _, _)| p.as_path())
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        for out in self.files.drain(..) {
+            drop(out.file);
+            let _ = std::fs::remove_file(&out.partial);
+        }
     }
 }
 
@@ -395,7 +420,7 @@ fn print_table(detections: &[Detection]) {
     }
 }
 
-pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
+pub fn detect_command(args: DetectArgs) -> Result<ExitCode, Error> {
     let n = args.ct.len();
     if n > 1 {
         if args.load.series.is_some() {
@@ -409,111 +434,106 @@ pub fn detect_command(args: DetectArgs) -> Result<(), Error> {
             )));
         }
     }
-    let mut outputs = Outputs::create(&args.out, n)?;
-    let runner = match Runner::new(&args) {
-        Ok(r) => r,
-        Err(e) => {
-            outputs.remove();
-            return Err(e);
-        }
-    };
-    if let Some(d) = &args.overlay_dir {
-        std::fs::create_dir_all(d).map_err(|e| super::io_error(d, e))?;
-    }
-    let mut seen: HashMap<String, &Path> = HashMap::new();
-    let mut skipped: Vec<(&Path, Error)> = Vec::new();
+    // The model first, then the outputs: nothing is written when it cannot be loaded.
+    let runner = Runner::new(&args)?;
+    let mut outputs = Outputs::create(&args.out, &args.ct)?;
     let mut done = 0usize;
-    for (i, ct) in args.ct.iter().enumerate() {
-        let label = if n > 1 {
-            format!("[{}/{n}] ", i + 1)
-        } else {
-            String::new()
-        };
-        let t = std::time::Instant::now();
-        let scan = args.load.load(ct).and_then(|volume| {
+    let mut skipped: Vec<&Path> = Vec::new();
+    let mut seen: HashMap<String, &Path> = HashMap::new();
+    let mut run_all = || -> Result<(), Error> {
+        for (i, ct) in args.ct.iter().enumerate() {
+            let label = if n > 1 {
+                format!("[{}/{n}] ", i + 1)
+            } else {
+                String::new()
+            };
+            let t = std::time::Instant::now();
+            let volume = match args.load.load(ct) {
+                Ok(v) => v,
+                Err(e) if n > 1 => {
+                    eprintln!("{label}skipped {}: {e}", ct.display());
+                    skipped.push(ct);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let uid = lungcad::io::series_name(&volume, ct);
-            match seen.get(uid.as_str()) {
-                Some(first) => Err(Error::Series {
-                    series_uid: uid,
-                    problem: lungcad::SeriesProblem::Attribute(format!(
-                        "already detected from {}",
-                        first.display()
-                    )),
-                }),
-                None => Ok((volume, uid)),
-            }
-        });
-        let result = scan.and_then(|(volume, uid)| {
-            runner
-                .detect(volume, &label)
-                .map(|(dets, background)| (dets, background, uid))
-        });
-        let (detections, background, uid) = match result {
-            Ok(r) => r,
-            Err(e) if n > 1 && only_this_scan(&e) => {
-                eprintln!("{label}skipped {}: {e}", ct.display());
-                skipped.push((ct, e));
+            if let Some(first) = seen.get(uid.as_str()) {
+                eprintln!(
+                    "{label}skipped {}: its series {uid} was already detected from {}",
+                    ct.display(),
+                    first.display()
+                );
+                skipped.push(ct);
                 continue;
             }
-            Err(e) => {
-                if done == 0 {
-                    outputs.remove();
+            let (detections, background) = match runner.detect(volume, &label) {
+                Ok(r) => r,
+                Err(e) if n > 1 && only_this_scan(&e) => {
+                    eprintln!("{label}skipped {}: {e}", ct.display());
+                    skipped.push(ct);
+                    continue;
                 }
-                return Err(e);
+                Err(e) => return Err(e),
+            };
+            seen.insert(uid.clone(), ct);
+            if n == 1 {
+                print_table(&detections);
+            } else {
+                let best = detections
+                    .first()
+                    .map(|d| {
+                        format!(
+                            ", best {:.4} at ({:.2}, {:.2}, {:.2}) mm",
+                            d.probability, d.centre_world[0], d.centre_world[1], d.centre_world[2]
+                        )
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{label}{uid}: {} detection(s){best} ({:.1} s)",
+                    detections.len(),
+                    t.elapsed().as_secs_f64()
+                );
             }
-        };
-        seen.insert(uid.clone(), ct);
-        if n == 1 {
-            print_table(&detections);
-        } else {
-            let best = detections
-                .first()
-                .map(|d| {
-                    format!(
-                        ", best {:.4} at ({:.2}, {:.2}, {:.2}) mm",
-                        d.probability, d.centre_world[0], d.centre_world[1], d.centre_world[2]
-                    )
-                })
-                .unwrap_or_default();
-            println!(
-                "{label}{uid}: {} detection(s){best} ({:.1} s)",
-                detections.len(),
-                t.elapsed().as_secs_f64()
-            );
+            outputs.add(&detections, &uid)?;
+            let overlay = match (&args.overlay, &args.overlay_dir) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(d)) => {
+                    std::fs::create_dir_all(d).map_err(|e| super::io_error(d, e))?;
+                    Some(d.join(format!("{uid}.png")))
+                }
+                (None, None) => None,
+            };
+            if let Some(p) = overlay {
+                detect::write_overlay_png(&background, &detections, 5, &p)?;
+                eprintln!("{label}wrote {}", p.display());
+            }
+            done += 1;
         }
-        outputs.add(&detections, &uid)?;
-        let overlay = match (&args.overlay, &args.overlay_dir) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(d)) => Some(d.join(format!("{uid}.png"))),
-            (None, None) => None,
-        };
-        if let Some(p) = overlay {
-            detect::write_overlay_png(&background, &detections, 5, &p)?;
-            eprintln!("{label}wrote {}", p.display());
-        }
-        done += 1;
+        Ok(())
+    };
+    let finished = run_all();
+    // The scans detected so far are kept even when a model or device failure ended the
+    // run; with none, the partial files are removed (Outputs' Drop).
+    if done > 0 {
+        outputs.keep()?;
     }
-    if done == 0 {
-        outputs.remove();
-    } else {
-        for p in outputs.paths() {
-            eprintln!("wrote {}", p.display());
-        }
-    }
+    finished?;
     if skipped.is_empty() {
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let mut list: Vec<String> = skipped
         .iter()
         .take(5)
-        .map(|(p, _)| p.display().to_string())
+        .map(|p| p.display().to_string())
         .collect();
     if skipped.len() > 5 {
         list.push(format!("and {} more", skipped.len() - 5));
     }
-    Err(Error::InvalidArgument(format!(
-        "{} of {n} CTs skipped (the reasons are above): {}",
+    eprintln!(
+        "error: {} of {n} CTs skipped (the reasons are above): {}",
         skipped.len(),
         list.join(", ")
-    )))
+    );
+    Ok(ExitCode::from(1))
 }

@@ -101,8 +101,7 @@ pub fn series_uid_of_file(path: &Path) -> Option<String> {
 /// The name a scan's detections are reported under (the `seriesuid` of the LUNA16 CSVs):
 /// the volume's SeriesInstanceUID (DICOM), else the file's name without its extension
 /// ([`series_uid_of_file`]), else the last component of `path`, the file or folder it was
-/// loaded from. A character that would break a CSV row or a file name (comma, quote,
-/// whitespace, control characters, `/`, `\`) becomes `_`, so the name is safe in both.
+/// loaded from; made safe by [`safe_series_name`].
 pub fn series_name(volume: &Volume, path: &Path) -> String {
     let name = volume
         .info
@@ -112,6 +111,14 @@ pub fn series_name(volume: &Volume, path: &Path) -> String {
         .or_else(|| series_uid_of_file(path))
         .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
+    safe_series_name(&name)
+}
+
+/// A series name that is safe as a CSV field and as a file name: a character that would
+/// break a CSV row or leave a folder (comma, quote, whitespace, control characters, `/`,
+/// `\`) becomes `_`; an empty name, `.` or `..` becomes `unnamed`. Real UIDs (digits and
+/// dots) and LUNA16/Tianchi file names are unchanged.
+pub fn safe_series_name(name: &str) -> String {
     let safe: String = name
         .trim()
         .chars()
