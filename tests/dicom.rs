@@ -296,6 +296,42 @@ fn truncated_pixel_data_is_an_error_not_a_panic() {
     assert!(msg.contains("IM00001.dcm"), "{msg}");
 }
 
+/// Found by fuzzing (`fuzz/fuzz_targets/dicom_file.rs`): RLE pixel data whose segments
+/// decode to fewer bytes than the image holds made dicom-rs 0.10.1's RLE decoder index past
+/// its buffer and panic. Loading such a file is an error naming it.
+#[test]
+fn short_rle_segments_are_an_error_not_a_panic() {
+    use dicom_core::value::{PixelFragmentSequence, Value};
+    use dicom_core::{DataElement, VR};
+    let dir = tempfile::tempdir().unwrap();
+    series_in(dir.path(), [1, 4, 4], "1.2.826.0.1.6");
+    let f = dir.path().join("IM00000.dcm");
+    let mut obj = dicom_object::open_file(&f).unwrap();
+    // An RLE frame of 16-bit pixels: the header (2 segments, at 64 and 67), then two
+    // PackBits segments of 2 bytes each where 16 are needed.
+    let mut fragment = vec![0u8; 64];
+    fragment[..4].copy_from_slice(&2u32.to_le_bytes());
+    fragment[4..8].copy_from_slice(&64u32.to_le_bytes());
+    fragment[8..12].copy_from_slice(&67u32.to_le_bytes());
+    fragment.extend_from_slice(&[1, 0, 0, 1, 0, 0]);
+    obj.put(DataElement::new(
+        dicom_dictionary_std::tags::PIXEL_DATA,
+        VR::OB,
+        Value::from(PixelFragmentSequence::new(
+            Vec::<u32>::new(),
+            vec![fragment],
+        )),
+    ));
+    obj.update_meta(|m| {
+        m.set_transfer_syntax(&dicom_transfer_syntax_registry::entries::RLE_LOSSLESS)
+    });
+    obj.write_to_file(&f).unwrap();
+    let e = load(&f, &cfg()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Dicom { .. }), "{msg}");
+    assert!(msg.contains("IM00000.dcm") && msg.contains("RLE"), "{msg}");
+}
+
 #[test]
 fn voxel_limit_refuses_before_allocating() {
     let dir = tempfile::tempdir().unwrap();

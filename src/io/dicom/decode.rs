@@ -246,21 +246,35 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
     let (data, bits_allocated): (Cow<[u8]>, u16) = match pixel.value() {
         dicom_core::DicomValue::Primitive(p) => (p.to_bytes(), first.format.bits_allocated),
         dicom_core::DicomValue::PixelSequence(_) => {
-            let decoded = obj.decode_pixel_data().map_err(|e| {
-                let msg = e.to_string();
-                if msg.to_ascii_lowercase().contains("unsupported") {
-                    Error::UnsupportedTransferSyntax {
-                        path: path.to_path_buf(),
-                        uid: ts_uid.to_string(),
-                        name: ts_name(ts_uid),
-                    }
-                } else {
-                    dicom_error(
-                        path,
-                        format!("cannot decode pixel data ({}): {msg}", ts_name(ts_uid)),
-                    )
+            // The decoders are dicom-rs's and their dependencies'; one that panics on
+            // malformed data (dicom-rs 0.10.1's RLE decoder indexes past a short segment,
+            // found by fuzzing) fails this file with an error instead of unwinding into the
+            // caller.
+            let name = ts_name(ts_uid);
+            let decoded = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                obj.decode_pixel_data()
+            })) {
+                Ok(Ok(decoded)) => decoded,
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    return Err(if msg.to_ascii_lowercase().contains("unsupported") {
+                        Error::UnsupportedTransferSyntax {
+                            path: path.to_path_buf(),
+                            uid: ts_uid.to_string(),
+                            name,
+                        }
+                    } else {
+                        dicom_error(path, format!("cannot decode pixel data ({name}): {msg}"))
+                    });
                 }
-            })?;
+                Err(_) => {
+                    let msg = "the decoder failed on malformed data";
+                    return Err(dicom_error(
+                        path,
+                        format!("cannot decode pixel data ({name}): {msg}"),
+                    ));
+                }
+            };
             let ba = decoded.bits_allocated();
             (Cow::Owned(decoded.into_data()), ba)
         }

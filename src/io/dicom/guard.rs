@@ -54,6 +54,16 @@ fn short_length_vr(vr: &[u8]) -> bool {
     )
 }
 
+/// The size of one value of a binary VR, as dicom-parser reads it.
+fn binary_value_size(vr: &[u8]) -> Option<usize> {
+    match vr {
+        b"US" | b"SS" | b"OW" => Some(2),
+        b"UL" | b"SL" | b"FL" | b"OF" | b"OL" | b"AT" => Some(4),
+        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => Some(8),
+        _ => None,
+    }
+}
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -234,26 +244,37 @@ pub fn check_declared_lengths(
                 0xE0DD => {
                     stack.pop();
                 }
-                _ => return Ok(Walk::Fits),
+                // No other (FFFE,xxxx) tag exists. dicom-parser reads one as an element,
+                // after which its idea of the nesting (and of where PixelData is) differs
+                // from any walk's: a fuzzed file hid a 2.5 GB length after an (FFFE,E10D).
+                _ => {
+                    return Err(format!(
+                        "element (FFFE,{element:04X}) is not an item or a delimiter"
+                    ))
+                }
             }
             continue;
         }
         let (vr, len, header): (Option<&[u8]>, u32, usize) = if implicit {
             (None, c.u32(c.pos + 4, big).unwrap_or(0), 8)
         } else {
-            let vr = &bytes[c.pos + 4..c.pos + 6];
-            if !vr.iter().all(u8::is_ascii_uppercase) {
-                if first {
-                    // dicom-object would read it as explicit VR anyway and misparse it
-                    return Err(format!(
-                        "the data set is not encoded as its transfer syntax {ts} says: element \
-                         ({group:04X},{element:04X}) has no explicit VR"
-                    ));
-                }
-                return Ok(Walk::Fits); // lost track of the encoding
+            let raw = &bytes[c.pos + 4..c.pos + 6];
+            if first && !raw.iter().all(u8::is_ascii_uppercase) {
+                // dicom-object would read it as explicit VR anyway and misparse it
+                return Err(format!(
+                    "the data set is not encoded as its transfer syntax {ts} says: element \
+                     ({group:04X},{element:04X}) has no explicit VR"
+                ));
             }
-            if long_length_vr(vr) || !short_length_vr(vr) {
-                // unknown VRs are checked with a 4-byte length, the larger reading
+            // dicom-encoding reads a VR it does not know (letters or not) as UN: two reserved
+            // bytes, then a 4-byte length. Walking on as it does keeps the guard on the
+            // parser's track (a fuzzed file once hid a 1.1 GB length behind such VRs).
+            let vr: &[u8] = if long_length_vr(raw) || short_length_vr(raw) {
+                raw
+            } else {
+                b"UN"
+            };
+            if long_length_vr(vr) {
                 match c.u32(c.pos + 8, big) {
                     Some(l) => (Some(vr), l, 12),
                     None => return Ok(Walk::NeedMore),
@@ -310,6 +331,17 @@ pub fn check_declared_lengths(
         c.check(group, element, len)?;
         if vr == Some(b"SQ") {
             continue; // defined-length sequence: its items follow
+        }
+        if let Some(size) = vr.and_then(binary_value_size) {
+            if !(len as usize).is_multiple_of(size) {
+                // dicom-parser 0.10 reads len / size values but counts len bytes read, so
+                // the rest of the file would be parsed from the wrong offset (a fuzzed
+                // file then hid a 1.9 GB length)
+                return Err(format!(
+                    "element ({group:04X},{element:04X}) of VR {} has a length of {len} bytes, not a multiple of its {size}-byte values",
+                    String::from_utf8_lossy(vr.unwrap_or_default())
+                ));
+            }
         }
         c.pos += len as usize;
     }
@@ -386,6 +418,62 @@ mod tests {
         // 1.2 GB declared length that dicom-object's meta reader would allocate
         let f = b"DICM\x02\x00\x00\x00AE\x04\x00\x00\x00\xfaMx\x00\x00\x00AE\x04\x00\x00\x92CM\x02\x00\x00\x00AE\x04\x00DICM\x02\x00\x02\x00E\x00\x00A\x00%DICMD";
         assert!(check_declared_lengths(f, f.len(), false).is_err());
+        // found by fuzzing (a mutated SR): elements whose VR bytes are not a VR, which the
+        // parser reads as UN (a 4-byte length), the last declaring 1.1 GB
+        let mut body = vec![0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 0, 2];
+        for _ in 0..3 {
+            body.extend_from_slice(&[0x40, 0x00, 0x40, 0x00, 0, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        let fits = part10("1.2.840.10008.1.2.1", &body);
+        assert_eq!(
+            check_declared_lengths(&fits, fits.len(), true),
+            Ok(Walk::Fits)
+        );
+        body.extend_from_slice(&[
+            0x00, 0x00, 0x00, 0x00, 0, b'D', 0, 0, 0x00, 0x44, 0x49, 0x43,
+        ]);
+        let f = part10("1.2.840.10008.1.2.1", &body);
+        let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
+        assert!(e.contains("(0000,0000) declares 1128875008 bytes"), "{e}");
+        // ... and an unknown VR of undefined length is read as UN too
+        let mut undefined = body[..body.len() - 12].to_vec();
+        undefined.extend_from_slice(&[
+            0x09, 0x00, 0x10, 0x00, b'Z', b'Z', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        let f = part10("1.2.840.10008.1.2.1", &undefined);
+        let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
+        assert!(e.contains("UN of undefined length"), "{e}");
+        // found by fuzzing (a mutated enhanced CT): an item delimiter whose element number
+        // was changed, (FFFE,E10D), after which the parser's nesting went astray and it read
+        // on past PixelData into a 2.5 GB length; such a tag is refused
+        let mut body = vec![
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        body.extend_from_slice(&[0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 0, 2]);
+        let mut delimited = body.clone();
+        delimited.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        delimited.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let fits = part10("1.2.840.10008.1.2.1", &delimited);
+        assert_eq!(
+            check_declared_lengths(&fits, fits.len(), true),
+            Ok(Walk::Fits)
+        );
+        body.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE1, 0, 0, 0, 0]);
+        let f = part10("1.2.840.10008.1.2.1", &body);
+        let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
+        assert!(e.contains("(FFFE,E10D)"), "{e}");
+        // found by fuzzing (a mutated CT): a TM element's VR turned into SL, 14 bytes long;
+        // the parser reads 3 values (12 bytes) and parses the rest 2 bytes off
+        let tm = [0x18, 0x00, 0x01, 0x12, b'T', b'M', 14, 0];
+        let mut body = tm.to_vec();
+        body.extend_from_slice(b"073635.000000 ");
+        let f = part10("1.2.840.10008.1.2.1", &body);
+        assert_eq!(check_declared_lengths(&f, f.len(), false), Ok(Walk::Fits));
+        body[4..6].copy_from_slice(b"SL");
+        let f = part10("1.2.840.10008.1.2.1", &body);
+        let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
+        assert!(e.contains("(0018,1201) of VR SL has a length of 14"), "{e}");
     }
 
     #[test]
