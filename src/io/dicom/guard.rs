@@ -54,6 +54,31 @@ fn short_length_vr(vr: &[u8]) -> bool {
     )
 }
 
+/// The most bytes a deflated data set may inflate to (a CT frame is 0.5 MB).
+const MAX_INFLATED: u64 = 512 << 20;
+
+/// Inflates a deflated data set (raw deflate), keeping what inflates before an error in the
+/// stream: the parser reads that much too before it fails.
+fn inflate_data_set(deflated: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut reader = flate2::read::DeflateDecoder::new(deflated).take(MAX_INFLATED + 1);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    if out.len() as u64 > MAX_INFLATED {
+        return Err(format!(
+            "the deflated data set inflates to more than {} MB",
+            MAX_INFLATED >> 20
+        ));
+    }
+    Ok(out)
+}
+
 /// The size of one value of a binary VR, as dicom-parser reads it.
 fn binary_value_size(vr: &[u8]) -> Option<usize> {
     match vr {
@@ -213,7 +238,22 @@ pub fn check_declared_lengths(
     let (base_implicit, big) = match ts.as_str() {
         "1.2.840.10008.1.2" => (true, false),
         "1.2.840.10008.1.2.2" => (false, true),
-        "1.2.840.10008.1.2.1.99" => return Ok(Walk::Fits), // deflated: the rest is compressed
+        "1.2.840.10008.1.2.1.99" => {
+            // Deflated: the data set is raw deflate of explicit VR little endian, which the
+            // parser inflates as it reads (a fuzzed 4.6 kB file declared 2.4 GB inside).
+            // Walk the inflated bytes, as a file of that transfer syntax.
+            if bytes.len() < file_len {
+                return Ok(Walk::NeedMore);
+            }
+            let inflated = inflate_data_set(bytes.get(c.pos..).unwrap_or_default())?;
+            let mut file = vec![0u8; 128];
+            file.extend_from_slice(b"DICM");
+            file.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 28, 0, 0, 0]);
+            file.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
+            file.extend_from_slice(b"1.2.840.10008.1.2.1\0");
+            file.extend_from_slice(&inflated);
+            return check_declared_lengths(&file, file.len(), through_pixel_data);
+        }
         _ => (false, false),
     };
     // Encoding of each open undefined-length sequence.
@@ -474,6 +514,24 @@ mod tests {
         let f = part10("1.2.840.10008.1.2.1", &body);
         let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
         assert!(e.contains("(0018,1201) of VR SL has a length of 14"), "{e}");
+        // found by fuzzing (a mutated deflated file): a 2.4 GB length inside the deflated
+        // data set
+        let deflate = |body: &[u8]| {
+            use std::io::Write;
+            let mut e =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(body).unwrap();
+            part10("1.2.840.10008.1.2.1.99", &e.finish().unwrap())
+        };
+        let mut body = vec![0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 0, 2];
+        let f = deflate(&body);
+        assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
+        body.extend_from_slice(&[
+            0x08, 0x00, 0x16, 0x00, b'O', b'B', 0, 0, 0x8D, 0x6D, 0x8E, 0x8D,
+        ]);
+        let f = deflate(&body);
+        let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
+        assert!(e.contains("(0008,0016) declares 2374921613 bytes"), "{e}");
     }
 
     #[test]
