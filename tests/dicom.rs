@@ -332,6 +332,47 @@ fn short_rle_segments_are_an_error_not_a_panic() {
     assert!(msg.contains("IM00000.dcm") && msg.contains("RLE"), "{msg}");
 }
 
+/// An implicit VR slice with a defined-length sequence (0008,1140) whose item holds an
+/// element declaring 2 GB: the length guard looks the VR up in the dictionary and walks into
+/// the sequence as the parser does, so loading is an error, not a 2 GB allocation.
+#[test]
+fn length_hidden_in_an_implicit_vr_sequence_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = phantom([1, 4, 4], Geometry::new([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]));
+    let opts = SeriesWriteOptions {
+        explicit_vr: false,
+        ..SeriesWriteOptions::default()
+    };
+    write_series(&v, dir.path(), &opts).unwrap();
+    let f = dir.path().join("IM00000.dcm");
+    let bytes = std::fs::read(&f).unwrap();
+    // the data set starts after the meta group: 132 + 12-byte group length element + its value
+    let meta_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+    let start = 144 + meta_len;
+    let element = |g: u16, e: u16, len: u32, value: &[u8]| {
+        let mut v = [g.to_le_bytes(), e.to_le_bytes()].concat();
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    };
+    let write_with = |declared: u32| {
+        let inner = element(0x0008, 0x1150, declared, b"1.2\0");
+        let item = element(0xFFFE, 0xE000, inner.len() as u32, &inner);
+        let sq = element(0x0008, 0x1140, item.len() as u32, &item);
+        std::fs::write(&f, [&bytes[..start], &sq, &bytes[start..]].concat()).unwrap();
+    };
+    write_with(4);
+    assert_eq!(load(&f, &cfg()).unwrap().hu, v.hu);
+    write_with(0x7FFF_FFF0);
+    let e = load(&f, &cfg()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Dicom { .. }), "{msg}");
+    assert!(
+        msg.contains("IM00000.dcm") && msg.contains("(0008,1150) declares 2147483632 bytes"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn voxel_limit_refuses_before_allocating() {
     let dir = tempfile::tempdir().unwrap();

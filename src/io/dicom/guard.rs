@@ -79,6 +79,40 @@ fn inflate_data_set(deflated: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The VR dicom-encoding's implicit VR decoder gives an element: OW for pixel and overlay
+/// data, else the standard dictionary's (relaxed, so `US or SS` is US), else UN.
+fn implicit_vr(group: u16, element: u16) -> &'static [u8] {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    use dicom_core::{Tag, VR};
+    let vr = if (group, element) == (0x7FE0, 0x0010) || (group >> 8 == 0x60 && element == 0x3000) {
+        VR::OW
+    } else {
+        dicom_dictionary_std::StandardDataDictionary
+            .by_tag(Tag(group, element))
+            .map(|entry| entry.vr().relaxed())
+            .unwrap_or(VR::UN)
+    };
+    match vr {
+        VR::SQ => b"SQ",
+        VR::US => b"US",
+        VR::SS => b"SS",
+        VR::OW => b"OW",
+        VR::UL => b"UL",
+        VR::SL => b"SL",
+        VR::FL => b"FL",
+        VR::OF => b"OF",
+        VR::OL => b"OL",
+        VR::AT => b"AT",
+        VR::FD => b"FD",
+        VR::OD => b"OD",
+        VR::SV => b"SV",
+        VR::UV => b"UV",
+        VR::OV => b"OV",
+        // the walk needs no other VR by name
+        _ => b"UN",
+    }
+}
+
 /// The size of one value of a binary VR, as dicom-parser reads it.
 fn binary_value_size(vr: &[u8]) -> Option<usize> {
     match vr {
@@ -296,7 +330,11 @@ pub fn check_declared_lengths(
             continue;
         }
         let (vr, len, header): (Option<&[u8]>, u32, usize) = if implicit {
-            (None, c.u32(c.pos + 4, big).unwrap_or(0), 8)
+            (
+                Some(implicit_vr(group, element)),
+                c.u32(c.pos + 4, big).unwrap_or(0),
+                8,
+            )
         } else {
             let raw = &bytes[c.pos + 4..c.pos + 6];
             if first && !raw.iter().all(u8::is_ascii_uppercase) {
@@ -325,13 +363,15 @@ pub fn check_declared_lengths(
         };
         c.pos += header;
         first = false;
-        let pixel_data = stack.is_empty() && group == 0x7FE0 && element == 0x0010;
-        if pixel_data && !through_pixel_data {
+        let pixel_data = group == 0x7FE0 && element == 0x0010;
+        if pixel_data && stack.is_empty() && !through_pixel_data {
             return Ok(Walk::Fits);
         }
         if len == UNDEFINED {
             if pixel_data {
-                // encapsulated fragments: items of raw bytes up to the sequence delimiter
+                // Encapsulated fragments, at any depth (an icon image may have them too):
+                // items of raw bytes up to the sequence delimiter, after which the data set
+                // goes on (the parser reads trailing elements as well).
                 loop {
                     if c.pos + 8 > bytes.len() {
                         return Ok(if bytes.len() < file_len {
@@ -349,14 +389,18 @@ pub fn check_declared_lengths(
                         return Ok(Walk::NeedMore);
                     };
                     c.pos += 8;
-                    if (g, e) != (0xFFFE, 0xE000) {
-                        return Ok(Walk::Fits);
+                    match (g, e) {
+                        (0xFFFE, 0xE000) => {
+                            c.check(g, e, l)?;
+                            c.pos += l as usize;
+                        }
+                        (0xFFFE, 0xE0DD) => break,
+                        _ => return Ok(Walk::Fits), // the parser stops with an error here
                     }
-                    c.check(g, e, l)?;
-                    c.pos += l as usize;
                 }
+                continue;
             }
-            if vr == Some(b"UN") {
+            if !implicit && vr == Some(b"UN") {
                 // Its items are implicit VR little endian; dicom-object 0.10 would read them in
                 // the outer explicit encoding, misparse them and allocate for garbage lengths.
                 return Err(format!(
@@ -534,6 +578,56 @@ mod tests {
         assert!(e.contains("(0008,0016) declares 2374921613 bytes"), "{e}");
     }
 
+    /// An implicit VR element: tag and a 4-byte length, then the value.
+    fn implicit(group: u16, element: u16, len: u32, value: &[u8]) -> Vec<u8> {
+        let mut v = group.to_le_bytes().to_vec();
+        v.extend_from_slice(&element.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    #[test]
+    fn implicit_vr_elements_get_their_dictionary_vr() {
+        const IMPLICIT: &str = "1.2.840.10008.1.2";
+        // (0008,1140) is an SQ: the parser reads the items inside a defined-length sequence,
+        // so the walk does too. An item hiding a 2 GB (0008,1150) made the loader allocate
+        // 2.1 GB for a 218-byte file before the walk looked inside.
+        let item = |len: u32| {
+            let inner = implicit(0x0008, 0x1150, len, b"1.2\0");
+            implicit(0xFFFE, 0xE000, inner.len() as u32, &inner)
+        };
+        let sq = |len: u32| {
+            let item = item(len);
+            let mut v = implicit(0x0008, 0x0060, 2, b"CT");
+            v.extend(implicit(0x0008, 0x1140, item.len() as u32, &item));
+            v.extend(implicit(0x0020, 0x0013, 2, b"1 "));
+            part10(IMPLICIT, &v)
+        };
+        let f = sq(4);
+        assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
+        let f = sq(0x7FFF_FFF0);
+        let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
+        assert!(e.contains("(0008,1150) declares 2147483632 bytes"), "{e}");
+        // (0028,0010) Rows is US: 3 bytes would put the parser one byte off the walk
+        let mut body = implicit(0x0028, 0x0010, 2, &[0, 2]);
+        let f = part10(IMPLICIT, &body);
+        assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
+        body = implicit(0x0028, 0x0010, 3, &[0, 2, 0]);
+        let f = part10(IMPLICIT, &body);
+        let e = check_declared_lengths(&f, f.len(), true).unwrap_err();
+        assert!(e.contains("(0028,0010) of VR US has a length of 3"), "{e}");
+        // a private element is UN, any length; undefined-length elements are sequences
+        let mut body = implicit(0x0029, 0x1010, 3, &[1, 2, 3]);
+        body.extend(implicit(0x0029, 0x1020, UNDEFINED, &[]));
+        body.extend(implicit(0xFFFE, 0xE000, UNDEFINED, &[]));
+        body.extend(implicit(0x0028, 0x0010, 2, &[0, 2]));
+        body.extend(implicit(0xFFFE, 0xE00D, 0, &[]));
+        body.extend(implicit(0xFFFE, 0xE0DD, 0, &[]));
+        let f = part10(IMPLICIT, &body);
+        assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
+    }
+
     #[test]
     fn encapsulated_fragments_are_checked() {
         let mut body = vec![
@@ -544,5 +638,42 @@ mod tests {
         let f = part10("1.2.840.10008.1.2.4.50", &body);
         assert_eq!(check_declared_lengths(&f, f.len(), false), Ok(Walk::Fits));
         assert!(check_declared_lengths(&f, f.len(), true).is_err());
+
+        // Fragments inside an icon image: raw bytes, not elements, and the data set goes on
+        // after their delimiter, up to the top-level pixel data and past it.
+        let explicit = |g: u16, e: u16, vr: &[u8; 2], len: u32| {
+            let mut v = g.to_le_bytes().to_vec();
+            v.extend_from_slice(&e.to_le_bytes());
+            v.extend_from_slice(vr);
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(&len.to_le_bytes());
+            v
+        };
+        let icon = |trailing_len: u32| {
+            let mut v = explicit(0x0088, 0x0200, b"SQ", UNDEFINED);
+            v.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+            v.extend(explicit(0x7FE0, 0x0010, b"OB", UNDEFINED));
+            v.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+            // a fragment whose bytes read as an element would declare 2 GB
+            v.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 12, 0, 0, 0]);
+            v.extend(explicit(0x0009, 0x0010, b"OB", 0x7FFF_FFF0));
+            v.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            v.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+            v.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            v.extend(explicit(0x7FE0, 0x0010, b"OB", UNDEFINED));
+            v.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+            v.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 2, 0, 0, 0, 0xFF, 0xD9]);
+            v.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            v.extend(explicit(0xFFFC, 0xFFFC, b"OB", trailing_len));
+            part10("1.2.840.10008.1.2.4.50", &v)
+        };
+        let f = icon(0);
+        assert_eq!(check_declared_lengths(&f, f.len(), false), Ok(Walk::Fits));
+        assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
+        // trailing padding after the pixel data declaring 2 GB: the whole-file read sees it
+        let f = icon(0x7FFF_FFF0);
+        assert_eq!(check_declared_lengths(&f, f.len(), false), Ok(Walk::Fits));
+        let e = check_declared_lengths(&f, f.len(), true).unwrap_err();
+        assert!(e.contains("(FFFC,FFFC) declares"), "{e}");
     }
 }
