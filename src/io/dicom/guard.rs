@@ -123,6 +123,17 @@ fn binary_value_size(vr: &[u8]) -> Option<usize> {
     }
 }
 
+/// A sequence or item the parser has open.
+#[derive(Clone, Copy)]
+struct Open {
+    /// An item (else a sequence).
+    item: bool,
+    /// Where it ends, if its length is defined.
+    end: Option<usize>,
+    /// Part of encapsulated pixel data: its items are fragments of raw bytes.
+    pixel: bool,
+}
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -149,6 +160,23 @@ impl Cursor<'_> {
     }
     fn remaining(&self) -> usize {
         self.file_len.saturating_sub(self.pos)
+    }
+    /// Where a walk that ran out of bytes ends: wanting more of the file, or at its end.
+    fn end_of_prefix(&self) -> Walk {
+        if self.bytes.len() < self.file_len {
+            Walk::NeedMore
+        } else {
+            Walk::Fits
+        }
+    }
+    /// The end of a sequence or item of length `len` starting here (`None` if undefined),
+    /// checked against the file.
+    fn end_of(&self, group: u16, element: u16, len: u32) -> Result<Option<usize>, String> {
+        if len == UNDEFINED {
+            return Ok(None);
+        }
+        self.check(group, element, len)?;
+        Ok(Some(self.pos + len as usize))
     }
     fn check(&self, group: u16, element: u16, len: u32) -> Result<(), String> {
         if len as usize > self.remaining() {
@@ -269,7 +297,7 @@ pub fn check_declared_lengths(
         }
         c.pos += len as usize;
     }
-    let (base_implicit, big) = match ts.as_str() {
+    let (implicit, big) = match ts.as_str() {
         "1.2.840.10008.1.2" => (true, false),
         "1.2.840.10008.1.2.2" => (false, true),
         "1.2.840.10008.1.2.1.99" => {
@@ -290,48 +318,111 @@ pub fn check_declared_lengths(
         }
         _ => (false, false),
     };
-    // Encoding of each open undefined-length sequence.
-    let mut stack: Vec<(bool, bool)> = Vec::new();
+    // The walk keeps the state of dicom-parser 0.10's data set reader (`DataSetReader`):
+    // its open sequences and items, whether it expects an item header next
+    // (`in_sequence`) and whether it is to check for the end of a defined-length one
+    // (`delimiter_check_pending`). Where it would fail, so does the file, and the walk ends.
+    let mut open: Vec<Open> = Vec::new();
+    let mut in_sequence = false;
+    let mut check_end = false;
     let mut first = true;
     loop {
-        let (implicit, big) = stack.last().copied().unwrap_or((base_implicit, big));
+        if check_end {
+            match open.last() {
+                Some(&Open {
+                    item,
+                    end: Some(end),
+                    ..
+                }) if end == c.pos => {
+                    open.pop();
+                    in_sequence = item;
+                    continue;
+                }
+                Some(&Open { end: Some(end), .. }) if end < c.pos => return Ok(Walk::Fits),
+                _ => check_end = false,
+            }
+        }
         if c.pos + 8 > bytes.len() {
-            return Ok(if bytes.len() < file_len {
-                Walk::NeedMore
-            } else {
-                Walk::Fits
-            });
+            return Ok(c.end_of_prefix());
         }
         let (Some(group), Some(element)) = (c.u16(c.pos, big), c.u16(c.pos + 2, big)) else {
             return Ok(Walk::NeedMore);
         };
-        if group == 0xFFFE {
+        if in_sequence {
+            // an item header: an item, an item delimiter or a sequence delimiter
             let len = c.u32(c.pos + 4, big).unwrap_or(0);
             c.pos += 8;
-            match element {
-                0xE000 => {
-                    if len != UNDEFINED {
-                        c.check(group, element, len)?;
-                    }
+            match (group, element) {
+                (0xFFFE, 0xE000) => {
+                    let Some(&Open { pixel, .. }) = open.last() else {
+                        return Ok(Walk::Fits);
+                    };
+                    let end = c.end_of(group, element, len)?;
+                    open.push(Open {
+                        item: true,
+                        end,
+                        pixel,
+                    });
+                    in_sequence = false;
+                    check_end = len == 0;
                 }
-                0xE00D => {}
-                0xE0DD => {
-                    stack.pop();
+                (0xFFFE, 0xE00D) => {
+                    open.pop();
+                    in_sequence = true;
+                    check_end = true;
                 }
-                // No other (FFFE,xxxx) tag exists. dicom-parser reads one as an element,
-                // after which its idea of the nesting (and of where PixelData is) differs
-                // from any walk's: a fuzzed file hid a 2.5 GB length after an (FFFE,E10D).
-                _ => {
-                    return Err(format!(
-                        "element (FFFE,{element:04X}) is not an item or a delimiter"
-                    ))
+                (0xFFFE, 0xE0DD) => {
+                    open.pop();
+                    in_sequence = false;
+                    check_end = true;
                 }
+                _ => return Ok(Walk::Fits),
             }
             continue;
         }
-        let (vr, len, header): (Option<&[u8]>, u32, usize) = if implicit {
+        if let Some(&Open {
+            item: true,
+            pixel: true,
+            end,
+        }) = open.last()
+        {
+            // a fragment of encapsulated pixel data (or its offset table): raw bytes to the
+            // end of its item, whose length was checked at its header
+            let Some(end) = end else {
+                return Ok(Walk::Fits); // the parser refuses an undefined fragment length
+            };
+            c.pos = end;
+            check_end = true;
+            continue;
+        }
+        if (group, element) == (0xFFFE, 0xE00D) {
+            // an item delimiter where an element is expected: it closes whatever is open
+            c.pos += 8;
+            if open.pop().is_some() {
+                in_sequence = true;
+                check_end = true;
+            }
+            continue;
+        }
+        if !through_pixel_data && open.is_empty() && (group, element) >= (0x7FE0, 0x0010) {
+            // dicom-object reading up to PixelData stops at the first top-level element from
+            // there on, before its value
+            return Ok(Walk::Fits);
+        }
+        let (vr, len, header): (&[u8], u32, usize) = if group == 0xFFFE {
+            if !matches!(element, 0xE000 | 0xE0DD) {
+                // No other (FFFE,xxxx) tag exists. A fuzzed file hid a 2.5 GB length
+                // after an (FFFE,E10D); such a tag is refused.
+                return Err(format!(
+                    "element (FFFE,{element:04X}) is not an item or a delimiter"
+                ));
+            }
+            // an item or sequence delimiter tag where an element is expected: the parser
+            // reads it as an element of VR UN with a 4-byte length
+            (b"UN", c.u32(c.pos + 4, big).unwrap_or(0), 8)
+        } else if implicit {
             (
-                Some(implicit_vr(group, element)),
+                implicit_vr(group, element),
                 c.u32(c.pos + 4, big).unwrap_or(0),
                 8,
             )
@@ -354,53 +445,51 @@ pub fn check_declared_lengths(
             };
             if long_length_vr(vr) {
                 match c.u32(c.pos + 8, big) {
-                    Some(l) => (Some(vr), l, 12),
+                    Some(l) => (vr, l, 12),
                     None => return Ok(Walk::NeedMore),
                 }
             } else {
-                (Some(vr), c.u16(c.pos + 6, big).unwrap_or(0) as u32, 8)
+                (vr, c.u16(c.pos + 6, big).unwrap_or(0) as u32, 8)
             }
         };
         c.pos += header;
         first = false;
-        let pixel_data = group == 0x7FE0 && element == 0x0010;
-        if pixel_data && stack.is_empty() && !through_pixel_data {
-            return Ok(Walk::Fits);
-        }
         if len == UNDEFINED {
-            if pixel_data {
-                // Encapsulated fragments, at any depth (an icon image may have them too):
-                // items of raw bytes up to the sequence delimiter, after which the data set
-                // goes on (the parser reads trailing elements as well).
-                loop {
-                    if c.pos + 8 > bytes.len() {
-                        return Ok(if bytes.len() < file_len {
-                            Walk::NeedMore
-                        } else {
-                            Walk::Fits
+            if (group, element) == (0x7FE0, 0x0010) {
+                // Encapsulated pixel data, at any depth (an icon image may have it too): the
+                // parser reads the first item header at once.
+                if c.pos + 8 > bytes.len() {
+                    return Ok(c.end_of_prefix());
+                }
+                let (Some(g), Some(e), Some(l)) = (
+                    c.u16(c.pos, big),
+                    c.u16(c.pos + 2, big),
+                    c.u32(c.pos + 4, big),
+                ) else {
+                    return Ok(Walk::NeedMore);
+                };
+                c.pos += 8;
+                match (g, e) {
+                    (0xFFFE, 0xE000) => {
+                        let end = c.end_of(g, e, l)?;
+                        open.push(Open {
+                            item: false,
+                            end: None,
+                            pixel: true,
                         });
+                        open.push(Open {
+                            item: true,
+                            end,
+                            pixel: true,
+                        });
+                        check_end = l == 0;
                     }
-                    let (g, e, l) = (
-                        c.u16(c.pos, big),
-                        c.u16(c.pos + 2, big),
-                        c.u32(c.pos + 4, big),
-                    );
-                    let (Some(g), Some(e), Some(l)) = (g, e, l) else {
-                        return Ok(Walk::NeedMore);
-                    };
-                    c.pos += 8;
-                    match (g, e) {
-                        (0xFFFE, 0xE000) => {
-                            c.check(g, e, l)?;
-                            c.pos += l as usize;
-                        }
-                        (0xFFFE, 0xE0DD) => break,
-                        _ => return Ok(Walk::Fits), // the parser stops with an error here
-                    }
+                    (0xFFFE, 0xE0DD) => {} // empty; the data set goes on
+                    _ => return Ok(Walk::Fits),
                 }
                 continue;
             }
-            if !implicit && vr == Some(b"UN") {
+            if !implicit && group != 0xFFFE && vr == b"UN" {
                 // Its items are implicit VR little endian; dicom-object 0.10 would read them in
                 // the outer explicit encoding, misparse them and allocate for garbage lengths.
                 return Err(format!(
@@ -408,26 +497,40 @@ pub fn check_declared_lengths(
                      sequence inside an explicit VR file), which lungcad's DICOM parser cannot read"
                 ));
             }
-            // SQ, or an implicit VR element of undefined length: a sequence in the same encoding
-            stack.push((implicit, big));
+            // SQ, or another element of undefined length: read as a sequence
+            open.push(Open {
+                item: false,
+                end: None,
+                pixel: false,
+            });
+            in_sequence = true;
             continue;
         }
         c.check(group, element, len)?;
-        if vr == Some(b"SQ") {
-            continue; // defined-length sequence: its items follow
+        if vr == b"SQ" {
+            // a defined-length sequence: its items follow
+            open.push(Open {
+                item: false,
+                end: Some(c.pos + len as usize),
+                pixel: false,
+            });
+            in_sequence = true;
+            check_end = len == 0;
+            continue;
         }
-        if let Some(size) = vr.and_then(binary_value_size) {
+        if let Some(size) = binary_value_size(vr) {
             if !(len as usize).is_multiple_of(size) {
                 // dicom-parser 0.10 reads len / size values but counts len bytes read, so
                 // the rest of the file would be parsed from the wrong offset (a fuzzed
                 // file then hid a 1.9 GB length)
                 return Err(format!(
                     "element ({group:04X},{element:04X}) of VR {} has a length of {len} bytes, not a multiple of its {size}-byte values",
-                    String::from_utf8_lossy(vr.unwrap_or_default())
+                    String::from_utf8_lossy(vr)
                 ));
             }
         }
         c.pos += len as usize;
+        check_end = true;
     }
 }
 
@@ -628,6 +731,75 @@ mod tests {
         assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
     }
 
+    /// An explicit VR LE element header (long form for the VRs that have it).
+    fn explicit(group: u16, element: u16, vr: &[u8; 2], len: u32) -> Vec<u8> {
+        let mut v = group.to_le_bytes().to_vec();
+        v.extend_from_slice(&element.to_le_bytes());
+        v.extend_from_slice(vr);
+        if long_length_vr(vr) {
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(&len.to_le_bytes());
+        } else {
+            v.extend_from_slice(&(len as u16).to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn nesting_is_followed_as_the_parser_follows_it() {
+        const EXPLICIT: &str = "1.2.840.10008.1.2.1";
+        let pixel_data = |len: u32| explicit(0x7FE0, 0x0010, b"OW", len);
+        let huge = 0x7FFF_FFF0;
+        // Sequences and items of undefined length, closed by their delimiters: the
+        // PixelData after them is the top-level one, where reading up to it stops.
+        let mut body = explicit(0x0008, 0x1115, b"SQ", UNDEFINED);
+        body.extend(implicit(0xFFFE, 0xE000, UNDEFINED, &[]));
+        body.extend(explicit(0x0028, 0x0010, b"US", 2));
+        body.extend_from_slice(&[0, 2]);
+        body.extend(implicit(0xFFFE, 0xE00D, 0, &[]));
+        body.extend(implicit(0xFFFE, 0xE0DD, 0, &[]));
+        body.extend(pixel_data(huge));
+        let f = part10(EXPLICIT, &body);
+        assert_eq!(check_declared_lengths(&f, f.len(), false), Ok(Walk::Fits));
+        assert!(check_declared_lengths(&f, f.len(), true).is_err());
+        // ... and of defined lengths, ended where their lengths say
+        let us = [explicit(0x0028, 0x0010, b"US", 2), vec![0, 2]].concat();
+        let item = [implicit(0xFFFE, 0xE000, us.len() as u32, &[]), us].concat();
+        let mut body = explicit(0x0008, 0x1115, b"SQ", item.len() as u32);
+        body.extend(item);
+        body.extend(pixel_data(huge));
+        let f = part10(EXPLICIT, &body);
+        assert_eq!(check_declared_lengths(&f, f.len(), false), Ok(Walk::Fits));
+        assert!(check_declared_lengths(&f, f.len(), true).is_err());
+        // A sequence delimiter inside an item is read as an empty element there, closing
+        // nothing, so the PixelData after it is inside the item and read in full. The walk
+        // took it for the top-level one and stopped: 2.1 GB and 4.8 s for a 238-byte file.
+        let mut body = explicit(0x0008, 0x1115, b"SQ", UNDEFINED);
+        body.extend(implicit(0xFFFE, 0xE000, UNDEFINED, &[]));
+        body.extend(implicit(0xFFFE, 0xE0DD, 0, &[]));
+        body.extend(pixel_data(huge));
+        body.extend_from_slice(&[0; 16]);
+        let f = part10(EXPLICIT, &body);
+        let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
+        assert!(e.contains("(7FE0,0010) declares 2147483632 bytes"), "{e}");
+        // An item delimiter outside any sequence is skipped; the PixelData after it is at
+        // the top level.
+        let mut body = implicit(0xFFFE, 0xE00D, 0, &[]);
+        body.extend(pixel_data(huge));
+        let f = part10(EXPLICIT, &body);
+        assert_eq!(check_declared_lengths(&f, f.len(), false), Ok(Walk::Fits));
+        assert!(check_declared_lengths(&f, f.len(), true).is_err());
+        // A defined-length item that ends before its last element does: the parser fails
+        // there, and so does the walk, before the huge PixelData.
+        let us = [explicit(0x0028, 0x0010, b"US", 2), vec![0, 2]].concat();
+        let item = [implicit(0xFFFE, 0xE000, 4, &[]), us].concat();
+        let mut body = explicit(0x0008, 0x1115, b"SQ", item.len() as u32);
+        body.extend(item);
+        body.extend(pixel_data(huge));
+        let f = part10(EXPLICIT, &body);
+        assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
+    }
+
     #[test]
     fn encapsulated_fragments_are_checked() {
         let mut body = vec![
@@ -641,14 +813,6 @@ mod tests {
 
         // Fragments inside an icon image: raw bytes, not elements, and the data set goes on
         // after their delimiter, up to the top-level pixel data and past it.
-        let explicit = |g: u16, e: u16, vr: &[u8; 2], len: u32| {
-            let mut v = g.to_le_bytes().to_vec();
-            v.extend_from_slice(&e.to_le_bytes());
-            v.extend_from_slice(vr);
-            v.extend_from_slice(&[0, 0]);
-            v.extend_from_slice(&len.to_le_bytes());
-            v
-        };
         let icon = |trailing_len: u32| {
             let mut v = explicit(0x0088, 0x0200, b"SQ", UNDEFINED);
             v.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
