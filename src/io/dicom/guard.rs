@@ -57,24 +57,35 @@ fn short_length_vr(vr: &[u8]) -> bool {
 /// The most bytes a deflated data set may inflate to (a CT frame is 0.5 MB).
 const MAX_INFLATED: u64 = 512 << 20;
 
-/// Inflates a deflated data set (raw deflate), keeping what inflates before an error in the
-/// stream: the parser reads that much too before it fails.
+/// Inflates a deflated data set (raw deflate), keeping every byte that inflates before an
+/// error in the stream: the parser reads those before it fails (a fuzzed file hid a 1.4 GB
+/// length just before such an error, where a buffered read returns nothing of its call).
 fn inflate_data_set(deflated: &[u8]) -> Result<Vec<u8>, String> {
-    use std::io::Read;
+    use flate2::{Decompress, FlushDecompress, Status};
+    let mut z = Decompress::new(false);
     let mut out = Vec::new();
-    let mut reader = flate2::read::DeflateDecoder::new(deflated).take(MAX_INFLATED + 1);
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        match reader.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
+        let (consumed, produced) = (z.total_in() as usize, z.total_out());
+        let status = z.decompress(
+            deflated.get(consumed..).unwrap_or_default(),
+            &mut buf,
+            FlushDecompress::None,
+        );
+        // what it inflated before an error counts too
+        let n = (z.total_out() - produced) as usize;
+        out.extend_from_slice(&buf[..n.min(buf.len())]);
+        if out.len() as u64 > MAX_INFLATED {
+            return Err(format!(
+                "the deflated data set inflates to more than {} MB",
+                MAX_INFLATED >> 20
+            ));
         }
-    }
-    if out.len() as u64 > MAX_INFLATED {
-        return Err(format!(
-            "the deflated data set inflates to more than {} MB",
-            MAX_INFLATED >> 20
-        ));
+        match status {
+            Ok(Status::StreamEnd) | Err(_) => break,
+            Ok(_) if z.total_in() as usize == consumed && n == 0 => break,
+            Ok(_) => {}
+        }
     }
     Ok(out)
 }
@@ -679,6 +690,20 @@ mod tests {
         let f = deflate(&body);
         let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
         assert!(e.contains("(0008,0016) declares 2374921613 bytes"), "{e}");
+        // found by fuzzing (another mutated deflated file): a 1.4 GB length just before
+        // the stream turns corrupt, which a read of many bytes at once never returns
+        let mut body = vec![0x28, 0x00, 0x02, 0x00, b'U', b'S', 2, 0, 1, 0];
+        body.extend_from_slice(&[
+            0x28, 0x00, 0x04, 0x4E, b'V', b'E', 0, 0, 0x49, 0x47, 0x41, 0x54,
+        ]);
+        let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut stream = Vec::with_capacity(1024);
+        z.compress_vec(&body, &mut stream, flate2::FlushCompress::Sync)
+            .unwrap();
+        stream.extend_from_slice(&[0xFF; 16]); // a block of the reserved type: an error
+        let f = part10("1.2.840.10008.1.2.1.99", &stream);
+        let e = check_declared_lengths(&f, f.len(), false).unwrap_err();
+        assert!(e.contains("(0028,4E04) declares 1413564233 bytes"), "{e}");
     }
 
     /// An implicit VR element: tag and a 4-byte length, then the value.
