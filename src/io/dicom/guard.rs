@@ -92,7 +92,7 @@ fn inflate_data_set(deflated: &[u8]) -> Result<Vec<u8>, String> {
 
 /// The VR dicom-encoding's implicit VR decoder gives an element: OW for pixel and overlay
 /// data, else the standard dictionary's (relaxed, so `US or SS` is US), else UN.
-fn implicit_vr(group: u16, element: u16) -> &'static [u8] {
+fn implicit_vr(group: u16, element: u16) -> [u8; 2] {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
     use dicom_core::{Tag, VR};
     let vr = if (group, element) == (0x7FE0, 0x0010) || (group >> 8 == 0x60 && element == 0x3000) {
@@ -103,25 +103,7 @@ fn implicit_vr(group: u16, element: u16) -> &'static [u8] {
             .map(|entry| entry.vr().relaxed())
             .unwrap_or(VR::UN)
     };
-    match vr {
-        VR::SQ => b"SQ",
-        VR::US => b"US",
-        VR::SS => b"SS",
-        VR::OW => b"OW",
-        VR::UL => b"UL",
-        VR::SL => b"SL",
-        VR::FL => b"FL",
-        VR::OF => b"OF",
-        VR::OL => b"OL",
-        VR::AT => b"AT",
-        VR::FD => b"FD",
-        VR::OD => b"OD",
-        VR::SV => b"SV",
-        VR::UV => b"UV",
-        VR::OV => b"OV",
-        // the walk needs no other VR by name
-        _ => b"UN",
-    }
+    vr.to_bytes()
 }
 
 /// The size of one value of a binary VR, as dicom-parser reads it.
@@ -210,8 +192,9 @@ pub enum Walk {
 }
 
 /// Walks the elements of a DICOM file (`bytes` is the file or a prefix of it, `file_len`
-/// its full size). With `through_pixel_data` the fragments of encapsulated pixel data are
-/// checked too; otherwise the walk ends at the top-level PixelData element.
+/// its full size). With `through_pixel_data` the whole file is walked, the fragments of
+/// encapsulated pixel data included; otherwise the walk ends where reading up to PixelData
+/// does, at the first top-level element from PixelData on.
 pub fn check_declared_lengths(
     bytes: &[u8],
     file_len: usize,
@@ -237,11 +220,7 @@ pub fn check_declared_lengths(
         c.u16(c.pos + 2, false),
         bytes.get(c.pos + 4..c.pos + 6),
     ) else {
-        return Ok(if bytes.len() < file_len {
-            Walk::NeedMore
-        } else {
-            Walk::Fits
-        });
+        return Ok(c.end_of_prefix());
     };
     if (g0, e0) != (0x0002, 0x0000) {
         return Ok(Walk::Fits); // the parser refuses it at once
@@ -265,11 +244,7 @@ pub fn check_declared_lengths(
     let meta_start = c.pos;
     while c.pos - meta_start < group_length {
         let (Some(group), Some(element)) = (c.u16(c.pos, false), c.u16(c.pos + 2, false)) else {
-            return Ok(if bytes.len() < file_len {
-                Walk::NeedMore
-            } else {
-                Walk::Fits
-            });
+            return Ok(c.end_of_prefix());
         };
         let Some(vr) = bytes.get(c.pos + 4..c.pos + 6) else {
             return Ok(Walk::NeedMore);
@@ -319,16 +294,28 @@ pub fn check_declared_lengths(
                 return Ok(Walk::NeedMore);
             }
             let inflated = inflate_data_set(bytes.get(c.pos..).unwrap_or_default())?;
-            let mut file = vec![0u8; 128];
-            file.extend_from_slice(b"DICM");
-            file.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 28, 0, 0, 0]);
-            file.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
-            file.extend_from_slice(b"1.2.840.10008.1.2.1\0");
-            file.extend_from_slice(&inflated);
-            return check_declared_lengths(&file, file.len(), through_pixel_data);
+            let c = Cursor {
+                bytes: &inflated,
+                pos: 0,
+                file_len: inflated.len(),
+            };
+            return walk_data_set(c, &ts, false, false, through_pixel_data);
         }
         _ => (false, false),
     };
+    walk_data_set(c, &ts, implicit, big, through_pixel_data)
+}
+
+/// Walks a data set from `c.pos` on, in transfer syntax `ts` (implicit VR or not, big
+/// endian or not).
+fn walk_data_set(
+    mut c: Cursor,
+    ts: &str,
+    implicit: bool,
+    big: bool,
+    through_pixel_data: bool,
+) -> Result<Walk, String> {
+    let bytes = c.bytes;
     // The walk keeps the state of dicom-parser 0.10's data set reader (`DataSetReader`):
     // its open sequences and items, whether it expects an item header next
     // (`in_sequence`) and whether it is to check for the end of a defined-length one
@@ -420,7 +407,7 @@ pub fn check_declared_lengths(
             // there on, before its value
             return Ok(Walk::Fits);
         }
-        let (vr, len, header): (&[u8], u32, usize) = if group == 0xFFFE {
+        let (vr, len, header): ([u8; 2], u32, usize) = if group == 0xFFFE {
             if !matches!(element, 0xE000 | 0xE0DD) {
                 // No other (FFFE,xxxx) tag exists. A fuzzed file hid a 2.5 GB length
                 // after an (FFFE,E10D); such a tag is refused.
@@ -430,7 +417,7 @@ pub fn check_declared_lengths(
             }
             // an item or sequence delimiter tag where an element is expected: the parser
             // reads it as an element of VR UN with a 4-byte length
-            (b"UN", c.u32(c.pos + 4, big).unwrap_or(0), 8)
+            (*b"UN", c.u32(c.pos + 4, big).unwrap_or(0), 8)
         } else if implicit {
             (
                 implicit_vr(group, element),
@@ -438,7 +425,7 @@ pub fn check_declared_lengths(
                 8,
             )
         } else {
-            let raw = &bytes[c.pos + 4..c.pos + 6];
+            let raw = [bytes[c.pos + 4], bytes[c.pos + 5]];
             if first && !raw.iter().all(u8::is_ascii_uppercase) {
                 // dicom-object would read it as explicit VR anyway and misparse it
                 return Err(format!(
@@ -449,12 +436,12 @@ pub fn check_declared_lengths(
             // dicom-encoding reads a VR it does not know (letters or not) as UN: two reserved
             // bytes, then a 4-byte length. Walking on as it does keeps the guard on the
             // parser's track (a fuzzed file once hid a 1.1 GB length behind such VRs).
-            let vr: &[u8] = if long_length_vr(raw) || short_length_vr(raw) {
+            let vr = if long_length_vr(&raw) || short_length_vr(&raw) {
                 raw
             } else {
-                b"UN"
+                *b"UN"
             };
-            if long_length_vr(vr) {
+            if long_length_vr(&vr) {
                 match c.u32(c.pos + 8, big) {
                     Some(l) => (vr, l, 12),
                     None => return Ok(Walk::NeedMore),
@@ -500,7 +487,7 @@ pub fn check_declared_lengths(
                 }
                 continue;
             }
-            if !implicit && group != 0xFFFE && vr == b"UN" {
+            if !implicit && group != 0xFFFE && vr == *b"UN" {
                 // Its items are implicit VR little endian; dicom-object 0.10 would read them in
                 // the outer explicit encoding, misparse them and allocate for garbage lengths.
                 return Err(format!(
@@ -518,7 +505,7 @@ pub fn check_declared_lengths(
             continue;
         }
         c.check(group, element, len)?;
-        if vr == b"SQ" {
+        if vr == *b"SQ" {
             // a defined-length sequence: its items follow
             open.push(Open {
                 item: false,
@@ -529,14 +516,14 @@ pub fn check_declared_lengths(
             check_end = len == 0;
             continue;
         }
-        if let Some(size) = binary_value_size(vr) {
+        if let Some(size) = binary_value_size(&vr) {
             if !(len as usize).is_multiple_of(size) {
                 // dicom-parser 0.10 reads len / size values but counts len bytes read, so
                 // the rest of the file would be parsed from the wrong offset (a fuzzed
                 // file then hid a 1.9 GB length)
                 return Err(format!(
                     "element ({group:04X},{element:04X}) of VR {} has a length of {len} bytes, not a multiple of its {size}-byte values",
-                    String::from_utf8_lossy(vr)
+                    String::from_utf8_lossy(&vr)
                 ));
             }
         }
