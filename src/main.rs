@@ -469,7 +469,8 @@ fn monai_benchmark(
     let mut rng = lungcad::rng::SplitMix64::new(7);
     let values: Vec<f32> = (0..x * y * z).map(|_| rng.normal() as f32).collect();
     let window = detector.uses_sliding_window([x, y, z]);
-    let run = || detector.detect_image(&values, [x, y, z]);
+    let limits = lungcad::Limits::default();
+    let run = || detector.detect_image(&values, [x, y, z], &limits);
     let t = std::time::Instant::now();
     let boxes = run()?.len();
     let first_s = t.elapsed().as_secs_f64();

@@ -156,6 +156,58 @@ fn model_files_round_trip_and_bad_files_are_clear_errors() {
     }
 }
 
+/// A model file is input: a small file whose config describes a huge network must not make
+/// lungcad build it (a 98 kB file once made it allocate until it aborted).
+#[test]
+fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
+    let (config, pre) = tiny();
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    Detector::new(config.clone(), pre, &device, 3)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let huge = DetectorConfig {
+        channels: [1024, 1024, 1024, 512, 512],
+        blocks: [1, 1, 1, 1],
+        decoder_channels: 512,
+        ..config.clone()
+    };
+    let past_limit = DetectorConfig {
+        channels: [1024; 5],
+        blocks: [16; 4],
+        decoder_channels: 1024,
+        decoder_blocks: 16,
+        ..config
+    };
+    println!(
+        "values: {} in the file's network, {} and {} claimed",
+        DetectorConfig::default().stored_values(),
+        huge.stored_values(),
+        past_limit.stored_values()
+    );
+    assert!(
+        huge.validate().is_ok(),
+        "a valid config, just not this file's"
+    );
+    let e = past_limit.validate().unwrap_err().to_string();
+    assert!(e.contains("more than the 536870912"), "{e}");
+    for (what, cfg, says) in [
+        ("huge", &huge, "its tensors hold"),
+        ("past the limit", &past_limit, "more than the 536870912"),
+    ] {
+        let json = serde_json::to_string(cfg).unwrap();
+        let p = dir.path().join("claims.safetensors");
+        std::fs::write(&p, common::with_metadata(&bytes, "detector_config", &json)).unwrap();
+        let e = Detector::load(&p, &device).unwrap_err();
+        println!("{what}: {e}");
+        assert_eq!(e.category(), "model", "{what}: {e}");
+        assert!(e.to_string().contains(says), "{what}: {e}");
+    }
+}
+
 #[test]
 fn wgpu_and_cpu_agree() {
     let Some(gpu) = common::wgpu_or_skip() else {

@@ -163,6 +163,105 @@ fn the_bundles_network_has_monais_parameter_count() {
     // burn also counts the batch norms' running means and variances (torch's buffers):
     // 2 x (64 + 3 x (64 + 64 + 256) + 256 + 4 x (128 + 128 + 512) + 512) = 10,112.
     assert_eq!(net.num_params(), 20_902_741 + 10_112);
+    // What the config counts before building anything (the bound a model file is held to)
+    // is what the network holds, for this and other shapes.
+    let (_, weights) = fixture("retinanet_small.safetensors");
+    let small = fixture_config(&weights);
+    let configs = [
+        RetinaNetConfig::default(),
+        small.clone(),
+        RetinaNetConfig {
+            block: lungcad::model::monai::BlockKind::Basic,
+            layers: [2, 2, 2, 2],
+            returned_layers: vec![1, 2, 3],
+            ..small.clone()
+        },
+        RetinaNetConfig {
+            in_channels: 2,
+            conv1_size: [3, 5, 7],
+            num_classes: 2,
+            num_anchors: 4,
+            head_layers: 2,
+            ..small
+        },
+    ];
+    for cfg in configs {
+        let net = cfg.init(&cpu).unwrap();
+        assert_eq!(cfg.stored_values(), net.num_params() as u64, "{cfg:?}");
+    }
+}
+
+/// A model file is input: a small file whose config describes a huge network must not make
+/// lungcad build it (a 450 kB file with a billion blocks per layer once aborted it).
+#[test]
+fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
+    use lungcad::model::monai::MonaiDetector;
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (path, weights) = fixture("retinanet_small.safetensors");
+    let cfg = fixture_config(&weights);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    MonaiDetector::write_model(&weights, &path, &cfg, &model, &cpu).unwrap();
+    let bytes = std::fs::read(&model).unwrap();
+    let cases = [
+        (
+            "wider",
+            RetinaNetConfig {
+                block_inplanes: [64, 128, 256, 512],
+                ..cfg.clone()
+            },
+        ),
+        (
+            "deeper",
+            RetinaNetConfig {
+                layers: [1_000_000_000, 2, 1, 1],
+                ..cfg.clone()
+            },
+        ),
+        (
+            "deeper heads",
+            RetinaNetConfig {
+                head_layers: 1_000_000_000,
+                ..cfg.clone()
+            },
+        ),
+        (
+            "many anchors",
+            RetinaNetConfig {
+                num_anchors: 1 << 40,
+                ..cfg.clone()
+            },
+        ),
+        (
+            "many inputs",
+            RetinaNetConfig {
+                in_channels: usize::MAX / 2,
+                ..cfg.clone()
+            },
+        ),
+    ];
+    for (what, claimed) in cases {
+        let json = serde_json::to_string(&claimed).unwrap();
+        let p = dir.path().join("claims.safetensors");
+        std::fs::write(&p, common::with_metadata(&bytes, "retinanet_config", &json)).unwrap();
+        let e = MonaiDetector::from_bytes(std::fs::read(&p).unwrap(), &p, &cpu).unwrap_err();
+        println!("{what}: {e}");
+        assert_eq!(e.category(), "model", "{what}: {e}");
+        assert!(
+            e.to_string().contains("its tensors hold")
+                || e.to_string().contains("a model file may hold"),
+            "{what}: {e}"
+        );
+        // The same config given to `import-monai` for this state_dict: past what a model
+        // file may hold, or the first tensor that does not fit it.
+        let out = dir.path().join("out.safetensors");
+        let e = MonaiDetector::write_model(&weights, &path, &claimed, &out, &cpu).unwrap_err();
+        assert!(
+            e.to_string().contains("a model file may hold") || e.to_string().contains("fit"),
+            "{what}: {e}"
+        );
+        assert!(!out.exists());
+    }
 }
 
 /// The bundle's full-size network on a full-size random state_dict from MONAI: 84 MB, so not
@@ -259,7 +358,12 @@ fn preprocessing_matches_monais_transforms() {
         &lungcad::LoadConfig::default(),
     )
     .unwrap();
-    let image = monai_preprocess(&volume, &MonaiPreprocessConfig::default()).unwrap();
+    let image = monai_preprocess(
+        &volume,
+        &MonaiPreprocessConfig::default(),
+        &lungcad::Limits::default(),
+    )
+    .unwrap();
     let (_, out) = fixture("preprocess_output.safetensors");
     let n = u64::from_le_bytes(out[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&out[8..8 + n]).unwrap();
@@ -296,6 +400,93 @@ fn preprocessing_matches_monais_transforms() {
     }
 }
 
+/// A model file's other settings are input too: checked when the file is read, and the
+/// sizes they lead to held to the caller's limits before anything is allocated.
+#[test]
+fn a_model_files_pipeline_settings_are_checked_and_held_to_the_limits() {
+    use lungcad::model::monai::MonaiDetector;
+    let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let (path, weights) = fixture("retinanet_small.safetensors");
+    let cfg = fixture_config(&weights);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    MonaiDetector::write_model(&weights, &path, &cfg, &model, &cpu).unwrap();
+    let bytes = std::fs::read(&model).unwrap();
+    let p = dir.path().join("changed.safetensors");
+    let with = |key: &str, json: &str| {
+        std::fs::write(&p, common::with_metadata(&bytes, key, json)).unwrap();
+        MonaiDetector::from_bytes(std::fs::read(&p).unwrap(), &p, &cpu).map_err(Box::new)
+    };
+    let refused = [
+        (
+            "retina_decode_config",
+            r#"{"feature_map_scales":[0.0,2.0,4.0]}"#,
+            "feature_map_scales",
+        ),
+        (
+            "retina_decode_config",
+            r#"{"feature_map_scales":[1.0,2.0]}"#,
+            "one per pyramid level",
+        ),
+        (
+            "retina_decode_config",
+            r#"{"base_anchor_shapes":[[6,8,4]]}"#,
+            "base_anchor_shapes",
+        ),
+        (
+            "retina_decode_config",
+            r#"{"size_divisible":[16,0,8]}"#,
+            "size_divisible",
+        ),
+        (
+            "sliding_window_config",
+            r#"{"roi_size":[512,512,192],"overlap":1.0}"#,
+            "overlap",
+        ),
+        (
+            "monai_preprocess_config",
+            r#"{"pixdim":[0.7,-0.7,1.25]}"#,
+            "pixdim",
+        ),
+    ];
+    for (key, json, says) in refused {
+        let e = with(key, json)
+            .err()
+            .unwrap_or_else(|| panic!("{key} {json} was accepted"));
+        println!("{key} {json}: {e}");
+        assert_eq!(e.category(), "model", "{e}");
+        assert!(
+            e.to_string().contains(key) && e.to_string().contains(says),
+            "{e}"
+        );
+    }
+    // Valid settings whose sizes are past the limits: an error, not an allocation.
+    let volume = lungcad::load(
+        fixtures().join("preprocess_input.nii.gz"),
+        &lungcad::LoadConfig::default(),
+    )
+    .unwrap();
+    let small = lungcad::Limits {
+        max_voxels: 1 << 24,
+        ..lungcad::Limits::default()
+    };
+    for (key, json) in [
+        ("monai_preprocess_config", r#"{"pixdim":[0.01,0.01,0.01]}"#),
+        (
+            "retina_decode_config",
+            r#"{"size_divisible":[4096,4096,4096]}"#,
+        ),
+    ] {
+        let detector = with(key, json).unwrap();
+        let e = detector.detect(&volume, &small).unwrap_err();
+        println!("{key} {json}: {e}");
+        assert!(matches!(e, lungcad::Error::Limit { .. }), "{key}: {e}");
+    }
+    // The same file with its own settings runs within those limits.
+    let detector = with("retina_decode_config", r#"{}"#).unwrap();
+    detector.detect(&volume, &small).unwrap();
+}
+
 /// The bundle's whole pipeline (preprocessing, detector, boxes to the world) on a small
 /// NIfTI scan (a piece of a phantom around a nodule), through a model file made by `MonaiDetector::write_model` and through
 /// `lungcad import-monai` + `lungcad detect`: MONAI's boxes, centres in LPS millimetres.
@@ -311,7 +502,9 @@ fn the_whole_pipeline_matches_monai_through_a_model_file_and_the_cli() {
     let detector = MonaiDetector::from_bytes(std::fs::read(&model).unwrap(), &model, &cpu).unwrap();
     let ct = fixtures().join("preprocess_input.nii.gz");
     let volume = lungcad::load(&ct, &lungcad::LoadConfig::default()).unwrap();
-    let found = detector.detect(&volume).unwrap();
+    let found = detector
+        .detect(&volume, &lungcad::Limits::default())
+        .unwrap();
     let (_, expected) = fixture("end_to_end.safetensors");
     let expected = tensors(&expected);
     let (bshape, boxes) = &expected["boxes_world"];
@@ -573,7 +766,11 @@ fn an_image_too_big_for_the_gpus_buffers_is_a_device_error() {
         return;
     }
     let e = detector
-        .detect_image(&vec![0.0; 512 * 512 * 72], size)
+        .detect_image(
+            &vec![0.0; 512 * 512 * 72],
+            size,
+            &lungcad::Limits::default(),
+        )
         .unwrap_err();
     assert!(
         matches!(e, lungcad::Error::Device(_)) && e.to_string().contains("MiB"),

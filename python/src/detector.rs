@@ -209,9 +209,11 @@ impl PyDetector {
                     d.detect(volume, self.batch_size, &decode, &lim, &mut |_, _| {})?
                         .detections
                 }
-                Model::Monai(d) => {
-                    lungcad::model::monai::select(&d.detect(&volume)?, threshold, max_detections)
-                }
+                Model::Monai(d) => lungcad::model::monai::select(
+                    &d.detect(&volume, &lim)?,
+                    threshold,
+                    max_detections,
+                ),
             };
             Ok((found, uid))
         })?;

@@ -305,6 +305,7 @@ enum Runner {
         device_name: String,
         threshold: f32,
         max_detections: usize,
+        limits: Limits,
     },
 }
 
@@ -328,6 +329,7 @@ impl Runner {
                 device_name,
                 threshold: args.threshold,
                 max_detections: args.max_detections,
+                limits: args.load.limits(),
             },
             model => {
                 let detector = match model {
@@ -379,9 +381,10 @@ impl Runner {
                 device_name,
                 threshold,
                 max_detections,
+                limits,
             } => {
                 let t = std::time::Instant::now();
-                let found = detector.detect(&volume)?;
+                let found = detector.detect(&volume, limits)?;
                 let dets = m::monai::select(&found, *threshold, *max_detections);
                 eprintln!(
                     "{label}{} detection(s) of {} with MONAI's RetinaNet pipeline on {device_name} in {:.2} s",

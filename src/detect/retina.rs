@@ -50,6 +50,51 @@ impl Default for RetinaDecodeConfig {
     }
 }
 
+impl RetinaDecodeConfig {
+    /// Checks the settings for a network of `num_anchors` anchors and `levels` pyramid
+    /// levels: one anchor shape per anchor, one scale per level, shapes and scales finite
+    /// and positive, thresholds finite, `size_divisible` at least 1.
+    pub fn validate(&self, num_anchors: usize, levels: usize) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("RetinaNet decoding: {m}")));
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if self.base_anchor_shapes.len() != num_anchors
+            || !self
+                .base_anchor_shapes
+                .iter()
+                .flatten()
+                .all(|&v| positive(v))
+        {
+            return bad(format!(
+                "base_anchor_shapes must be {num_anchors} positive shapes (the network's \
+                 anchors), got {:?}",
+                self.base_anchor_shapes
+            ));
+        }
+        if self.feature_map_scales.len() != levels
+            || !self.feature_map_scales.iter().all(|&v| positive(v))
+        {
+            return bad(format!(
+                "feature_map_scales must be {levels} positive scales (one per pyramid \
+                 level), got {:?}",
+                self.feature_map_scales
+            ));
+        }
+        if !(self.score_thresh.is_finite() && self.nms_thresh.is_finite()) {
+            return bad(format!(
+                "score_thresh {} and nms_thresh {} must be finite",
+                self.score_thresh, self.nms_thresh
+            ));
+        }
+        if self.size_divisible.contains(&0) {
+            return bad(format!(
+                "size_divisible must be at least 1, got {:?}",
+                self.size_divisible
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A box in voxel index coordinates `[min_x, min_y, min_z]` to `[max_x, max_y, max_z]`, and
 /// its score.
 #[derive(Debug, Clone, Copy, PartialEq)]

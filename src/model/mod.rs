@@ -109,12 +109,12 @@ impl DetectorConfig {
             || self
                 .channels
                 .iter()
-                .chain([&self.decoder_channels])
+                .chain([&self.decoder_channels, &self.in_channels])
                 .any(|&c| c > 1024)
         {
             return Err(Error::InvalidArgument(format!(
-                "channel counts must be 1 to 1024: {:?}, decoder {}",
-                self.channels, self.decoder_channels
+                "channel counts must be 1 to 1024: input {}, {:?}, decoder {}",
+                self.in_channels, self.channels, self.decoder_channels
             )));
         }
         if self
@@ -128,7 +128,17 @@ impl DetectorConfig {
                 self.blocks, self.decoder_blocks
             )));
         }
-        Ok(())
+        match too_many_values(self.stored_values()) {
+            Some(why) => Err(Error::InvalidArgument(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Values a model file stores for this network: its parameters and its batch norms'
+    /// running statistics.
+    pub fn stored_values(&self) -> u64 {
+        let cost = self.cost([16; 3]);
+        cost.parameters + cost.running_stats
     }
 
     /// Builds the network on `device` with weights drawn from `seed`: the same weights for
@@ -702,6 +712,10 @@ impl Detector {
             .map_err(|e| model_error(path, format!("detector_config: {e}")))?;
         let preprocess: PreprocessConfig = serde_json::from_str(parse("preprocess_config")?)
             .map_err(|e| model_error(path, format!("preprocess_config: {e}")))?;
+        config
+            .validate()
+            .map_err(|e| model_error(path, format!("its configs: {e}")))?;
+        check_file_holds(config.stored_values(), &bytes, path)?;
         let mut detector = Detector::new(config, preprocess, device, 0)
             .map_err(|e| model_error(path, format!("its configs: {e}")))?;
         let mut store =
@@ -782,6 +796,39 @@ pub const DEFAULT_CPU_BATCH_VOXELS: usize = 4 * 128 * 128 * 128;
 /// Largest model file [`Detector::load`] reads (2 GiB).
 pub const MAX_MODEL_BYTES: u64 = 2 << 30;
 
+/// Most values (parameters and batch-norm statistics) a network may have: as many as a
+/// model file of [`MAX_MODEL_BYTES`] holds in float32 (536,870,912; the bundle's RetinaNet
+/// has 20.9 M). A config past it is refused before anything is allocated.
+pub const MAX_MODEL_VALUES: u64 = MAX_MODEL_BYTES / 4;
+
+/// Why a network of `values` values (a count that may stop early or saturate, hence "at
+/// least") is refused, if it has more than [`MAX_MODEL_VALUES`].
+fn too_many_values(values: u64) -> Option<String> {
+    (values > MAX_MODEL_VALUES).then(|| {
+        format!(
+            "the network would have at least {values} values (parameters and batch-norm \
+             statistics), more than the {MAX_MODEL_VALUES} a model file may hold"
+        )
+    })
+}
+
+/// Refuses to build, from a model file's config, a network of more values than the file's
+/// tensors hold (see [`safetensors_values`]): such a file cannot fill it, and building it
+/// first would let a small file claim any amount of memory.
+fn check_file_holds(needed: u64, bytes: &[u8], origin: &Path) -> Result<()> {
+    let held = safetensors_values(bytes, origin)?;
+    if needed > held {
+        return Err(model_error(
+            origin,
+            format!(
+                "its config describes a network of {needed} values (parameters and \
+                 batch-norm statistics) and its tensors hold {held}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What [`Detector::detect`] found in one CT, and what it took.
 #[derive(Debug, Clone)]
 pub struct DetectionRun {
@@ -860,6 +907,63 @@ pub(crate) fn safetensors_header(
     Ok((header, end))
 }
 
+/// How many values the tensors of a safetensors file hold (the products of their shapes),
+/// each tensor checked to lie in the file with at least a byte per value and the tensors'
+/// bytes together no more than the file's data, so the count is at most the file's length.
+/// A tensor entry that is not an object with a `shape` and `data_offsets`, or that breaks
+/// these rules, is an [`Error::Model`].
+pub(crate) fn safetensors_values(bytes: &[u8], origin: &Path) -> Result<u64> {
+    let (header, start) = safetensors_header(bytes, origin)?;
+    let data_len = (bytes.len() - start) as u64;
+    let mut total = 0u64;
+    let mut spans = 0u64;
+    for (name, entry) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let bad = || model_error(origin, format!("tensor {name:?}: not a safetensors entry"));
+        let numbers = |key: &str| -> Result<Vec<u64>> {
+            entry
+                .get(key)
+                .and_then(|v| v.as_array())
+                .ok_or_else(bad)?
+                .iter()
+                .map(|n| n.as_u64().ok_or_else(bad))
+                .collect()
+        };
+        let shape = numbers("shape")?;
+        let (begin, end) = match numbers("data_offsets")?[..] {
+            [b, e] if b <= e && e <= data_len => (b, e),
+            _ => {
+                return Err(model_error(
+                    origin,
+                    format!("tensor {name:?}: its data lies outside the file"),
+                ))
+            }
+        };
+        let values = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        match values {
+            Some(n) if n <= end - begin => {
+                total += n;
+                spans += end - begin;
+            }
+            _ => {
+                return Err(model_error(
+                    origin,
+                    format!(
+                        "tensor {name:?}: shape {shape:?} in {} bytes of data",
+                        end - begin
+                    ),
+                ))
+            }
+        }
+    }
+    if spans > data_len {
+        return Err(model_error(
+            origin,
+            format!("its tensors claim {spans} bytes of data and the file has {data_len}"),
+        ));
+    }
+    Ok(total)
+}
+
 /// The `__metadata__` map of a safetensors file's header; `origin` names the file in errors.
 pub fn safetensors_metadata(
     bytes: &[u8],
@@ -875,4 +979,50 @@ pub fn safetensors_metadata(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of `entries` (name, header JSON) with `data` bytes after the header.
+    fn file(entries: &str, data: usize) -> Vec<u8> {
+        let header = format!("{{{entries}}}");
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.resize(out.len() + data, 0);
+        out
+    }
+
+    #[test]
+    fn safetensors_values_counts_only_what_the_file_can_hold() {
+        let p = Path::new("m.safetensors");
+        let ok = file(
+            r#""a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},
+               "b":{"dtype":"U8","shape":[4],"data_offsets":[24,28]},
+               "__metadata__":{"k":"v"}"#,
+            28,
+        );
+        assert_eq!(safetensors_values(&ok, p).unwrap(), 10);
+        let refused = [
+            // More values than bytes.
+            r#""a":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,24]}"#,
+            // A shape whose product overflows.
+            r#""a":{"dtype":"F32","shape":[4294967296,4294967296,2],"data_offsets":[0,24]}"#,
+            // Data past the end of the file, or backwards.
+            r#""a":{"dtype":"F32","shape":[2],"data_offsets":[0,4096]}"#,
+            r#""a":{"dtype":"F32","shape":[2],"data_offsets":[24,8]}"#,
+            // Tensors that share the same bytes.
+            r#""a":{"dtype":"U8","shape":[28],"data_offsets":[0,28]},
+               "b":{"dtype":"U8","shape":[28],"data_offsets":[0,28]}"#,
+            // Not an entry.
+            r#""a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}"#,
+            r#""a":7"#,
+        ];
+        for entries in refused {
+            let e = safetensors_values(&file(entries, 28), p).unwrap_err();
+            assert!(matches!(e, Error::Model { .. }), "{entries}: {e}");
+            println!("{e}");
+        }
+    }
 }

@@ -24,7 +24,10 @@
 use super::cpu_conv::{conv3d, conv3d_bn};
 use super::ops::{max_pool3d, resize_nearest3d};
 use super::Device;
+use crate::detect::retina::RetinaDecodeConfig;
 use crate::error::{Error, Result};
+use crate::limits::Limits;
+use crate::preprocess::monai::MonaiPreprocessConfig;
 use crate::volume::Volume;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
@@ -137,7 +140,73 @@ impl RetinaNetConfig {
                 self.layers
             ));
         }
-        Ok(())
+        match super::too_many_values(self.stored_values()) {
+            Some(why) => bad(why),
+            None => Ok(()),
+        }
+    }
+
+    /// Values a model file stores for this network: its parameters (group norms' included)
+    /// and its batch norms' running statistics, not `num_batches_tracked`. On absurd
+    /// configs it saturates rather than overflows, and stops counting blocks once past
+    /// [`super::MAX_MODEL_VALUES`], so the count is then a lower bound.
+    pub fn stored_values(&self) -> u64 {
+        let n = |v: usize| v as u64;
+        let product = |f: &[u64]| f.iter().fold(1u64, |p, &x| p.saturating_mul(x));
+        // A batch norm stores weight, bias, running mean and variance.
+        let bn = |c: u64| c.saturating_mul(4);
+        let [k0, k1, k2] = self.conv1_size.map(n);
+        let stem = n(self.block_inplanes[0]);
+        let mut total = product(&[n(self.in_channels), stem, k0, k1, k2]).saturating_add(bn(stem));
+        let expansion = n(self.block.expansion());
+        let mut c_in = stem;
+        for l in 1..=self.last_layer().min(4) {
+            let planes = n(self.block_inplanes[l - 1]);
+            let out = planes.saturating_mul(expansion);
+            for b in 0..self.layers[l - 1] {
+                let stride = if l > 1 && b == 0 { 2 } else { 1 };
+                let block = match self.block {
+                    BlockKind::Basic => [
+                        product(&[c_in, planes, 27]),
+                        product(&[planes, planes, 27]),
+                        bn(planes).saturating_mul(2),
+                    ],
+                    BlockKind::Bottleneck => [
+                        product(&[c_in, planes]).saturating_add(product(&[planes, planes, 27])),
+                        product(&[planes, out]),
+                        bn(planes).saturating_mul(2).saturating_add(bn(out)),
+                    ],
+                };
+                total = block.iter().fold(total, |t, &v| t.saturating_add(v));
+                if stride != 1 || c_in != out {
+                    // The shortcut: a 1x1x1 convolution with bias, and its batch norm.
+                    let shortcut = product(&[c_in, out]).saturating_add(out);
+                    total = total.saturating_add(shortcut).saturating_add(bn(out));
+                }
+                c_in = out;
+                if total > super::MAX_MODEL_VALUES {
+                    return total; // enough to refuse it; no need to count 10^9 blocks
+                }
+            }
+        }
+        let f = n(self.fpn_channels);
+        let conv3 = |cin: u64, cout: u64| product(&[cin, cout, 27]).saturating_add(cout);
+        for &l in &self.returned_layers {
+            let channels = n(self.block_inplanes[l - 1]).saturating_mul(expansion);
+            let lateral = product(&[channels, f]).saturating_add(f);
+            total = total.saturating_add(lateral).saturating_add(conv3(f, f));
+        }
+        // Each head: head_layers of conv + group norm (weight and bias), then its output.
+        let layer = conv3(f, f).saturating_add(f.saturating_mul(2));
+        let body = layer.saturating_mul(n(self.head_layers));
+        let anchors = n(self.num_anchors);
+        for out in [
+            anchors.saturating_mul(n(self.num_classes)),
+            anchors.saturating_mul(6),
+        ] {
+            total = total.saturating_add(body).saturating_add(conv3(f, out));
+        }
+        total
     }
 
     fn last_layer(&self) -> usize {
@@ -694,6 +763,20 @@ impl Default for SlidingWindowConfig {
     }
 }
 
+impl SlidingWindowConfig {
+    /// A window of at least one voxel per axis, an overlap from 0 to below 1 (MONAI's).
+    pub fn validate(&self) -> Result<()> {
+        if self.roi_size.contains(&0) || !(0.0..1.0).contains(&self.overlap) {
+            return Err(Error::InvalidArgument(format!(
+                "sliding window of {:?} with overlap {}: the window needs at least a voxel \
+                 per axis and the overlap must be at least 0 and below 1",
+                self.roi_size, self.overlap
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One pyramid level's maps for one image: grid `(X, Y, Z)`, classification and regression
 /// values, row-major `(C, X, Y, Z)`.
 type LevelValues = ([usize; 3], Vec<f32>, Vec<f32>);
@@ -745,12 +828,7 @@ impl RetinaNet {
         sw: &SlidingWindowConfig,
     ) -> Result<Vec<LevelValues>> {
         let roi = sw.roi_size;
-        if roi.contains(&0) || !(0.0..1.0).contains(&sw.overlap) {
-            return Err(Error::InvalidArgument(format!(
-                "sliding window of {roi:?} with overlap {}",
-                sw.overlap
-            )));
-        }
+        sw.validate()?;
         // An axis shorter than the window is padded on both sides (MONAI's SpatialPad).
         let size: [usize; 3] = std::array::from_fn(|d| padded[d].max(roi[d]));
         let front: [usize; 3] = std::array::from_fn(|d| (size[d] - padded[d]) / 2);
@@ -864,7 +942,7 @@ impl RetinaNet {
         image: &[f32],
         channels: usize,
         size: [usize; 3],
-        cfg: &crate::detect::retina::RetinaDecodeConfig,
+        cfg: &RetinaDecodeConfig,
         sliding_window: Option<&SlidingWindowConfig>,
     ) -> Result<Vec<crate::detect::retina::RetinaBox>> {
         use crate::detect::retina::{detect_boxes, LevelMaps};
@@ -1055,15 +1133,11 @@ fn model_metadata(config: &RetinaNetConfig) -> Result<Vec<(String, String)>> {
         ),
         (
             "retina_decode_config".into(),
-            json(serde_json::to_string(
-                &crate::detect::retina::RetinaDecodeConfig::default(),
-            ))?,
+            json(serde_json::to_string(&RetinaDecodeConfig::default()))?,
         ),
         (
             "monai_preprocess_config".into(),
-            json(serde_json::to_string(
-                &crate::preprocess::monai::MonaiPreprocessConfig::default(),
-            ))?,
+            json(serde_json::to_string(&MonaiPreprocessConfig::default()))?,
         ),
         (
             "sliding_window_config".into(),
@@ -1084,8 +1158,8 @@ pub const MONAI_RETINANET: &str = "monai_retinanet";
 pub struct MonaiDetector {
     pub net: RetinaNet,
     pub config: RetinaNetConfig,
-    pub decode: crate::detect::retina::RetinaDecodeConfig,
-    pub preprocess: crate::preprocess::monai::MonaiPreprocessConfig,
+    pub decode: RetinaDecodeConfig,
+    pub preprocess: MonaiPreprocessConfig,
     pub sliding_window: SlidingWindowConfig,
 }
 
@@ -1138,6 +1212,8 @@ impl MonaiDetector {
         device: &Device,
     ) -> Result<()> {
         let bytes = floats_as_f32(bytes.to_vec(), origin)?;
+        // The config is the caller's (`import-monai --config`), held to what a model file
+        // may hold by `init`; a state_dict that does not fit it is named tensor by tensor.
         let mut net = config.init(device)?;
         net.load_state_dict(bytes.clone(), origin, config)?;
         let (mut header, start) = super::safetensors_header(&bytes, origin)?;
@@ -1196,14 +1272,32 @@ impl MonaiDetector {
             serde_json::from_str(text).map_err(|e| format!("{key}: {e}"))
         }
         let config: RetinaNetConfig = parse(&meta, "retinanet_config").map_err(err)?;
+        let decode: RetinaDecodeConfig = parse(&meta, "retina_decode_config").map_err(err)?;
+        let preprocess: MonaiPreprocessConfig =
+            parse(&meta, "monai_preprocess_config").map_err(err)?;
+        let sliding_window: SlidingWindowConfig =
+            parse(&meta, "sliding_window_config").map_err(err)?;
+        config
+            .validate()
+            .map_err(|e| err(format!("its retinanet_config: {e}")))?;
+        decode
+            .validate(config.num_anchors, config.returned_layers.len() + 1)
+            .map_err(|e| err(format!("its retina_decode_config: {e}")))?;
+        preprocess
+            .validate()
+            .map_err(|e| err(format!("its monai_preprocess_config: {e}")))?;
+        sliding_window
+            .validate()
+            .map_err(|e| err(format!("its sliding_window_config: {e}")))?;
+        super::check_file_holds(config.stored_values(), &bytes, origin)?;
         let mut net = config.init(device)?;
         net.load_state_dict(bytes, origin, &config)?;
         Ok(MonaiDetector {
             net,
             config,
-            decode: parse(&meta, "retina_decode_config").map_err(err)?,
-            preprocess: parse(&meta, "monai_preprocess_config").map_err(err)?,
-            sliding_window: parse(&meta, "sliding_window_config").map_err(err)?,
+            decode,
+            preprocess,
+            sliding_window,
         })
     }
 
@@ -1215,22 +1309,31 @@ impl MonaiDetector {
 
     /// The network and post-processing on a preprocessed image of `size` (X, Y, Z,
     /// one channel): by sliding window when the image holds at least the window's voxels,
-    /// as the bundle decides; boxes in its voxels. A run whose largest tensor does not fit
-    /// the device's buffers ([`RetinaNetConfig::largest_tensor`]) is an [`Error::Device`].
+    /// as the bundle decides; boxes in its voxels. The padded image (padded to the window
+    /// too, on axes shorter than it) is held to `limits`' voxel count, an [`Error::Limit`]
+    /// past it; a run whose largest tensor does not fit the device's
+    /// buffers ([`RetinaNetConfig::largest_tensor`]) is an [`Error::Device`].
     pub fn detect_image(
         &self,
         values: &[f32],
         size: [usize; 3],
+        limits: &Limits,
     ) -> Result<Vec<crate::detect::retina::RetinaBox>> {
         let window = self
             .uses_sliding_window(size)
             .then_some(&self.sliding_window);
+        let padded: [u64; 3] = std::array::from_fn(|d| {
+            let k = self.decode.size_divisible[d].max(1) as u64;
+            (size[d] as u64).div_ceil(k).saturating_mul(k)
+        });
+        limits.check_shape(padded)?;
         let run: [usize; 3] = match window {
-            Some(w) => w.roi_size,
-            None => std::array::from_fn(|d| {
-                let k = self.decode.size_divisible[d].max(1);
-                size[d].div_ceil(k) * k
-            }),
+            Some(w) => {
+                // The image is padded up to the window on axes shorter than it.
+                limits.check_shape(std::array::from_fn(|d| padded[d].max(w.roi_size[d] as u64)))?;
+                w.roi_size
+            }
+            None => padded.map(|n| n as usize),
         };
         let device = self.net.feature_extractor.body.conv1.weight.device();
         let bytes = 4 * self.config.largest_tensor(run) as u64;
@@ -1253,9 +1356,10 @@ impl MonaiDetector {
     /// Detections in a CT, most probable first: the bundle's preprocessing, the network
     /// (by sliding window when the image holds at least as many voxels as the window, as
     /// the bundle decides), MONAI's post-processing, boxes mapped to LPS millimetres.
-    pub fn detect(&self, volume: &Volume) -> Result<Vec<MonaiDetection>> {
-        let image = crate::preprocess::monai::monai_preprocess(volume, &self.preprocess)?;
-        let boxes = self.detect_image(&image.values, image.size)?;
+    /// The resampled image and the network's input are held to `limits`' voxel count.
+    pub fn detect(&self, volume: &Volume, limits: &Limits) -> Result<Vec<MonaiDetection>> {
+        let image = crate::preprocess::monai::monai_preprocess(volume, &self.preprocess, limits)?;
+        let boxes = self.detect_image(&image.values, image.size, limits)?;
         Ok(boxes
             .iter()
             .map(|b| {

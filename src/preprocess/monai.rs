@@ -9,6 +9,7 @@
 //! MONAI resamples oblique ones through a general affine, which this does not reproduce.
 
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::volume::Volume;
 use serde::{Deserialize, Serialize};
 
@@ -71,14 +72,30 @@ impl MonaiImage {
     }
 }
 
-/// MONAI's preprocessing of `volume` (see the module docs).
-pub fn monai_preprocess(volume: &Volume, cfg: &MonaiPreprocessConfig) -> Result<MonaiImage> {
-    if cfg.pixdim.iter().any(|s| !(s.is_finite() && *s > 0.0)) || cfg.a_max <= cfg.a_min {
-        return Err(Error::InvalidArgument(format!(
-            "MONAI preprocessing: pixdim {:?} must be positive and a_max above a_min",
-            cfg.pixdim
-        )));
+impl MonaiPreprocessConfig {
+    /// `pixdim` finite and positive, `a_max` above `a_min` (both finite).
+    pub fn validate(&self) -> Result<()> {
+        if self.pixdim.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || !(self.a_min.is_finite() && self.a_max.is_finite() && self.a_max > self.a_min)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "MONAI preprocessing: pixdim {:?} must be positive and a_max ({}) above \
+                 a_min ({})",
+                self.pixdim, self.a_max, self.a_min
+            )));
+        }
+        Ok(())
     }
+}
+
+/// MONAI's preprocessing of `volume` (see the module docs). A resampled image of more
+/// voxels than `limits` allow is an [`Error::Limit`], before it is allocated.
+pub fn monai_preprocess(
+    volume: &Volume,
+    cfg: &MonaiPreprocessConfig,
+    limits: &Limits,
+) -> Result<MonaiImage> {
+    cfg.validate()?;
     let g = &volume.geometry;
     let shape = volume.shape();
     // MONAI axis k (x, y, z) is our voxel axis 2 - k.
@@ -125,6 +142,7 @@ pub fn monai_preprocess(volume: &Volume, cfg: &MonaiPreprocessConfig) -> Result<
     let out: [usize; 3] = std::array::from_fn(|w| {
         (((on[w] - 1) as f64 * os[w] / cfg.pixdim[w] + 1.0).round_ties_even() as usize).max(1)
     });
+    limits.check_shape(out.map(|n| n as u64))?;
     let from: [usize; 3] = std::array::from_fn(|w| (0..3).find(|&k| to[k] == w).unwrap_or(w));
     let hu = &volume.hu;
     let sample = |old: [usize; 3]| -> f64 { hu[[old[2], old[1], old[0]]] as f64 };

@@ -169,3 +169,17 @@ pub fn wgpu_or_skip() -> Option<lungcad::model::Device> {
         }
     }
 }
+
+/// A safetensors file's bytes with one `__metadata__` entry set to `value` (the header
+/// rewritten, the tensors' data kept): a model file whose config says something else.
+#[allow(dead_code)]
+pub fn with_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"][key] = serde_json::Value::String(value.to_string());
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
