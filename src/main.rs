@@ -209,7 +209,8 @@ struct LoadArgs {
     /// DICOM: accept a series whose Modality is not CT.
     #[arg(long)]
     allow_modality: bool,
-    /// Refuse volumes with more voxels than this.
+    /// Refuse volumes with more voxels than this: as read and, where the command resamples
+    /// (detect), as resampled and padded for the network.
     #[arg(long, default_value_t = Limits::default().max_voxels)]
     max_voxels: u64,
 }

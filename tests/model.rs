@@ -192,6 +192,10 @@ fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
         huge.validate().is_ok(),
         "a valid config, just not this file's"
     );
+    let mut many_anchors = huge.clone();
+    many_anchors.head.anchors_mm = vec![5.0; 65];
+    let e = many_anchors.validate().unwrap_err().to_string();
+    assert!(e.contains("1 to 64"), "{e}");
     let e = past_limit.validate().unwrap_err().to_string();
     assert!(e.contains("more than the 536870912"), "{e}");
     for (what, cfg, says) in [

@@ -203,6 +203,8 @@ fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
     let model = dir.path().join("m.safetensors");
     MonaiDetector::write_model(&weights, &path, &cfg, &model, &cpu).unwrap();
     let bytes = std::fs::read(&model).unwrap();
+    // (what, the config the file claims, what reading the file says, what importing the
+    // state_dict with that config says)
     let cases = [
         (
             "wider",
@@ -210,6 +212,17 @@ fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
                 block_inplanes: [64, 128, 256, 512],
                 ..cfg.clone()
             },
+            "its tensors hold",
+            "do not fit",
+        ),
+        (
+            "a few more blocks",
+            RetinaNetConfig {
+                layers: [60, 2, 1, 1],
+                ..cfg.clone()
+            },
+            "its tensors hold",
+            "missing",
         ),
         (
             "deeper",
@@ -217,6 +230,8 @@ fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
                 layers: [1_000_000_000, 2, 1, 1],
                 ..cfg.clone()
             },
+            "blocks per layer",
+            "blocks per layer",
         ),
         (
             "deeper heads",
@@ -224,6 +239,8 @@ fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
                 head_layers: 1_000_000_000,
                 ..cfg.clone()
             },
+            "head layers",
+            "head layers",
         ),
         (
             "many anchors",
@@ -231,6 +248,17 @@ fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
                 num_anchors: 1 << 40,
                 ..cfg.clone()
             },
+            "anchors",
+            "anchors",
+        ),
+        (
+            "two classes",
+            RetinaNetConfig {
+                num_classes: 2,
+                ..cfg.clone()
+            },
+            "one class",
+            "one class",
         ),
         (
             "many inputs",
@@ -238,30 +266,39 @@ fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
                 in_channels: usize::MAX / 2,
                 ..cfg.clone()
             },
+            "a model file may hold",
+            "a model file may hold",
         ),
     ];
-    for (what, claimed) in cases {
+    for (what, claimed, reading, importing) in cases {
         let json = serde_json::to_string(&claimed).unwrap();
         let p = dir.path().join("claims.safetensors");
         std::fs::write(&p, common::with_metadata(&bytes, "retinanet_config", &json)).unwrap();
         let e = MonaiDetector::from_bytes(std::fs::read(&p).unwrap(), &p, &cpu).unwrap_err();
         println!("{what}: {e}");
         assert_eq!(e.category(), "model", "{what}: {e}");
-        assert!(
-            e.to_string().contains("its tensors hold")
-                || e.to_string().contains("a model file may hold"),
-            "{what}: {e}"
-        );
-        // The same config given to `import-monai` for this state_dict: past what a model
-        // file may hold, or the first tensor that does not fit it.
+        assert!(e.to_string().contains(reading), "{what}: {e}");
+        // The same config given to `import-monai` for this state_dict.
         let out = dir.path().join("out.safetensors");
         let e = MonaiDetector::write_model(&weights, &path, &claimed, &out, &cpu).unwrap_err();
-        assert!(
-            e.to_string().contains("a model file may hold") || e.to_string().contains("fit"),
-            "{what}: {e}"
-        );
+        println!("{what}, imported: {e}");
+        assert!(e.to_string().contains(importing), "{what}: {e}");
         assert!(!out.exists());
     }
+    // A state_dict whose tensors claim the same bytes is refused before its tensors are
+    // copied out (a float16 file's would be widened to float32, once per claim).
+    let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&weights[8..8 + n]).unwrap();
+    let first = header["feature_extractor.body.conv1.weight"].clone();
+    header["feature_extractor.body.bn1.weight"] = first;
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut shared = (text.len() as u64).to_le_bytes().to_vec();
+    shared.extend_from_slice(&text);
+    shared.extend_from_slice(&weights[8 + n..]);
+    let out = dir.path().join("out.safetensors");
+    let e = MonaiDetector::write_model(&shared, &path, &cfg, &out, &cpu).unwrap_err();
+    println!("shared bytes: {e}");
+    assert!(e.to_string().contains("claim"), "{e}");
 }
 
 /// The bundle's full-size network on a full-size random state_dict from MONAI: 84 MB, so not
@@ -437,6 +474,16 @@ fn a_model_files_pipeline_settings_are_checked_and_held_to_the_limits() {
             "retina_decode_config",
             r#"{"size_divisible":[16,0,8]}"#,
             "size_divisible",
+        ),
+        (
+            "retina_decode_config",
+            r#"{"score_thresh":-1.0}"#,
+            "score_thresh",
+        ),
+        (
+            "retina_decode_config",
+            r#"{"topk_candidates_per_level":1000000}"#,
+            "topk",
         ),
         (
             "sliding_window_config",

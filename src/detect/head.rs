@@ -43,6 +43,10 @@ impl Default for HeadLayout {
 /// Channels per anchor: logit, dz, dy, dx, dd.
 pub const CHANNELS_PER_ANCHOR: usize = 5;
 
+/// Most anchors a [`HeadLayout`] may have (the default has 3): the head's output grows
+/// with them at a small cost in weights.
+pub const MAX_ANCHORS: usize = 64;
+
 impl HeadLayout {
     pub fn validate(&self) -> Result<()> {
         if self.stride_vox == 0 || self.stride_vox > 64 {
@@ -52,10 +56,11 @@ impl HeadLayout {
             )));
         }
         if self.anchors_mm.is_empty()
+            || self.anchors_mm.len() > MAX_ANCHORS
             || self.anchors_mm.iter().any(|a| !(a.is_finite() && *a > 0.0))
         {
             return Err(Error::InvalidArgument(format!(
-                "anchors must be positive diameters in mm, got {:?}",
+                "anchors must be 1 to {MAX_ANCHORS} positive diameters in mm, got {:?}",
                 self.anchors_mm
             )));
         }

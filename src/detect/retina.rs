@@ -50,10 +50,15 @@ impl Default for RetinaDecodeConfig {
     }
 }
 
+/// Most candidates per pyramid level [`RetinaDecodeConfig`] may keep for NMS, which compares
+/// every pair (the bundle keeps 1000).
+pub const MAX_TOPK: usize = 10_000;
+
 impl RetinaDecodeConfig {
     /// Checks the settings for a network of `num_anchors` anchors and `levels` pyramid
     /// levels: one anchor shape per anchor, one scale per level, shapes and scales finite
-    /// and positive, thresholds finite, `size_divisible` at least 1.
+    /// and positive, thresholds from 0 to 1, at most [`MAX_TOPK`] candidates per level,
+    /// `size_divisible` at least 1.
     pub fn validate(&self, num_anchors: usize, levels: usize) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(format!("RetinaNet decoding: {m}")));
         let positive = |v: f64| v.is_finite() && v > 0.0;
@@ -79,10 +84,17 @@ impl RetinaDecodeConfig {
                 self.feature_map_scales
             ));
         }
-        if !(self.score_thresh.is_finite() && self.nms_thresh.is_finite()) {
+        if !((0.0..=1.0).contains(&self.score_thresh) && (0.0..=1.0).contains(&self.nms_thresh)) {
             return bad(format!(
-                "score_thresh {} and nms_thresh {} must be finite",
+                "score_thresh {} and nms_thresh {} must be from 0 to 1",
                 self.score_thresh, self.nms_thresh
+            ));
+        }
+        // NMS compares every pair of the levels' candidates.
+        if self.topk_candidates_per_level > MAX_TOPK {
+            return bad(format!(
+                "topk_candidates_per_level {} is more than {MAX_TOPK}",
+                self.topk_candidates_per_level
             ));
         }
         if self.size_divisible.contains(&0) {

@@ -135,7 +135,9 @@ impl DetectorConfig {
     }
 
     /// Values a model file stores for this network: its parameters and its batch norms'
-    /// running statistics.
+    /// running statistics. Exact for a config within [`DetectorConfig::validate`]'s
+    /// channel and block ranges (which it checks before counting); past them the count
+    /// may overflow.
     pub fn stored_values(&self) -> u64 {
         let cost = self.cost([16; 3]);
         cost.parameters + cost.running_stats
@@ -908,9 +910,10 @@ pub(crate) fn safetensors_header(
 }
 
 /// How many values the tensors of a safetensors file hold (the products of their shapes),
-/// each tensor checked to lie in the file with at least a byte per value and the tensors'
-/// bytes together no more than the file's data, so the count is at most the file's length.
-/// A tensor entry that is not an object with a `shape` and `data_offsets`, or that breaks
+/// each tensor checked to lie in the file, its bytes exactly its values times its dtype's
+/// size (at least a byte per value for a dtype not known here), and the tensors' bytes
+/// together no more than the file's data, so the count is at most the file's length. A
+/// tensor entry that is not an object with a `shape` and `data_offsets`, or that breaks
 /// these rules, is an [`Error::Model`].
 pub(crate) fn safetensors_values(bytes: &[u8], origin: &Path) -> Result<u64> {
     let (header, start) = safetensors_header(bytes, origin)?;
@@ -939,8 +942,19 @@ pub(crate) fn safetensors_values(bytes: &[u8], origin: &Path) -> Result<u64> {
             }
         };
         let values = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        let size = match entry.get("dtype").and_then(|d| d.as_str()) {
+            Some("F64" | "I64" | "U64") => Some(8),
+            Some("F32" | "I32" | "U32") => Some(4),
+            Some("F16" | "BF16" | "I16" | "U16") => Some(2),
+            Some("F8_E5M2" | "F8_E4M3" | "I8" | "U8" | "BOOL") => Some(1),
+            _ => None,
+        };
+        let fits = |n: u64| match size {
+            Some(size) => n.checked_mul(size) == Some(end - begin),
+            None => n <= end - begin,
+        };
         match values {
-            Some(n) if n <= end - begin => {
+            Some(n) if fits(n) => {
                 total += n;
                 spans += end - begin;
             }
@@ -1000,6 +1014,7 @@ mod tests {
         let ok = file(
             r#""a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},
                "b":{"dtype":"U8","shape":[4],"data_offsets":[24,28]},
+               "e":{"dtype":"F16","shape":[0,5],"data_offsets":[28,28]},
                "__metadata__":{"k":"v"}"#,
             28,
         );
@@ -1007,6 +1022,10 @@ mod tests {
         let refused = [
             // More values than bytes.
             r#""a":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,24]}"#,
+            r#""a":{"dtype":"X9","shape":[25],"data_offsets":[0,24]}"#,
+            // Fewer or more bytes than the dtype's size times the values.
+            r#""a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}"#,
+            r#""a":{"dtype":"F16","shape":[2,3],"data_offsets":[0,24]}"#,
             // A shape whose product overflows.
             r#""a":{"dtype":"F32","shape":[4294967296,4294967296,2],"data_offsets":[0,24]}"#,
             // Data past the end of the file, or backwards.

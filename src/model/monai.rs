@@ -84,6 +84,15 @@ pub struct RetinaNetConfig {
     pub head_layers: usize,
 }
 
+/// Most anchors per position a [`RetinaNetConfig`] may have (the bundle's: 3).
+pub const MAX_ANCHORS: usize = 64;
+/// Most classes (the bundle's: 1; MONAI's detector here decodes one).
+pub const MAX_CLASSES: usize = 1024;
+/// Most conv + GroupNorm layers per head (the bundle's: 4).
+pub const MAX_HEAD_LAYERS: usize = 16;
+/// Most blocks per ResNet layer (ResNet-200 has 36).
+pub const MAX_BLOCKS: usize = 64;
+
 impl Default for RetinaNetConfig {
     fn default() -> Self {
         RetinaNetConfig {
@@ -121,6 +130,25 @@ impl RetinaNetConfig {
             || self.num_classes == 0
         {
             return bad("channels, anchors and classes must be at least 1".into());
+        }
+        // Bounds beyond the value count: the heads' outputs grow with anchors and classes at
+        // a fixed cost in weights, and each head layer and block adds key patterns to load.
+        if self.num_anchors > MAX_ANCHORS || self.num_classes > MAX_CLASSES {
+            return bad(format!(
+                "at most {MAX_ANCHORS} anchors and {MAX_CLASSES} classes, got {} and {}",
+                self.num_anchors, self.num_classes
+            ));
+        }
+        if self.head_layers > MAX_HEAD_LAYERS
+            || self.layers[..self.last_layer()]
+                .iter()
+                .any(|&n| n > MAX_BLOCKS)
+        {
+            return bad(format!(
+                "at most {MAX_HEAD_LAYERS} head layers and {MAX_BLOCKS} blocks per layer, got \
+                 {} and {:?}",
+                self.head_layers, self.layers
+            ));
         }
         if self.head_groups == 0 || !self.fpn_channels.is_multiple_of(self.head_groups) {
             return bad(format!(
@@ -231,7 +259,9 @@ impl RetinaNetConfig {
             }
             largest = largest.max(self.layer_channels(l) * vox(grid));
             if self.returned_layers.contains(&l) {
-                largest = largest.max(self.fpn_channels * vox(grid));
+                // The pyramid level and the heads' outputs on it.
+                let heads = (self.num_anchors * self.num_classes).max(self.num_anchors * 6);
+                largest = largest.max(self.fpn_channels.max(heads) * vox(grid));
             }
         }
         largest
@@ -1118,6 +1148,18 @@ pub fn state_dict_remapping(cfg: &RetinaNetConfig) -> Vec<(String, String)> {
     m
 }
 
+/// MONAI's detector as lungcad runs it decodes one class (the bundle's nodules); a network
+/// of more would fail only after running, on the heads' output sizes.
+fn check_one_class(config: &RetinaNetConfig) -> std::result::Result<(), String> {
+    if config.num_classes != 1 {
+        return Err(format!(
+            "the detector decodes one class (the bundle's) and this network has {}",
+            config.num_classes
+        ));
+    }
+    Ok(())
+}
+
 /// A MONAI model file's metadata: the format, the architecture and every config (the
 /// network's `config`; the bundle's preprocessing, decoding and sliding window).
 fn model_metadata(config: &RetinaNetConfig) -> Result<Vec<(String, String)>> {
@@ -1211,6 +1253,10 @@ impl MonaiDetector {
         out: &Path,
         device: &Device,
     ) -> Result<()> {
+        // The tensors' spans must fit the file without overlapping before they are copied
+        // out and widened to float32.
+        super::safetensors_values(bytes, origin)?;
+        check_one_class(config).map_err(|m| model_err(origin, m))?;
         let bytes = floats_as_f32(bytes.to_vec(), origin)?;
         // The config is the caller's (`import-monai --config`), held to what a model file
         // may hold by `init`; a state_dict that does not fit it is named tensor by tensor.
@@ -1280,6 +1326,7 @@ impl MonaiDetector {
         config
             .validate()
             .map_err(|e| err(format!("its retinanet_config: {e}")))?;
+        check_one_class(&config).map_err(err)?;
         decode
             .validate(config.num_anchors, config.returned_layers.len() + 1)
             .map_err(|e| err(format!("its retina_decode_config: {e}")))?;
@@ -1304,7 +1351,8 @@ impl MonaiDetector {
     /// Whether an image of `size` voxels runs by sliding window: when it holds at least the
     /// window's voxels, as the bundle decides.
     pub fn uses_sliding_window(&self, size: [usize; 3]) -> bool {
-        size.iter().product::<usize>() >= self.sliding_window.roi_size.iter().product::<usize>()
+        let voxels = |g: [usize; 3]| g.iter().fold(1u64, |p, &n| p.saturating_mul(n as u64));
+        voxels(size) >= voxels(self.sliding_window.roi_size)
     }
 
     /// The network and post-processing on a preprocessed image of `size` (X, Y, Z,

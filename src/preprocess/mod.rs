@@ -82,7 +82,7 @@ impl VoxelBox {
     pub fn grown(&self, margin: [usize; 3], shape: [usize; 3]) -> Self {
         VoxelBox {
             start: [0, 1, 2].map(|a| self.start[a].saturating_sub(margin[a])),
-            end: [0, 1, 2].map(|a| (self.end[a] + margin[a]).min(shape[a])),
+            end: [0, 1, 2].map(|a| self.end[a].saturating_add(margin[a]).min(shape[a])),
         }
     }
 }
