@@ -52,6 +52,32 @@ fn fixture_config(weights: &[u8]) -> RetinaNetConfig {
 
 type Io = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
+/// The fixture network (its state_dict's path and bytes, its config) and a MONAI model
+/// file made from it in `dir` (its path and bytes) on `device`.
+struct FixtureModel {
+    state_dict: PathBuf,
+    weights: Vec<u8>,
+    config: RetinaNetConfig,
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+fn fixture_model(dir: &Path, device: &Device) -> FixtureModel {
+    use lungcad::model::monai::MonaiDetector;
+    let (state_dict, weights) = fixture("retinanet_small.safetensors");
+    let config = fixture_config(&weights);
+    let path = dir.join("m.safetensors");
+    MonaiDetector::write_model(&weights, &state_dict, &config, &path, device).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    FixtureModel {
+        state_dict,
+        weights,
+        config,
+        path,
+        bytes,
+    }
+}
+
 /// MONAI's network `stem` in `dir` (weights and io), run here on `device`.
 fn run_fixture(dir: &Path, stem: &str, device: &Device) -> (HeadOutputs, Io) {
     use burn::prelude::*;
@@ -197,12 +223,14 @@ fn the_bundles_network_has_monais_parameter_count() {
 fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
     use lungcad::model::monai::MonaiDetector;
     let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
-    let (path, weights) = fixture("retinanet_small.safetensors");
-    let cfg = fixture_config(&weights);
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.safetensors");
-    MonaiDetector::write_model(&weights, &path, &cfg, &model, &cpu).unwrap();
-    let bytes = std::fs::read(&model).unwrap();
+    let FixtureModel {
+        state_dict: path,
+        weights,
+        config: cfg,
+        bytes,
+        ..
+    } = fixture_model(dir.path(), &cpu);
     // (what, the config the file claims, what reading the file says, what importing the
     // state_dict with that config says)
     let cases = [
@@ -443,12 +471,8 @@ fn preprocessing_matches_monais_transforms() {
 fn a_model_files_pipeline_settings_are_checked_and_held_to_the_limits() {
     use lungcad::model::monai::MonaiDetector;
     let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
-    let (path, weights) = fixture("retinanet_small.safetensors");
-    let cfg = fixture_config(&weights);
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.safetensors");
-    MonaiDetector::write_model(&weights, &path, &cfg, &model, &cpu).unwrap();
-    let bytes = std::fs::read(&model).unwrap();
+    let FixtureModel { bytes, .. } = fixture_model(dir.path(), &cpu);
     let p = dir.path().join("changed.safetensors");
     let with = |key: &str, json: &str| {
         std::fs::write(&p, common::with_metadata(&bytes, key, json)).unwrap();
@@ -799,12 +823,14 @@ fn an_image_too_big_for_the_gpus_buffers_is_a_device_error() {
     let Some(gpu) = common::wgpu_or_skip() else {
         return;
     };
-    let (path, weights) = fixture("retinanet_small.safetensors");
-    let cfg = fixture_config(&weights);
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.safetensors");
-    MonaiDetector::write_model(&weights, &path, &cfg, &model, &gpu).unwrap();
-    let detector = MonaiDetector::from_bytes(std::fs::read(&model).unwrap(), &model, &gpu).unwrap();
+    let FixtureModel {
+        config: cfg,
+        path: model,
+        bytes,
+        ..
+    } = fixture_model(dir.path(), &gpu);
+    let detector = MonaiDetector::from_bytes(bytes, &model, &gpu).unwrap();
     let limit = lungcad::model::max_tensor_bytes(&gpu).unwrap();
     let size = [512, 512, 72];
     let needed = 4 * cfg.largest_tensor(size) as u64;
