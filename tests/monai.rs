@@ -717,6 +717,20 @@ fn import_monai_reads_pytorch_checkpoints() {
         e.contains("empty.pt") && e.contains("no MONAI RetinaNet state_dict"),
         "{e}"
     );
+    // 101 views of one 16 kB storage (tests/fixtures/README.md): read view by view they
+    // would hold 1.6 MB from 25 kB, and a few thousand views of 1 MB cost gigabytes.
+    let e = MonaiDetector::import(
+        &fixtures().join("views.pt"),
+        &cfg,
+        &dir.path().join("x"),
+        &cpu,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("views.pt") && e.contains("view one storage"),
+        "{e}"
+    );
     assert!(!dir.path().join("x").exists());
 }
 

@@ -654,6 +654,13 @@ pub fn pytorch_state_dict(path: &Path) -> Result<Vec<u8>> {
     const ANCHOR: &str = "feature_extractor.body.conv1.weight";
     let reader =
         PytorchReader::new(path).map_err(|e| model_err(path, format!("{NOT_PYTORCH}: {e}")))?;
+    // Each tensor is read on its own, so many views of one storage would expand a small
+    // file up to the cap; a state_dict's tensors hold at most the file's bytes (twice that
+    // leaves room for tied weights).
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let max_bytes = super::MAX_MODEL_BYTES.min(file_len.saturating_mul(2));
     let tensors = reader.tensors();
     let prefix = tensors
         .keys()
@@ -696,11 +703,13 @@ pub fn pytorch_state_dict(path: &Path) -> Result<Vec<u8>> {
             DType::U8 => "U8",
             DType::Bool => "BOOL",
         };
-        if (data.len() + t.byte_len()) as u64 > super::MAX_MODEL_BYTES {
+        if (data.len() as u64).saturating_add(t.byte_len() as u64) > max_bytes {
             return Err(model_err(
                 path,
                 format!(
-                    "its state_dict holds more than the {} bytes a model file may have",
+                    "its state_dict's tensors hold more than {max_bytes} bytes: more than \
+                     twice the file's {file_len} (tensors that view one storage are read \
+                     one by one) or the {} a model file may have",
                     super::MAX_MODEL_BYTES
                 ),
             ));
