@@ -7,6 +7,8 @@
 //! alone seldom reach a decoder.
 #![no_main]
 
+mod scratch;
+
 use libfuzzer_sys::fuzz_target;
 use lungcad::{Limits, LoadConfig};
 use std::path::PathBuf;
@@ -23,13 +25,7 @@ fn path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let _ = std::panic::take_hook();
-        let dir = std::path::Path::new("/dev/shm");
-        let dir = if dir.is_dir() {
-            dir.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        dir.join(format!("lungcad-fuzz-{}.dcm", std::process::id()))
+        scratch::path("dicom").with_extension("dcm")
     })
 }
 

@@ -7,6 +7,8 @@
 //! fixtures in tests/fixtures and small checkpoints written by torch (docs/FUZZING.md).
 #![no_main]
 
+mod scratch;
+
 use libfuzzer_sys::fuzz_target;
 use lungcad::model::monai::{MonaiDetector, RetinaNetConfig};
 use lungcad::model::{select_device, Detector, Device, DeviceChoice};
@@ -29,13 +31,7 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let base = std::path::Path::new("/dev/shm");
-        let base = if base.is_dir() {
-            base.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!("lungcad-fuzz-model-{}", std::process::id()));
+        let dir = scratch::path("model");
         std::fs::create_dir_all(&dir).expect("a folder for the fuzzed files");
         Setup {
             device: select_device(DeviceChoice::Cpu).expect("the CPU device").0,

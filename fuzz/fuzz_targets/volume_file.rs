@@ -6,6 +6,8 @@
 //! (docs/FUZZING.md).
 #![no_main]
 
+mod scratch;
+
 use libfuzzer_sys::fuzz_target;
 use lungcad::{Limits, LoadConfig};
 use std::path::PathBuf;
@@ -14,15 +16,7 @@ use std::sync::OnceLock;
 /// One folder per fuzzing process (in /dev/shm when it exists), emptied for each input.
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = std::path::Path::new("/dev/shm");
-        let base = if base.is_dir() {
-            base.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        base.join(format!("lungcad-fuzz-volume-{}", std::process::id()))
-    })
+    DIR.get_or_init(|| scratch::path("volume"))
 }
 
 fuzz_target!(|data: &[u8]| {

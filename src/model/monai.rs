@@ -219,8 +219,10 @@ impl RetinaNetConfig {
         }
         let f = n(self.fpn_channels);
         let conv3 = |cin: u64, cout: u64| product(&[cin, cout, 27]).saturating_add(cout);
-        for &l in &self.returned_layers {
-            let channels = n(self.block_inplanes[l - 1]).saturating_mul(expansion);
+        // Layers outside 1 to 4 are `validate`'s to refuse; here they count nothing.
+        let inplanes = |l: usize| l.checked_sub(1).and_then(|i| self.block_inplanes.get(i));
+        for &planes in self.returned_layers.iter().filter_map(|&l| inplanes(l)) {
+            let channels = n(planes).saturating_mul(expansion);
             let lateral = product(&[channels, f]).saturating_add(f);
             total = total.saturating_add(lateral).saturating_add(conv3(f, f));
         }
@@ -578,11 +580,15 @@ fn f16_to_f32(h: u16) -> f32 {
 /// A safetensors state_dict with its float16, bfloat16 and float64 tensors turned into
 /// float32 (exactly, but for float64's rounding), the network's precision; the bytes as
 /// they are when every float tensor is float32 already, or when they are no safetensors
-/// file (for the loader to refuse).
+/// file (for the loader to refuse). Tensors that do not fit the file as
+/// [`super::safetensors_values`] checks are an [`Error::Model`], before anything is copied.
 fn floats_as_f32(bytes: Vec<u8>, origin: &Path) -> Result<Vec<u8>> {
     let Ok((header, start)) = super::safetensors_header(&bytes, origin) else {
         return Ok(bytes);
     };
+    // The tensors' spans must fit the file without overlapping before any is copied out
+    // and widened: claims on the same bytes would each be widened.
+    super::safetensors_values(&bytes, origin)?;
     let dtype = |v: &serde_json::Value| v.get("dtype").and_then(|d| d.as_str()).map(str::to_owned);
     if header
         .values()
@@ -1262,9 +1268,6 @@ impl MonaiDetector {
         out: &Path,
         device: &Device,
     ) -> Result<()> {
-        // The tensors' spans must fit the file without overlapping before they are copied
-        // out and widened to float32.
-        super::safetensors_values(bytes, origin)?;
         check_one_class(config).map_err(|m| model_err(origin, m))?;
         let bytes = floats_as_f32(bytes.to_vec(), origin)?;
         // The config is the caller's (`import-monai --config`), held to what a model file
