@@ -212,6 +212,76 @@ fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
     }
 }
 
+/// A model file sets its tiles' size and overlap. Tiles that would cover each voxel
+/// thousands of times, or too many tiles, are a limit error before the network runs; the
+/// file's own settings run within the default limits.
+#[test]
+fn a_model_files_tiles_are_held_to_the_limits_before_the_network_runs() {
+    let (config, pre_cfg) = tiny();
+    let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    Detector::new(config, pre_cfg.clone(), &device, 3)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let g = Geometry::new([2.5, 2.0, 2.0], [-150.0, -120.0, -100.0]);
+    let (v, _, _) = common::chest_phantom(g, [60, 120, 150], true);
+    let run = |overlap: usize, limits: &Limits| {
+        let mut cfg = pre_cfg.clone();
+        cfg.patch.overlap_vox = [overlap; 3];
+        let json = serde_json::to_string(&cfg).unwrap();
+        let file = common::with_metadata(&bytes, "preprocess_config", &json);
+        let d = Detector::from_bytes(file, &path, &device).unwrap();
+        let mut batches = 0;
+        let r = d.detect(
+            v.clone(),
+            4,
+            &DecodeConfig::default(),
+            limits,
+            &mut |_, _| batches += 1,
+        );
+        (r, batches)
+    };
+    let (own, batches) = run(pre_cfg.patch.overlap_vox[0], &Limits::default());
+    let tiles = own.unwrap().tiles;
+    assert_eq!(batches, tiles.div_ceil(4));
+    let what = |r: lungcad::Result<lungcad::model::DetectionRun>| match r {
+        Err(lungcad::Error::Limit { what, value, .. }) => (what, value),
+        Err(e) => panic!("{e}"),
+        Ok(run) => panic!("{} tiles were run", run.tiles),
+    };
+    // Overlaps of 31 on 32-voxel tiles: every voxel of the crop starts a tile (213,444
+    // tiles; the file's own settings: 54), past the default tile count.
+    let (r, batches) = run(31, &Limits::default());
+    let (limit, count) = what(r);
+    println!("overlap 31: {count} tiles");
+    assert!(limit == "tile count" && count > 131_072, "{limit} {count}");
+    assert_eq!(batches, 0, "refused before the network ran");
+    // With no bound on the count, the coverage bounds it: each voxel covered 8,967 times.
+    let any_count = Limits {
+        max_tiles: u64::MAX,
+        ..Limits::default()
+    };
+    let (r, batches) = run(31, &any_count);
+    let (limit, coverage) = what(r);
+    println!("overlap 31: coverage {coverage}");
+    assert!(
+        limit.starts_with("tile coverage") && coverage > 1_000,
+        "{limit} {coverage}"
+    );
+    assert_eq!(batches, 0, "refused before the network ran");
+    // The same past a tile count of the file's own tiles less one.
+    let fewer = Limits {
+        max_tiles: tiles as u64 - 1,
+        ..Limits::default()
+    };
+    let (r, batches) = run(pre_cfg.patch.overlap_vox[0], &fewer);
+    assert_eq!(what(r), ("tile count", tiles as u64));
+    assert_eq!(batches, 0);
+}
+
 #[test]
 fn wgpu_and_cpu_agree() {
     let Some(gpu) = common::wgpu_or_skip() else {

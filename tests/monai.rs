@@ -556,6 +556,32 @@ fn a_model_files_pipeline_settings_are_checked_and_held_to_the_limits() {
     // The same file with its own settings runs within those limits.
     let detector = with("retina_decode_config", r#"{}"#).unwrap();
     detector.detect(&volume, &small).unwrap();
+    // Windows that would run the network thousands of times (an overlap of 0.99), or on
+    // every voxel: refused by the default limits before any window runs.
+    for (json, says) in [
+        (r#"{"roi_size":[32,32,32],"overlap":0.99}"#, "tile coverage"),
+        (r#"{"roi_size":[1,1,1],"overlap":0.25}"#, "tile count"),
+    ] {
+        let detector = with("sliding_window_config", json).unwrap();
+        let t = std::time::Instant::now();
+        let e = detector
+            .detect(&volume, &lungcad::Limits::default())
+            .unwrap_err();
+        println!("{json}: {e} ({:.2} s)", t.elapsed().as_secs_f64());
+        assert!(
+            matches!(&e, lungcad::Error::Limit { what, .. } if what.starts_with(says)),
+            "{json}: {e}"
+        );
+    }
+    // A window smaller than the image, at the bundle's overlap, runs.
+    let detector = with(
+        "sliding_window_config",
+        r#"{"roi_size":[32,32,32],"overlap":0.25}"#,
+    )
+    .unwrap();
+    detector
+        .detect(&volume, &lungcad::Limits::default())
+        .unwrap();
 }
 
 /// The bundle's whole pipeline (preprocessing, detector, boxes to the world) on a small

@@ -126,6 +126,8 @@ class Detector:
         max_detections: int = 100,
         max_voxels: int | None = None,
         flips: Literal["none", "x", "all"] | None = None,
+        max_tiles: int | None = None,
+        max_tile_coverage: int | None = None,
     ) -> list[Nodule]: ...
     @property
     def device(self) -> str: ...

@@ -146,7 +146,11 @@ impl PyDetector {
     /// `max_detections` are returned. `flips` ("none", "x" or "all") runs each tile also
     /// mirrored and averages the mapped-back outputs (test-time augmentation); None is "x"
     /// for lungcad models, as in `lungcad detect`, and "none" for MONAI models.
-    #[pyo3(signature = (ct, *, threshold = 0.1, max_detections = 100, max_voxels = None, flips = None))]
+    /// `max_voxels`, `max_tiles` and `max_tile_coverage` are the bounds of lungcad's
+    /// `Limits` (None: its defaults; `lungcad detect --help`); past one, a `LimitError`
+    /// before the network runs.
+    #[pyo3(signature = (ct, *, threshold = 0.1, max_detections = 100, max_voxels = None, flips = None, max_tiles = None, max_tile_coverage = None))]
+    #[allow(clippy::too_many_arguments)]
     fn detect(
         &self,
         py: Python<'_>,
@@ -155,6 +159,8 @@ impl PyDetector {
         max_detections: usize,
         max_voxels: Option<u64>,
         flips: Option<&str>,
+        max_tiles: Option<u64>,
+        max_tile_coverage: Option<u64>,
     ) -> PyResult<Vec<PyNodule>> {
         if !(0.0..=1.0).contains(&threshold) {
             return Err(invalid(format!(
@@ -182,7 +188,13 @@ impl PyDetector {
             flips,
             ..DecodeConfig::default()
         };
-        let lim = limits(max_voxels);
+        let mut lim = limits(max_voxels);
+        if let Some(n) = max_tiles {
+            lim.max_tiles = n;
+        }
+        if let Some(n) = max_tile_coverage {
+            lim.max_tile_coverage = n;
+        }
         let (found, uid) = run(py, || {
             let (volume, uid) = match input {
                 Input::Volume(v) => {

@@ -136,3 +136,8 @@ def test_detector_errors_are_typed(tmp_path: Path, coarse_phantom: lungcad.Phant
         path = tmp_path / "v.mhd"
         coarse_phantom.volume.save(path)
         d.detect(path, max_voxels=1000)
+    # The tiles a model's patch size and overlap make are bounded too, before the network.
+    with pytest.raises(lungcad.LimitError, match="tile count"):
+        d.detect(coarse_phantom.volume, max_tiles=1)
+    with pytest.raises(lungcad.LimitError, match="tile coverage"):
+        d.detect(coarse_phantom.volume, max_tile_coverage=1)

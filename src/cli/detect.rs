@@ -30,6 +30,15 @@ pub struct DetectArgs {
     /// phantoms only (models/phantom-v2/README.md): a demonstration, not a model for real CT.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Refuse a scan that takes the network more tiles than this (MONAI models: sliding
+    /// windows). The model file sets the tile size, so this bounds the network's calls.
+    #[arg(long, default_value_t = Limits::default().max_tiles)]
+    max_tiles: u64,
+    /// Refuse a scan whose tiles (or windows) cover each voxel more times than this, on
+    /// average. The model file sets their overlap, so this bounds the network's work per
+    /// scan: the default allows overlaps of three quarters of a tile on every axis.
+    #[arg(long, default_value_t = Limits::default().max_tile_coverage)]
+    max_tile_coverage: u64,
     #[command(flatten)]
     run: RunArgs,
     /// Lowest probability reported.
@@ -309,6 +318,16 @@ enum Runner {
     },
 }
 
+impl DetectArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_tiles: self.max_tiles,
+            max_tile_coverage: self.max_tile_coverage,
+            ..self.load.limits()
+        }
+    }
+}
+
 impl Runner {
     fn new(args: &DetectArgs) -> Result<Runner, Error> {
         // The model file is read once; a MONAI RetinaNet (lungcad import-monai) runs MONAI's
@@ -329,7 +348,7 @@ impl Runner {
                 device_name,
                 threshold: args.threshold,
                 max_detections: args.max_detections,
-                limits: args.load.limits(),
+                limits: args.limits(),
             },
             model => {
                 let detector = match model {
@@ -349,7 +368,7 @@ impl Runner {
                     device_name,
                     batch_size,
                     decode,
-                    limits: args.load.limits(),
+                    limits: args.limits(),
                 }
             }
         })

@@ -752,7 +752,9 @@ impl Detector {
 
     /// Finds the nodules of a CT: preprocesses it with this model's settings (the volume is
     /// dropped once resampled), runs the network over the lung tiles in batches of
-    /// `batch_size` (memory is bounded by the batch), decodes and applies NMS. Detections
+    /// `batch_size` (memory is bounded by the batch), decodes and applies NMS. The
+    /// resampled volume is held to `limits`' voxel count, the tiles to its tile count and
+    /// coverage ([`Limits::check_tiles`]), before the network runs. Detections
     /// are in world millimetres, most probable first. `progress(done, total)` is called
     /// after each batch of tiles.
     pub fn detect(
@@ -766,7 +768,11 @@ impl Detector {
         let t0 = Instant::now();
         let pre = crate::preprocess::preprocess_owned(volume, &self.preprocess, limits)?;
         let t1 = Instant::now();
-        let tiles = pre.tiles()?.len();
+        // The model file sets the tiles' size and overlap: their count and coverage are
+        // held to the limits before the network runs.
+        let grid = pre.tiles()?;
+        grid.check_limits(limits)?;
+        let tiles = grid.len();
         let found = self.candidates(&pre, batch_size, decode, progress)?;
         let candidates = found.len();
         let detections = crate::detect::detections(found, pre.geometry(), decode);

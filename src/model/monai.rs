@@ -826,6 +826,45 @@ impl SlidingWindowConfig {
 /// values, row-major `(C, X, Y, Z)`.
 type LevelValues = ([usize; 3], Vec<f32>, Vec<f32>);
 
+/// The sliding windows over an image of `padded` voxels (padded to `size_divisible`).
+struct Windows {
+    /// The image's size padded to at least the window on every axis: an axis shorter than
+    /// the window is padded on both sides (MONAI's SpatialPad).
+    size: [usize; 3],
+    /// The padding in front of the image per axis.
+    front: [usize; 3],
+    /// The windows' starts per axis.
+    starts: [Vec<usize>; 3],
+}
+
+impl Windows {
+    fn new(padded: [usize; 3], sw: &SlidingWindowConfig) -> Windows {
+        let roi = sw.roi_size;
+        let size: [usize; 3] = std::array::from_fn(|d| padded[d].max(roi[d]));
+        let front: [usize; 3] = std::array::from_fn(|d| (size[d] - padded[d]) / 2);
+        let interval: [usize; 3] = std::array::from_fn(|d| {
+            if roi[d] == size[d] {
+                roi[d]
+            } else {
+                ((roi[d] as f64 * (1.0 - sw.overlap)) as usize).max(1)
+            }
+        });
+        let starts = std::array::from_fn(|d| window_starts(size[d], roi[d], interval[d]));
+        Windows {
+            size,
+            front,
+            starts,
+        }
+    }
+
+    /// How many windows the network runs on.
+    fn count(&self) -> u64 {
+        self.starts
+            .iter()
+            .fold(1u64, |p, s| p.saturating_mul(s.len() as u64))
+    }
+}
+
 /// The window starts along one axis of `size`, as MONAI's `dense_patch_slices`.
 fn window_starts(size: usize, roi: usize, interval: usize) -> Vec<usize> {
     if roi >= size {
@@ -874,23 +913,16 @@ impl RetinaNet {
     ) -> Result<Vec<LevelValues>> {
         let roi = sw.roi_size;
         sw.validate()?;
-        // An axis shorter than the window is padded on both sides (MONAI's SpatialPad).
-        let size: [usize; 3] = std::array::from_fn(|d| padded[d].max(roi[d]));
-        let front: [usize; 3] = std::array::from_fn(|d| (size[d] - padded[d]) / 2);
+        let Windows {
+            size,
+            front,
+            starts,
+        } = Windows::new(padded, sw);
         let img: std::borrow::Cow<'_, [f32]> = if size == padded {
             image.into()
         } else {
             pad_into(image, channels, padded, size, front).into()
         };
-        let interval: [usize; 3] = std::array::from_fn(|d| {
-            if roi[d] == size[d] {
-                roi[d]
-            } else {
-                ((roi[d] as f64 * (1.0 - sw.overlap)) as usize).max(1)
-            }
-        });
-        let starts: [Vec<usize>; 3] =
-            std::array::from_fn(|d| window_starts(size[d], roi[d], interval[d]));
         // Per level: its scale to the window, its size over the whole image, the summed
         // classification and regression maps, and how many windows covered each position.
         struct LevelSum {
@@ -1370,8 +1402,9 @@ impl MonaiDetector {
     /// The network and post-processing on a preprocessed image of `size` (X, Y, Z,
     /// one channel): by sliding window when the image holds at least the window's voxels,
     /// as the bundle decides; boxes in its voxels. The padded image (padded to the window
-    /// too, on axes shorter than it) is held to `limits`' voxel count, an [`Error::Limit`]
-    /// past it; a run whose largest tensor does not fit the device's
+    /// too, on axes shorter than it) is held to `limits`' voxel count, and the sliding
+    /// windows to its tile count and coverage ([`Limits::check_tiles`]), an
+    /// [`Error::Limit`] past them; a run whose largest tensor does not fit the device's
     /// buffers ([`RetinaNetConfig::largest_tensor`]) is an [`Error::Device`].
     pub fn detect_image(
         &self,
@@ -1391,6 +1424,15 @@ impl MonaiDetector {
             Some(w) => {
                 // The image is padded up to the window on axes shorter than it.
                 limits.check_shape(std::array::from_fn(|d| padded[d].max(w.roi_size[d] as u64)))?;
+                // The file sets the window and its overlap: the windows' count and
+                // coverage are held to the limits before any runs.
+                w.validate()?;
+                let windows = Windows::new(padded.map(|n| n as usize), w);
+                limits.check_tiles(
+                    windows.count(),
+                    w.roi_size.map(|n| n as u64),
+                    windows.size.map(|n| n as u64),
+                )?;
                 w.roi_size
             }
             None => padded.map(|n| n as usize),
@@ -1416,7 +1458,8 @@ impl MonaiDetector {
     /// Detections in a CT, most probable first: the bundle's preprocessing, the network
     /// (by sliding window when the image holds at least as many voxels as the window, as
     /// the bundle decides), MONAI's post-processing, boxes mapped to LPS millimetres.
-    /// The resampled image and the network's input are held to `limits`' voxel count.
+    /// The resampled image and the network's input are held to `limits`' voxel count, the
+    /// sliding windows to its tile count and coverage.
     pub fn detect(&self, volume: &Volume, limits: &Limits) -> Result<Vec<MonaiDetection>> {
         let image = crate::preprocess::monai::monai_preprocess(volume, &self.preprocess, limits)?;
         let boxes = self.detect_image(&image.values, image.size, limits)?;

@@ -10,6 +10,7 @@
 
 use super::VoxelBox;
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::rng::SplitMix64;
 use crate::volume::Geometry;
 use ndarray::{s, Array3, ArrayView3};
@@ -110,6 +111,19 @@ impl PatchGrid {
             size_vox,
             starts,
         })
+    }
+
+    /// Holds the tiles to `limits`' tile count and coverage ([`Limits::check_tiles`]).
+    pub fn check_limits(&self, limits: &Limits) -> Result<()> {
+        let tiles = self
+            .starts
+            .iter()
+            .fold(1u64, |p, s| p.saturating_mul(s.len() as u64));
+        limits.check_tiles(
+            tiles,
+            self.size_vox.map(|n| n as u64),
+            self.region.len().map(|n| n as u64),
+        )
     }
 
     /// Number of tiles.
