@@ -26,6 +26,12 @@ pub struct Limits {
     /// files set the overlap, so this bounds the network's work per scan at this many times
     /// the work of tiling the region once.
     pub max_tile_coverage: u64,
+    /// Maximum size in bytes of the largest tensor one forward pass of the network makes
+    /// (default 8 GiB): a batch is cut to fit, and one tile (MONAI: one window, or the
+    /// whole image) past it is refused. Model files set the widths and the tile size, so
+    /// this bounds the network's memory to a multiple of it (on the CPU, `lungcad detect`
+    /// with lungcad's default network peaked at 2.5 to 4 times its largest tensor).
+    pub max_tensor_bytes: u64,
 }
 
 impl Default for Limits {
@@ -37,6 +43,7 @@ impl Default for Limits {
             max_file_bytes: 8 << 30,
             max_tiles: 1 << 17,
             max_tile_coverage: 64,
+            max_tensor_bytes: 8 << 30,
         }
     }
 }
@@ -51,6 +58,7 @@ impl Limits {
             max_file_bytes: u64::MAX,
             max_tiles: u64::MAX,
             max_tile_coverage: u64::MAX,
+            max_tensor_bytes: u64::MAX,
         }
     }
 
@@ -81,6 +89,15 @@ impl Limits {
 
     pub fn check_file_bytes(&self, n: u64) -> Result<()> {
         Self::check("file size in bytes", n, self.max_file_bytes)
+    }
+
+    /// Checks the largest tensor a forward pass makes, in bytes.
+    pub fn check_tensor_bytes(&self, bytes: u64) -> Result<()> {
+        Self::check(
+            "largest tensor of the network in bytes",
+            bytes,
+            self.max_tensor_bytes,
+        )
     }
 
     /// Checks the network's inputs for one scan before any runs: `tiles` tiles (or sliding

@@ -515,8 +515,8 @@ fn detect_writes_csv_json_and_overlay_and_refuses_bad_options() {
     assert_ne!(flipped_rows, rows);
 
     // Refused, with a one-line error and exit 1: an output that is neither CSV nor JSON,
-    // a model file that is not one, a batch size of 0, an unknown device, more tiles or
-    // tile coverage than the limits.
+    // a model file that is not one, a batch size of 0, an unknown device, more tiles,
+    // tile coverage or tensor bytes than the limits.
     let not_a_model = dir.path().join("notes.safetensors");
     std::fs::write(&not_a_model, b"hello").unwrap();
     for (args, expect) in [
@@ -526,6 +526,7 @@ fn detect_writes_csv_json_and_overlay_and_refuses_bad_options() {
         (vec!["--flips", "mirror"], "none, x or all"),
         (vec!["--max-tiles", "1"], "tile count is"),
         (vec!["--max-tile-coverage", "1"], "tile coverage"),
+        (vec!["--max-tensor-bytes", "1000"], "largest tensor"),
     ] {
         let run = detect(&args);
         let err = String::from_utf8_lossy(&run.stderr);

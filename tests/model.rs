@@ -212,25 +212,27 @@ fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
     }
 }
 
-/// A model file sets its tiles' size and overlap. Tiles that would cover each voxel
-/// thousands of times, or too many tiles, are a limit error before the network runs; the
-/// file's own settings run within the default limits.
+/// A model file sets its tiles' size and overlap and its network's widths. Tiles that
+/// would cover each voxel thousands of times, too many tiles, or a tile whose largest
+/// tensor is past the limit are a limit error before the network runs; batches are cut
+/// to the tensor limit; the file's own settings run within the default limits.
 #[test]
 fn a_model_files_tiles_are_held_to_the_limits_before_the_network_runs() {
     let (config, pre_cfg) = tiny();
     let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
-    Detector::new(config, pre_cfg.clone(), &device, 3)
+    Detector::new(config.clone(), pre_cfg.clone(), &device, 3)
         .unwrap()
         .save(&path)
         .unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let g = Geometry::new([2.5, 2.0, 2.0], [-150.0, -120.0, -100.0]);
     let (v, _, _) = common::chest_phantom(g, [60, 120, 150], true);
-    let run = |overlap: usize, limits: &Limits| {
+    let own = pre_cfg.patch.clone();
+    let run = |patch: &lungcad::preprocess::PatchConfig, limits: &Limits| {
         let mut cfg = pre_cfg.clone();
-        cfg.patch.overlap_vox = [overlap; 3];
+        cfg.patch = patch.clone();
         let json = serde_json::to_string(&cfg).unwrap();
         let file = common::with_metadata(&bytes, "preprocess_config", &json);
         let d = Detector::from_bytes(file, &path, &device).unwrap();
@@ -244,8 +246,8 @@ fn a_model_files_tiles_are_held_to_the_limits_before_the_network_runs() {
         );
         (r, batches)
     };
-    let (own, batches) = run(pre_cfg.patch.overlap_vox[0], &Limits::default());
-    let tiles = own.unwrap().tiles;
+    let (r, batches) = run(&own, &Limits::default());
+    let tiles = r.unwrap().tiles;
     assert_eq!(batches, tiles.div_ceil(4));
     let what = |r: lungcad::Result<lungcad::model::DetectionRun>| match r {
         Err(lungcad::Error::Limit { what, value, .. }) => (what, value),
@@ -254,7 +256,11 @@ fn a_model_files_tiles_are_held_to_the_limits_before_the_network_runs() {
     };
     // Overlaps of 31 on 32-voxel tiles: every voxel of the crop starts a tile (213,444
     // tiles; the file's own settings: 54), past the default tile count.
-    let (r, batches) = run(31, &Limits::default());
+    let overlap_31 = lungcad::preprocess::PatchConfig {
+        overlap_vox: [31; 3],
+        ..own.clone()
+    };
+    let (r, batches) = run(&overlap_31, &Limits::default());
     let (limit, count) = what(r);
     println!("overlap 31: {count} tiles");
     assert!(limit == "tile count" && count > 131_072, "{limit} {count}");
@@ -264,7 +270,7 @@ fn a_model_files_tiles_are_held_to_the_limits_before_the_network_runs() {
         max_tiles: u64::MAX,
         ..Limits::default()
     };
-    let (r, batches) = run(31, &any_count);
+    let (r, batches) = run(&overlap_31, &any_count);
     let (limit, coverage) = what(r);
     println!("overlap 31: coverage {coverage}");
     assert!(
@@ -277,9 +283,31 @@ fn a_model_files_tiles_are_held_to_the_limits_before_the_network_runs() {
         max_tiles: tiles as u64 - 1,
         ..Limits::default()
     };
-    let (r, batches) = run(pre_cfg.patch.overlap_vox[0], &fewer);
+    let (r, batches) = run(&own, &fewer);
     assert_eq!(what(r), ("tile count", tiles as u64));
     assert_eq!(batches, 0);
+    // Tiles of 1024³: the first layer's output alone is 32 GiB, refused (before the
+    // limit it was an allocation failure that aborted the process).
+    let huge = lungcad::preprocess::PatchConfig {
+        size_vox: [1024; 3],
+        ..own.clone()
+    };
+    let (r, batches) = run(&huge, &Limits::default());
+    let per_huge_tile = 4 * config.largest_tensor_per_patch([1024; 3]) as u64;
+    assert_eq!(
+        what(r),
+        ("largest tensor of the network in bytes", per_huge_tile)
+    );
+    assert!(per_huge_tile > Limits::default().max_tensor_bytes);
+    assert_eq!(batches, 0);
+    // A limit holding one of the file's own tiles: batches of 4 are cut to 1.
+    let one_tile = Limits {
+        max_tensor_bytes: 4 * config.largest_tensor_per_patch(own.size_vox) as u64,
+        ..Limits::default()
+    };
+    let (r, batches) = run(&own, &one_tile);
+    assert_eq!(r.unwrap().tiles, tiles);
+    assert_eq!(batches, tiles, "one tile per pass");
 }
 
 #[test]

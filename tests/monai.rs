@@ -573,6 +573,17 @@ fn a_model_files_pipeline_settings_are_checked_and_held_to_the_limits() {
             "{json}: {e}"
         );
     }
+    // A window's largest tensor is held to the limit too.
+    let detector = with("sliding_window_config", r#"{}"#).unwrap();
+    let tight = lungcad::Limits {
+        max_tensor_bytes: 1 << 20,
+        ..lungcad::Limits::default()
+    };
+    let e = detector.detect(&volume, &tight).unwrap_err();
+    assert!(
+        matches!(&e, lungcad::Error::Limit { what, .. } if what.starts_with("largest tensor")),
+        "{e}"
+    );
     // A window smaller than the image, at the bundle's overlap, runs.
     let detector = with(
         "sliding_window_config",

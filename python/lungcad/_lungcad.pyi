@@ -128,6 +128,7 @@ class Detector:
         flips: Literal["none", "x", "all"] | None = None,
         max_tiles: int | None = None,
         max_tile_coverage: int | None = None,
+        max_tensor_bytes: int | None = None,
     ) -> list[Nodule]: ...
     @property
     def device(self) -> str: ...

@@ -146,10 +146,10 @@ impl PyDetector {
     /// `max_detections` are returned. `flips` ("none", "x" or "all") runs each tile also
     /// mirrored and averages the mapped-back outputs (test-time augmentation); None is "x"
     /// for lungcad models, as in `lungcad detect`, and "none" for MONAI models.
-    /// `max_voxels`, `max_tiles` and `max_tile_coverage` are the bounds of lungcad's
+    /// `max_voxels`, `max_tiles`, `max_tile_coverage` and `max_tensor_bytes` are the bounds of lungcad's
     /// `Limits` (None: its defaults; `lungcad detect --help`); past one, a `LimitError`
     /// before the network runs.
-    #[pyo3(signature = (ct, *, threshold = 0.1, max_detections = 100, max_voxels = None, flips = None, max_tiles = None, max_tile_coverage = None))]
+    #[pyo3(signature = (ct, *, threshold = 0.1, max_detections = 100, max_voxels = None, flips = None, max_tiles = None, max_tile_coverage = None, max_tensor_bytes = None))]
     #[allow(clippy::too_many_arguments)]
     fn detect(
         &self,
@@ -161,6 +161,7 @@ impl PyDetector {
         flips: Option<&str>,
         max_tiles: Option<u64>,
         max_tile_coverage: Option<u64>,
+        max_tensor_bytes: Option<u64>,
     ) -> PyResult<Vec<PyNodule>> {
         if !(0.0..=1.0).contains(&threshold) {
             return Err(invalid(format!(
@@ -194,6 +195,9 @@ impl PyDetector {
         }
         if let Some(n) = max_tile_coverage {
             lim.max_tile_coverage = n;
+        }
+        if let Some(n) = max_tensor_bytes {
+            lim.max_tensor_bytes = n;
         }
         let (found, uid) = run(py, || {
             let (volume, uid) = match input {

@@ -141,3 +141,5 @@ def test_detector_errors_are_typed(tmp_path: Path, coarse_phantom: lungcad.Phant
         d.detect(coarse_phantom.volume, max_tiles=1)
     with pytest.raises(lungcad.LimitError, match="tile coverage"):
         d.detect(coarse_phantom.volume, max_tile_coverage=1)
+    with pytest.raises(lungcad.LimitError, match="largest tensor"):
+        d.detect(coarse_phantom.volume, max_tensor_bytes=1000)

@@ -39,6 +39,12 @@ pub struct DetectArgs {
     /// scan: the default allows overlaps of three quarters of a tile on every axis.
     #[arg(long, default_value_t = Limits::default().max_tile_coverage)]
     max_tile_coverage: u64,
+    /// Largest tensor in bytes one pass of the network may make: batches are cut to fit,
+    /// and a tile (MONAI models: a window, or the whole image) past it is refused. The
+    /// model file sets the widths and the tile size, so this bounds the network's memory
+    /// (a multiple of it). Default 8 GiB.
+    #[arg(long, default_value_t = Limits::default().max_tensor_bytes)]
+    max_tensor_bytes: u64,
     #[command(flatten)]
     run: RunArgs,
     /// Lowest probability reported.
@@ -323,6 +329,7 @@ impl DetectArgs {
         Limits {
             max_tiles: self.max_tiles,
             max_tile_coverage: self.max_tile_coverage,
+            max_tensor_bytes: self.max_tensor_bytes,
             ..self.load.limits()
         }
     }

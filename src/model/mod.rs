@@ -754,7 +754,8 @@ impl Detector {
     /// dropped once resampled), runs the network over the lung tiles in batches of
     /// `batch_size` (memory is bounded by the batch), decodes and applies NMS. The
     /// resampled volume is held to `limits`' voxel count, the tiles to its tile count and
-    /// coverage ([`Limits::check_tiles`]), before the network runs. Detections
+    /// coverage ([`Limits::check_tiles`]) and one tile's largest tensor to its tensor
+    /// bytes (the batch is cut to hold it), before the network runs. Detections
     /// are in world millimetres, most probable first. `progress(done, total)` is called
     /// after each batch of tiles.
     pub fn detect(
@@ -773,6 +774,18 @@ impl Detector {
         let grid = pre.tiles()?;
         grid.check_limits(limits)?;
         let tiles = grid.len();
+        // The widths and the tile size set the largest tensor: one tile's must be within
+        // the limit, and the batch is cut to hold it.
+        let per_tile = bytes_per_patch(&self.config, self.preprocess.patch.size_vox);
+        limits.check_tensor_bytes(per_tile)?;
+        let most = usize::try_from(limits.max_tensor_bytes / per_tile).unwrap_or(usize::MAX);
+        if batch_size > most {
+            tracing::warn!(
+                "batches of {batch_size} tiles make a tensor larger than the limit of {} bytes: {most} per pass",
+                limits.max_tensor_bytes
+            );
+        }
+        let batch_size = batch_size.min(most);
         let found = self.candidates(&pre, batch_size, decode, progress)?;
         let candidates = found.len();
         let detections = crate::detect::detections(found, pre.geometry(), decode);

@@ -1403,7 +1403,8 @@ impl MonaiDetector {
     /// one channel): by sliding window when the image holds at least the window's voxels,
     /// as the bundle decides; boxes in its voxels. The padded image (padded to the window
     /// too, on axes shorter than it) is held to `limits`' voxel count, and the sliding
-    /// windows to its tile count and coverage ([`Limits::check_tiles`]), an
+    /// windows to its tile count and coverage ([`Limits::check_tiles`]), the largest
+    /// tensor of a window (or of the whole image) to its tensor bytes, an
     /// [`Error::Limit`] past them; a run whose largest tensor does not fit the device's
     /// buffers ([`RetinaNetConfig::largest_tensor`]) is an [`Error::Device`].
     pub fn detect_image(
@@ -1439,6 +1440,7 @@ impl MonaiDetector {
         };
         let device = self.net.feature_extractor.body.conv1.weight.device();
         let bytes = 4 * self.config.largest_tensor(run) as u64;
+        limits.check_tensor_bytes(bytes)?;
         if let Some(limit) = super::max_tensor_bytes(&device).filter(|&l| bytes > l) {
             return Err(Error::Device(format!(
                 "MONAI's RetinaNet on {} x {} x {} makes a tensor of {} MiB and this device \
