@@ -366,6 +366,27 @@ fn batched_inference_over_a_phantom_is_bounded_and_reproducible() {
         .map(|(x, y)| (x.probability - y.probability).abs())
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "batch size changes results by {worst}");
+    // Held to the most probable 1,000 as they come (cut at 2,000, batch by batch): the
+    // same candidates as the most probable 1,000 of all, the same detections.
+    let capped = DecodeConfig {
+        max_candidates: 1000,
+        ..all.clone()
+    };
+    let mut k = d.candidates(&pre, 4, &capped, &mut |_, _| {}).unwrap();
+    let mut top = a.clone();
+    lungcad::detect::keep_most_probable(&mut top, 1000);
+    let order = |x: &lungcad::detect::Candidate, y: &lungcad::detect::Candidate| {
+        y.probability
+            .total_cmp(&x.probability)
+            .then(x.centre_vox.partial_cmp(&y.centre_vox).unwrap())
+    };
+    k.sort_by(order);
+    top.sort_by(order);
+    assert_eq!(k.len(), 1000);
+    assert_eq!(k, top);
+    let nms =
+        |c: Vec<lungcad::detect::Candidate>| lungcad::detect::detections(c, pre.geometry(), &all);
+    assert_eq!(nms(k), nms(a.clone()));
     // Test-time flips: the same cells and anchors, other values.
     let flipped = DecodeConfig {
         flips: Flips::All,

@@ -20,6 +20,42 @@ pub struct NmsConfig {
     pub max_keep: usize,
 }
 
+/// Whether NMS can use a candidate: finite probability and centre, a positive diameter.
+fn usable(c: &Candidate) -> bool {
+    c.probability.is_finite()
+        && c.diameter_mm.is_finite()
+        && c.diameter_mm > 0.0
+        && c.centre_vox.iter().all(|v| v.is_finite())
+}
+
+/// The order NMS takes candidates in: most probable first, ties broken by centre, then
+/// diameter (a total order, so the result does not depend on the input's order).
+fn most_probable_first(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.probability
+        .total_cmp(&a.probability)
+        .then_with(|| {
+            (0..3)
+                .map(|i| a.centre_vox[i].total_cmp(&b.centre_vox[i]))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .then_with(|| a.diameter_mm.total_cmp(&b.diameter_mm))
+}
+
+/// Keeps the `n` candidates [`nms`] would look at first (the most probable, in its order;
+/// unusable ones dropped), in no particular order. NMS without centre fusion keeps the
+/// same from them as from all when it has kept its `max_keep` by the `n`-th. Linear time,
+/// so it can bound a list as it grows.
+pub fn keep_most_probable(candidates: &mut Vec<Candidate>, n: usize) {
+    candidates.retain(usable);
+    if candidates.len() > n {
+        if n > 0 {
+            candidates.select_nth_unstable_by(n - 1, most_probable_first);
+        }
+        candidates.truncate(n);
+    }
+}
+
 /// Keeps candidates in decreasing probability, dropping those a kept one suppresses (see
 /// [`NmsConfig`]); at most `max_keep` are kept. Ties in probability are broken by position,
 /// so the result does not depend on input order. `spacing_mm` converts the candidates'
@@ -33,18 +69,8 @@ pub fn nms(
     spacing_mm: [f64; 3],
     config: &NmsConfig,
 ) -> Vec<Candidate> {
-    candidates
-        .retain(|c| c.probability.is_finite() && c.diameter_mm.is_finite() && c.diameter_mm > 0.0);
-    candidates.sort_by(|a, b| {
-        b.probability
-            .total_cmp(&a.probability)
-            .then_with(|| {
-                a.centre_vox
-                    .partial_cmp(&b.centre_vox)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            })
-            .then_with(|| a.diameter_mm.total_cmp(&b.diameter_mm))
-    });
+    candidates.retain(usable);
+    candidates.sort_by(most_probable_first);
     let max_side = candidates.iter().map(|c| c.diameter_mm).fold(1.0, f64::max);
     let cell = max_side;
     let key = |mm: [f64; 3]| mm.map(|v| (v / cell).floor() as i64);
@@ -202,6 +228,46 @@ mod tests {
                 naive(cands.clone(), sp, &seven)
             );
         }
+    }
+
+    #[test]
+    fn keeping_the_most_probable_keeps_what_nms_looks_at_first() {
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let mut cands: Vec<Candidate> = (0..3000)
+            .map(|_| Candidate {
+                centre_vox: [
+                    rng.uniform() * 60.0,
+                    rng.uniform() * 60.0,
+                    rng.uniform() * 60.0,
+                ],
+                diameter_mm: 3.0 + rng.uniform() * 10.0,
+                // Few distinct values: many ties, broken by position.
+                probability: (rng.below(20) as f32) / 20.0,
+            })
+            .collect();
+        cands[7].centre_vox[1] = f64::NAN;
+        cands[8].probability = f32::NAN;
+        let mut sorted = cands.clone();
+        sorted.retain(usable);
+        sorted.sort_by(most_probable_first);
+        assert_eq!(sorted.len(), 2998);
+        for n in [0, 1, 500, 2998, 5000] {
+            let mut a = cands.clone();
+            keep_most_probable(&mut a, n);
+            a.sort_by(most_probable_first);
+            assert_eq!(a, sorted[..n.min(2998)], "n = {n}");
+            let mut b: Vec<Candidate> = cands.iter().rev().copied().collect();
+            keep_most_probable(&mut b, n);
+            b.sort_by(most_probable_first);
+            assert_eq!(a, b, "order independent");
+        }
+        // NMS that fills its 20 within the 500 most probable keeps the same from them.
+        let c = config(0.1, true, false, 20);
+        let mut top = cands.clone();
+        keep_most_probable(&mut top, 500);
+        let all = nms(cands, [1.0; 3], &c);
+        assert_eq!(all.len(), 20);
+        assert_eq!(nms(top, [1.0; 3], &c), all);
     }
 
     #[test]

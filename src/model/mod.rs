@@ -592,7 +592,8 @@ impl Detector {
 
     /// Candidates of a preprocessed scan: its tiles cut in batches of `batch_size`, run
     /// through the network (under `decode.flips`) and decoded (probability at least
-    /// `decode.min_probability`). Memory is bounded by the batch. `progress(done, total)`
+    /// `decode.min_probability`; the `decode.max_candidates` most probable, in no
+    /// particular order). Memory is bounded by the batch and `max_candidates`. `progress(done, total)`
     /// is called after each batch.
     pub fn candidates(
         &self,
@@ -648,11 +649,17 @@ impl Detector {
                     &mut candidates,
                 )?;
             }
+            // Held to the most probable `max_candidates`, cut when twice that, so the
+            // cost stays linear.
+            if candidates.len() > decode.max_candidates.saturating_mul(2) {
+                crate::detect::keep_most_probable(&mut candidates, decode.max_candidates);
+            }
             progress(
                 (done * batch_size + chunk.len()).min(offsets.len()),
                 offsets.len(),
             );
         }
+        crate::detect::keep_most_probable(&mut candidates, decode.max_candidates);
         Ok(candidates)
     }
 
@@ -859,7 +866,7 @@ pub struct DetectionRun {
     pub preprocessed: Preprocessed,
     /// Tiles run through the network.
     pub tiles: usize,
-    /// Candidates decoded before NMS.
+    /// Candidates held for NMS: those decoded, at most `DecodeConfig::max_candidates`.
     pub candidates: usize,
     /// Seconds spent preprocessing (resample, lung mask, crop).
     pub preprocess_s: f64,
