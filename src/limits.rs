@@ -28,7 +28,8 @@ pub struct Limits {
     pub max_tile_coverage: u64,
     /// Maximum size in bytes of the largest tensor one forward pass of the network makes
     /// (default 8 GiB): a batch is cut to fit, and one tile (MONAI: one window, or the
-    /// whole image) past it is refused. Model files set the widths and the tile size, so
+    /// whole image) past it is refused; MONAI's sliding window also sums the heads' maps
+    /// over the whole image, held to the same bound. Model files set the widths and the tile size, so
     /// this bounds the network's memory to a multiple of it (on the CPU, `lungcad detect`
     /// with lungcad's default network peaked at 2.5 to 4 times its largest tensor).
     pub max_tensor_bytes: u64,
@@ -95,6 +96,16 @@ impl Limits {
     pub fn check_tensor_bytes(&self, bytes: u64) -> Result<()> {
         Self::check(
             "largest tensor of the network in bytes",
+            bytes,
+            self.max_tensor_bytes,
+        )
+    }
+
+    /// Checks the heads' maps a sliding window sums over the whole image, in bytes (held
+    /// to `max_tensor_bytes`).
+    pub fn check_map_bytes(&self, bytes: u64) -> Result<()> {
+        Self::check(
+            "heads' maps over the image in bytes",
             bytes,
             self.max_tensor_bytes,
         )

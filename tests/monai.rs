@@ -472,7 +472,7 @@ fn a_model_files_pipeline_settings_are_checked_and_held_to_the_limits() {
     use lungcad::model::monai::MonaiDetector;
     let (cpu, _) = select_device(DeviceChoice::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let FixtureModel { bytes, .. } = fixture_model(dir.path(), &cpu);
+    let FixtureModel { bytes, config, .. } = fixture_model(dir.path(), &cpu);
     let p = dir.path().join("changed.safetensors");
     let with = |key: &str, json: &str| {
         std::fs::write(&p, common::with_metadata(&bytes, key, json)).unwrap();
@@ -573,26 +573,29 @@ fn a_model_files_pipeline_settings_are_checked_and_held_to_the_limits() {
             "{json}: {e}"
         );
     }
-    // A window's largest tensor is held to the limit too.
-    let detector = with("sliding_window_config", r#"{}"#).unwrap();
-    let tight = lungcad::Limits {
-        max_tensor_bytes: 1 << 20,
+    // The largest tensor is held to the tensor bytes: the whole image's (the bundle's
+    // window is larger than this image), and with 32³ windows the heads' maps summed
+    // over the whole image (963,600 bytes; a window's largest tensor is 262,144).
+    let tight = |bytes: u64| lungcad::Limits {
+        max_tensor_bytes: bytes,
         ..lungcad::Limits::default()
     };
-    let e = detector.detect(&volume, &tight).unwrap_err();
-    assert!(
-        matches!(&e, lungcad::Error::Limit { what, .. } if what.starts_with("largest tensor")),
-        "{e}"
-    );
-    // A window smaller than the image, at the bundle's overlap, runs.
-    let detector = with(
-        "sliding_window_config",
-        r#"{"roi_size":[32,32,32],"overlap":0.25}"#,
-    )
-    .unwrap();
-    detector
-        .detect(&volume, &lungcad::Limits::default())
-        .unwrap();
+    let small_windows = r#"{"roi_size":[32,32,32],"overlap":0.25}"#;
+    assert_eq!(4 * config.head_maps_values([96, 80, 40]), 963_600);
+    assert_eq!(4 * config.largest_tensor([32, 32, 32]), 262_144);
+    for (json, bytes, says, enough) in [
+        ("{}", 1 << 20, "largest tensor", 4 << 20),
+        (small_windows, 512 << 10, "heads' maps", 1 << 20),
+    ] {
+        let detector = with("sliding_window_config", json).unwrap();
+        let e = detector.detect(&volume, &tight(bytes)).unwrap_err();
+        assert!(
+            matches!(&e, lungcad::Error::Limit { what, .. } if what.starts_with(says)),
+            "{json}: {e}"
+        );
+        // Within them, it runs.
+        detector.detect(&volume, &tight(enough)).unwrap();
+    }
 }
 
 /// The bundle's whole pipeline (preprocessing, detector, boxes to the world) on a small

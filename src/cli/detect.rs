@@ -155,10 +155,11 @@ pub fn detect_with_progress(
     bar.finish_and_clear();
     let run = run?;
     eprintln!(
-        "{label}{} detection(s) from {} candidate(s) over {} tile(s) in batches of {batch_size} on {device_name}; preprocessing {:.2} s, network {:.2} s",
+        "{label}{} detection(s) from {} candidate(s) over {} tile(s) in batches of {} on {device_name}; preprocessing {:.2} s, network {:.2} s",
         run.detections.len(),
         run.candidates,
         run.tiles,
+        run.batch_size,
         run.preprocess_s,
         run.network_s
     );
@@ -363,6 +364,8 @@ impl Runner {
                     None => Detector::shipped(&dev)?,
                 };
                 let (detector, device_name) = args.run.settle(detector, device_name)?;
+                // A tile past the tensor limit fails every scan: the run ends here.
+                detector.tiles_within(&args.limits())?;
                 let batch_size = args.run.batch_size(&detector, &device_name);
                 let decode = DecodeConfig {
                     min_probability: args.threshold,

@@ -40,7 +40,8 @@ pub struct DecodeConfig {
     /// At most this many detections per scan. Default 100.
     pub max_detections: usize,
     /// At most this many candidates are held for NMS, the most probable (in NMS's
-    /// order): a scan's list is cut to them as it grows. Default 1,000,000 (40 MB). A
+    /// order): a scan's list is cut to them as it grows, at twice that. At least 1.
+    /// Default 1,000,000 (40 MB, 80 MB before a cut). A
     /// network that finds every cell probable (a model file can make one) otherwise
     /// holds anchors x cells candidates: 57.8 million (3.5 GB) on the demo phantom for a
     /// 1.7 MB file with 64 anchors.

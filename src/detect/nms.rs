@@ -93,7 +93,11 @@ pub fn nms(
         'search: for dz in -1..=1 {
             for dy in -1..=1 {
                 for dx in -1..=1 {
-                    let Some(list) = grid.get(&[k[0] + dz, k[1] + dy, k[2] + dx]) else {
+                    let Some(list) = grid.get(&[
+                        k[0].saturating_add(dz),
+                        k[1].saturating_add(dy),
+                        k[2].saturating_add(dx),
+                    ]) else {
                         continue;
                     };
                     for &i in list {

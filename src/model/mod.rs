@@ -593,7 +593,8 @@ impl Detector {
     /// Candidates of a preprocessed scan: its tiles cut in batches of `batch_size`, run
     /// through the network (under `decode.flips`) and decoded (probability at least
     /// `decode.min_probability`; the `decode.max_candidates` most probable, in no
-    /// particular order). Memory is bounded by the batch and `max_candidates`. `progress(done, total)`
+    /// particular order). Memory is bounded by the batch and `max_candidates`. The tiles
+    /// are not held to [`Limits`]: [`Detector::detect`] does that first. `progress(done, total)`
     /// is called after each batch.
     pub fn candidates(
         &self,
@@ -605,6 +606,11 @@ impl Detector {
         if batch_size == 0 {
             return Err(Error::InvalidArgument(
                 "batch size must be at least 1".into(),
+            ));
+        }
+        if decode.max_candidates == 0 {
+            return Err(Error::InvalidArgument(
+                "max_candidates must be at least 1".into(),
             ));
         }
         let patch = self.preprocess.patch.size_vox;
@@ -648,11 +654,11 @@ impl Detector {
                     decode.min_probability,
                     &mut candidates,
                 )?;
-            }
-            // Held to the most probable `max_candidates`, cut when twice that, so the
-            // cost stays linear.
-            if candidates.len() > decode.max_candidates.saturating_mul(2) {
-                crate::detect::keep_most_probable(&mut candidates, decode.max_candidates);
+                // Held to the most probable `max_candidates`, cut when twice that, so the
+                // cost stays linear.
+                if candidates.len() > decode.max_candidates.saturating_mul(2) {
+                    crate::detect::keep_most_probable(&mut candidates, decode.max_candidates);
+                }
             }
             progress(
                 (done * batch_size + chunk.len()).min(offsets.len()),
@@ -757,6 +763,15 @@ impl Detector {
         )
     }
 
+    /// How many tiles one pass may take within `limits`' tensor bytes (at least 1); an
+    /// [`Error::Limit`] when one tile's largest tensor is past them. It depends on the
+    /// model only, so a tool can check it before reading any scan.
+    pub fn tiles_within(&self, limits: &Limits) -> Result<usize> {
+        let per_tile = bytes_per_patch(&self.config, self.preprocess.patch.size_vox);
+        limits.check_tensor_bytes(per_tile)?;
+        Ok(usize::try_from(limits.max_tensor_bytes / per_tile).unwrap_or(usize::MAX))
+    }
+
     /// Finds the nodules of a CT: preprocesses it with this model's settings (the volume is
     /// dropped once resampled), runs the network over the lung tiles in batches of
     /// `batch_size` (memory is bounded by the batch), decodes and applies NMS. The
@@ -783,9 +798,7 @@ impl Detector {
         let tiles = grid.len();
         // The widths and the tile size set the largest tensor: one tile's must be within
         // the limit, and the batch is cut to hold it.
-        let per_tile = bytes_per_patch(&self.config, self.preprocess.patch.size_vox);
-        limits.check_tensor_bytes(per_tile)?;
-        let most = usize::try_from(limits.max_tensor_bytes / per_tile).unwrap_or(usize::MAX);
+        let most = self.tiles_within(limits)?;
         if batch_size > most {
             tracing::warn!(
                 "batches of {batch_size} tiles make a tensor larger than the limit of {} bytes: {most} per pass",
@@ -794,11 +807,14 @@ impl Detector {
         }
         let batch_size = batch_size.min(most);
         let found = self.candidates(&pre, batch_size, decode, progress)?;
+        // What `candidates` ran: cut to the device's buffers too.
+        let batch_size = self.fit_batch(batch_size, self.preprocess.patch.size_vox)?;
         let candidates = found.len();
         let detections = crate::detect::detections(found, pre.geometry(), decode);
         Ok(DetectionRun {
             detections,
             tiles,
+            batch_size,
             candidates,
             preprocess_s: (t1 - t0).as_secs_f64(),
             network_s: t1.elapsed().as_secs_f64(),
@@ -866,6 +882,9 @@ pub struct DetectionRun {
     pub preprocessed: Preprocessed,
     /// Tiles run through the network.
     pub tiles: usize,
+    /// Tiles per pass, as run: the one asked for, cut to `Limits::max_tensor_bytes`
+    /// and to the device's buffers.
+    pub batch_size: usize,
     /// Candidates held for NMS: those decoded, at most `DecodeConfig::max_candidates`.
     pub candidates: usize,
     /// Seconds spent preprocessing (resample, lung mask, crop).

@@ -269,6 +269,30 @@ impl RetinaNetConfig {
         largest
     }
 
+    /// Values the sliding window accumulates over a whole image of `size` (X, Y, Z): per
+    /// cell of each pyramid level (the returned layers' and the FPN's extra max-pooled
+    /// one), the classification and regression maps and a count. Saturating.
+    pub fn head_maps_values(&self, size: [usize; 3]) -> u64 {
+        let vox = |g: [usize; 3]| g.iter().fold(1u64, |p, &n| p.saturating_mul(n as u64));
+        let half = |g: [usize; 3]| g.map(|n| n.div_ceil(2));
+        let per_cell = (self.num_anchors as u64)
+            .saturating_mul(self.num_classes as u64 + 6)
+            .saturating_add(1);
+        let mut grid: [usize; 3] = half(std::array::from_fn(|d| {
+            size[d].div_ceil(self.conv1_stride[d].max(1))
+        }));
+        let mut total = 0u64;
+        for l in 1..=self.last_layer() {
+            if l > 1 {
+                grid = half(grid);
+            }
+            if self.returned_layers.contains(&l) {
+                total = total.saturating_add(per_cell.saturating_mul(vox(grid)));
+            }
+        }
+        total.saturating_add(per_cell.saturating_mul(vox(half(grid))))
+    }
+
     /// Output channels of ResNet layer `l` (1-based).
     fn layer_channels(&self, l: usize) -> usize {
         self.block_inplanes[l - 1] * self.block.expansion()
@@ -1404,7 +1428,8 @@ impl MonaiDetector {
     /// as the bundle decides; boxes in its voxels. The padded image (padded to the window
     /// too, on axes shorter than it) is held to `limits`' voxel count, and the sliding
     /// windows to its tile count and coverage ([`Limits::check_tiles`]), the largest
-    /// tensor of a window (or of the whole image) to its tensor bytes, an
+    /// tensor of a window (or of the whole image) and the heads' maps the windows are
+    /// summed into to its tensor bytes, an
     /// [`Error::Limit`] past them; a run whose largest tensor does not fit the device's
     /// buffers ([`RetinaNetConfig::largest_tensor`]) is an [`Error::Device`].
     pub fn detect_image(
@@ -1433,6 +1458,10 @@ impl MonaiDetector {
                     windows.count(),
                     w.roi_size.map(|n| n as u64),
                     windows.size.map(|n| n as u64),
+                )?;
+                // The heads' maps summed over the whole image, at every level.
+                limits.check_map_bytes(
+                    self.config.head_maps_values(windows.size).saturating_mul(4),
                 )?;
                 w.roi_size
             }
