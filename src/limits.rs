@@ -29,9 +29,10 @@ pub struct Limits {
     /// Maximum size in bytes of the largest tensor one forward pass of the network makes
     /// (default 8 GiB): a batch is cut to fit, and one tile (MONAI: one window, or the
     /// whole image) past it is refused; MONAI's sliding window also sums the heads' maps
-    /// over the whole image, held to the same bound. Model files set the widths and the tile size, so
-    /// this bounds the network's memory to a multiple of it (on the CPU, `lungcad detect`
-    /// with lungcad's default network peaked at 2.5 to 4 times its largest tensor).
+    /// over the whole image, held to the same bound. Model files set the widths and the
+    /// tile size, so this bounds the network's memory to a multiple of it (on the CPU,
+    /// `lungcad detect` with lungcad's default network peaked at 2.5 to 4 times its
+    /// largest tensor).
     pub max_tensor_bytes: u64,
 }
 
@@ -112,8 +113,9 @@ impl Limits {
     }
 
     /// Checks the network's inputs for one scan before any runs: `tiles` tiles (or sliding
-    /// windows) of `tile` voxels `(z, y, x)` over a region of `region` voxels, each axis of
-    /// the region counted at least one tile long (a shorter region is padded to a tile).
+    /// windows) of `tile` voxels per axis over a region of `region` voxels (the axes in
+    /// the same order), each axis of the region counted at least one tile long (a shorter
+    /// region is padded to a tile).
     /// The coverage is the tiles' voxels over the region's, rounded up.
     pub fn check_tiles(&self, tiles: u64, tile: [u64; 3], region: [u64; 3]) -> Result<()> {
         Self::check("tile count", tiles, self.max_tiles)?;

@@ -146,9 +146,9 @@ impl PyDetector {
     /// `max_detections` are returned. `flips` ("none", "x" or "all") runs each tile also
     /// mirrored and averages the mapped-back outputs (test-time augmentation); None is "x"
     /// for lungcad models, as in `lungcad detect`, and "none" for MONAI models.
-    /// `max_voxels`, `max_tiles`, `max_tile_coverage` and `max_tensor_bytes` are the bounds of lungcad's
-    /// `Limits` (None: its defaults; `lungcad detect --help`); past one, a `LimitError`
-    /// before the network runs.
+    /// `max_voxels`, `max_tiles`, `max_tile_coverage` and `max_tensor_bytes` are the
+    /// bounds of lungcad's `Limits` (None: its defaults; `lungcad detect --help`); past
+    /// one, a `LimitError` before the network runs.
     #[pyo3(signature = (ct, *, threshold = 0.1, max_detections = 100, max_voxels = None, flips = None, max_tiles = None, max_tile_coverage = None, max_tensor_bytes = None))]
     #[allow(clippy::too_many_arguments)]
     fn detect(
