@@ -19,6 +19,21 @@ fn tiny() -> (DetectorConfig, PreprocessConfig) {
     )
 }
 
+/// The tiny network (seed 3) saved as `m.safetensors` in `dir`: the file's path and bytes.
+fn saved_tiny(
+    dir: &std::path::Path,
+    device: &lungcad::model::Device,
+) -> (std::path::PathBuf, Vec<u8>) {
+    let (config, pre) = tiny();
+    let path = dir.join("m.safetensors");
+    Detector::new(config, pre, device, 3)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    (path, bytes)
+}
+
 fn input(batch: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     (0..batch * 32 * 32 * 32)
@@ -160,15 +175,10 @@ fn model_files_round_trip_and_bad_files_are_clear_errors() {
 /// lungcad build it (a 98 kB file once made it allocate until it aborted).
 #[test]
 fn a_model_file_whose_config_outgrows_its_tensors_is_refused_before_building() {
-    let (config, pre) = tiny();
+    let (config, _) = tiny();
     let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    Detector::new(config.clone(), pre, &device, 3)
-        .unwrap()
-        .save(&path)
-        .unwrap();
-    let bytes = std::fs::read(&path).unwrap();
+    let (_, bytes) = saved_tiny(dir.path(), &device);
     let huge = DetectorConfig {
         channels: [1024, 1024, 1024, 512, 512],
         blocks: [1, 1, 1, 1],
@@ -221,12 +231,7 @@ fn a_model_files_tiles_are_held_to_the_limits_before_the_network_runs() {
     let (config, pre_cfg) = tiny();
     let (device, _) = select_device(DeviceChoice::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    Detector::new(config.clone(), pre_cfg.clone(), &device, 3)
-        .unwrap()
-        .save(&path)
-        .unwrap();
-    let bytes = std::fs::read(&path).unwrap();
+    let (path, bytes) = saved_tiny(dir.path(), &device);
     let g = Geometry::new([2.5, 2.0, 2.0], [-150.0, -120.0, -100.0]);
     let (v, _, _) = common::chest_phantom(g, [60, 120, 150], true);
     let own = pre_cfg.patch.clone();
