@@ -145,10 +145,13 @@ pub enum SeriesProblem {
         first: String,
         other: String,
     },
+    /// Slice positions that do not run along the slice normal, by more than `max_deg`:
+    /// 0.05 degrees when tilts are refused (`LoadConfig::gantry_tilt`), else the largest
+    /// tilt corrected.
     #[error(
-        "gantry tilt of {angle_deg:.2} degrees: slice positions do not lie along the slice normal"
+        "gantry tilt of {angle_deg:.2} degrees, over the {max_deg} degrees allowed: slice positions do not lie along the slice normal"
     )]
-    GantryTilt { angle_deg: f64 },
+    GantryTilt { angle_deg: f64, max_deg: f64 },
     #[error("slices share no distinct positions (all at one position)")]
     SinglePosition,
     #[error("{0}")]

@@ -39,6 +39,6 @@ pub mod train;
 pub mod volume;
 
 pub use error::{Error, Result, SeriesProblem};
-pub use io::{load, save, LoadConfig};
+pub use io::{load, save, GantryTilt, LoadConfig};
 pub use limits::Limits;
 pub use volume::{Geometry, Volume, VolumeInfo};

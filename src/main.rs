@@ -209,6 +209,11 @@ struct LoadArgs {
     /// DICOM: accept a series whose Modality is not CT.
     #[arg(long)]
     allow_modality: bool,
+    /// DICOM: a gantry-tilted series (slice positions off the slice normal) is corrected,
+    /// each slice resampled in its plane onto a grid along the normal (up to 45 degrees,
+    /// with a warning), or refused.
+    #[arg(long, value_name = "correct|refuse", default_value = "correct")]
+    gantry_tilt: lungcad::GantryTilt,
     /// Refuse volumes with more voxels than this: as read and, where the command resamples
     /// (detect), as resampled and padded for the network.
     #[arg(long, default_value_t = Limits::default().max_voxels)]
@@ -227,6 +232,7 @@ impl LoadArgs {
         let config = LoadConfig {
             series_uid: self.series.clone(),
             allow_modality: self.allow_modality,
+            gantry_tilt: self.gantry_tilt,
             limits: self.limits(),
         };
         lungcad::load(ct, &config)

@@ -1071,3 +1071,52 @@ fn demo_finds_the_phantoms_nodules_with_the_shipped_model() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+/// `--gantry-tilt`: a tilted series is corrected by default (its warning in `info --json`,
+/// the rows grown to cover every slice) and refused with `refuse`, exit 1 and one line.
+#[test]
+fn gantry_tilt_is_corrected_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hu = ndarray::Array3::from_shape_fn((4, 6, 5), |(z, y, x)| (z * 100 + y * 10 + x) as i16);
+    let v = Volume::new(hu, Geometry::new([2.0, 0.8, 0.8], [-10.0, 5.0, 100.0])).unwrap();
+    let opts = SeriesWriteOptions {
+        slice_shift_mm: [0.0, 0.4, 0.0],
+        ..Default::default()
+    };
+    write_series(&v, dir.path(), &opts).unwrap();
+    let out = lungcad()
+        .args(["info", "--json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["shape_zyx"], serde_json::json!([4, 6 + 2, 5]));
+    let warnings = j["warnings"].to_string();
+    assert!(
+        warnings.contains("gantry tilt of 11.31 degrees corrected"),
+        "{warnings}"
+    );
+
+    let out = lungcad()
+        .args(["info", "--gantry-tilt", "refuse"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gantry tilt of 11.31 degrees, over the 0.05 degrees allowed"),
+        "{err}"
+    );
+    let out = lungcad()
+        .args(["info", "--gantry-tilt", "sideways"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown value");
+}

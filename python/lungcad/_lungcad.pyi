@@ -205,6 +205,7 @@ def load(
     series_uid: str | None = None,
     *,
     allow_modality: bool = False,
+    gantry_tilt: Literal["correct", "refuse"] = "correct",
     max_voxels: int | None = None,
 ) -> Volume: ...
 def preprocess(volume: Volume, *, max_voxels: int | None = None, **config: Any) -> Preprocessed: ...

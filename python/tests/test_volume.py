@@ -155,6 +155,57 @@ def test_load_errors_are_typed(tmp_path: Path) -> None:
     assert issubclass(lungcad.LimitError, lungcad.LungcadError)
 
 
+def write_tilted_series(folder: Path) -> np.ndarray:
+    """Four 6 x 5 CT slices 2 mm apart, each shifted 0.8 mm (one row) along y from the one
+    before: a gantry tilt of atan(0.8 / 2) = 21.8 degrees. Returns their pixels."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    pixels = (np.arange(4 * 6 * 5).reshape(4, 6, 5) * 10).astype(np.int16)
+    series = generate_uid()
+    folder.mkdir()
+    for k in range(4):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID = series
+        ds.Modality = "CT"
+        ds.Rows, ds.Columns = 6, 5
+        ds.PixelSpacing = [0.8, 0.8]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.8 * k, 2.0 * k]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = pixels[k].tobytes()
+        pydicom.dcmwrite(folder / f"{k}.dcm", ds, enforce_file_format=True)
+    return pixels
+
+
+def test_gantry_tilt_is_corrected_or_refused(tmp_path: Path) -> None:
+    pixels = write_tilted_series(tmp_path / "tilted")
+    vol = lungcad.load(tmp_path / "tilted")
+    # Slice k moved k rows along y: the grid grows by 3 rows and slice k's row i is the
+    # volume's row i + k; rows no slice covers are air.
+    assert vol.array.shape == (4, 9, 5)
+    assert vol.origin_mm == pytest.approx((0.0, 0.0, 0.0))
+    for k in range(4):
+        np.testing.assert_array_equal(vol.array[k, k : k + 6], pixels[k])
+        assert (vol.array[k, :k] == -1024).all() and (vol.array[k, k + 6 :] == -1024).all()
+    assert any(w.startswith("gantry tilt of 21.80 degrees corrected") for w in vol.warnings)
+    with pytest.raises(lungcad.DicomError, match="gantry tilt of 21.80 degrees"):
+        lungcad.load(tmp_path / "tilted", gantry_tilt="refuse")
+    with pytest.raises(lungcad.InvalidArgumentError, match="use correct or refuse"):
+        lungcad.load(tmp_path / "tilted", gantry_tilt="sideways")  # type: ignore[arg-type]
+
+
 def test_preprocess_crop_maps_back_to_the_volume(coarse_phantom: lungcad.Phantom) -> None:
     vol = coarse_phantom.volume
     pre = lungcad.preprocess(vol, spacing_mm=(2.0, 2.0, 2.0), crop_margin_mm=4.0)

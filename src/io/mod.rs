@@ -18,8 +18,39 @@ pub struct LoadConfig {
     pub series_uid: Option<String>,
     /// DICOM only: accept a series whose Modality is not CT.
     pub allow_modality: bool,
+    /// DICOM only: what to do with a gantry-tilted series (default: correct it).
+    pub gantry_tilt: GantryTilt,
     /// Bounds on untrusted sizes.
     pub limits: Limits,
+}
+
+/// DICOM only: what loading does with a gantry-tilted series, one whose slice positions do
+/// not run along the slice normal (the scanner's gantry was tilted, so each slice is shifted
+/// in its own plane against the one before).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GantryTilt {
+    /// Resample each slice in its plane (bilinear) onto a grid that runs along the slice
+    /// normal and covers every slice, so that each voxel lies where its world coordinates
+    /// say, with a warning naming the angle. Tilts over
+    /// [`MAX_CORRECTED_TILT_DEG`](dicom::assemble::MAX_CORRECTED_TILT_DEG) are refused.
+    #[default]
+    Correct,
+    /// Refuse a tilted series with [`SeriesProblem::GantryTilt`](crate::SeriesProblem).
+    Refuse,
+}
+
+impl std::str::FromStr for GantryTilt {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<GantryTilt> {
+        match s {
+            "correct" => Ok(GantryTilt::Correct),
+            "refuse" => Ok(GantryTilt::Refuse),
+            other => Err(Error::InvalidArgument(format!(
+                "gantry tilt {other:?}: use correct or refuse"
+            ))),
+        }
+    }
 }
 
 /// The on-disk formats lungcad reads and writes.

@@ -3,14 +3,21 @@
 
 use super::header::SliceHeader;
 use crate::error::{Error, Result, SeriesProblem};
+use crate::io::GantryTilt;
 use crate::volume::{cross, dot, norm, Geometry};
+use rayon::prelude::*;
 
 /// Tolerance on ImageOrientationPatient components when comparing slices.
 const ORIENTATION_TOL: f64 = 1e-4;
 /// Two slices closer than this along the normal are at the same position (mm).
 const SAME_POSITION_MM: f64 = 1e-3;
 /// A stack whose positions deviate from the normal by more than this is tilted (degrees).
-const MAX_TILT_DEG: f64 = 0.05;
+pub const MAX_TILT_DEG: f64 = 0.05;
+/// The steepest gantry tilt corrected (degrees). Scanners tilt up to about 30 degrees; a
+/// stack further off its normal is refused.
+pub const MAX_CORRECTED_TILT_DEG: f64 = 45.0;
+/// HU given to output voxels that no slice covers after a tilt correction (air).
+const OUTSIDE_HU: f64 = -1024.0;
 /// A gap over this many median spacings means slices are missing.
 const MAX_GAP_RATIO: f64 = 1.5;
 
@@ -20,7 +27,115 @@ pub struct Assembly {
     /// Slices in increasing position along the normal; index = z.
     pub slices: Vec<SliceHeader>,
     pub geometry: Geometry,
+    /// How each slice is resampled when the series is gantry-tilted (then `geometry` is
+    /// that of the resampled grid).
+    pub tilt: Option<TiltCorrection>,
     pub warnings: Vec<String>,
+}
+
+/// The in-plane resampling that undoes a gantry tilt: output plane `k`, voxel `(i, j)`, is
+/// slice `k`'s pixel `(i + offsets_vox[k][0], j + offsets_vox[k][1])` (fractional rows and
+/// columns, bilinear), and [`OUTSIDE_HU`] where that falls outside the slice. The output
+/// planes run along the slice normal and cover every slice whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TiltCorrection {
+    /// The angle between the stack and the slice normal, degrees.
+    pub angle_deg: f64,
+    /// The slices' rows and columns.
+    pub input_plane: [usize; 2],
+    /// The output planes' rows and columns.
+    pub plane: [usize; 2],
+    /// Per slice, in z order: where the output plane's voxel (0, 0) lies in the slice,
+    /// `[row, column]`.
+    pub offsets_vox: Vec<[f64; 2]>,
+}
+
+impl TiltCorrection {
+    /// The offsets that place slices at `positions` (z order) on planes along `normal`
+    /// through the first, with rows along `col_dir` (`pixel_spacing[0]` apart) and columns
+    /// along `row_dir` (`pixel_spacing[1]` apart), the rows and columns of the output
+    /// grown to cover every slice. Returns it and the output's origin.
+    fn new(
+        angle_deg: f64,
+        positions: &[[f64; 3]],
+        [_normal, col_dir, row_dir]: [[f64; 3]; 3],
+        pixel_spacing: [f64; 2],
+        input_plane: [usize; 2],
+    ) -> (TiltCorrection, [f64; 3]) {
+        let p0 = positions[0];
+        // Each slice's in-plane shift from the first, in its rows and columns.
+        let shifts: Vec<[f64; 2]> = positions
+            .iter()
+            .map(|p| {
+                let d = [p[0] - p0[0], p[1] - p0[1], p[2] - p0[2]];
+                [
+                    dot(d, col_dir) / pixel_spacing[0],
+                    dot(d, row_dir) / pixel_spacing[1],
+                ]
+            })
+            .collect();
+        // The output's first row and column, in the first slice's pixels: whole pixels, so
+        // the first slice is not interpolated; a shift within 1e-6 of a whole pixel is one.
+        let (mut start, mut plane) = ([0.0; 2], [0usize; 2]);
+        for a in 0..2 {
+            let lo = shifts.iter().map(|s| s[a]).fold(0.0, f64::min);
+            let hi = shifts.iter().map(|s| s[a]).fold(0.0, f64::max);
+            start[a] = (lo + 1e-6).floor();
+            // `as` saturates: an absurd shift becomes a huge plane, refused by the limits.
+            plane[a] = ((hi - 1e-6).ceil() - start[a]) as usize + input_plane[a];
+        }
+        let offsets_vox = shifts
+            .iter()
+            .map(|s| [start[0] - s[0], start[1] - s[1]])
+            .collect();
+        let origin = std::array::from_fn(|w| {
+            p0[w]
+                + start[0] * pixel_spacing[0] * col_dir[w]
+                + start[1] * pixel_spacing[1] * row_dir[w]
+        });
+        (
+            TiltCorrection {
+                angle_deg,
+                input_plane,
+                plane,
+                offsets_vox,
+            },
+            origin,
+        )
+    }
+
+    /// Resamples `slices` (z-major planes of `input_plane`) into `out` (z-major planes of
+    /// `plane`), one parallel job per plane.
+    pub fn resample(&self, slices: &[i16], out: &mut [i16]) {
+        let [rows, cols] = self.input_plane;
+        let [out_rows, out_cols] = self.plane;
+        out.par_chunks_mut((out_rows * out_cols).max(1))
+            .zip(
+                slices
+                    .par_chunks((rows * cols).max(1))
+                    .zip(&self.offsets_vox),
+            )
+            .for_each(|(out, (slice, &[dr, dc]))| {
+                let at = |r: f64, c: f64| -> f64 {
+                    if r >= 0.0 && c >= 0.0 && r < rows as f64 && c < cols as f64 {
+                        slice[r as usize * cols + c as usize] as f64
+                    } else {
+                        OUTSIDE_HU
+                    }
+                };
+                for (i, row) in out.chunks_mut(out_cols.max(1)).enumerate() {
+                    let y = i as f64 + dr;
+                    let (y0, fy) = (y.floor(), y - y.floor());
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let x = j as f64 + dc;
+                        let (x0, fx) = (x.floor(), x - x.floor());
+                        let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1.0) * fx;
+                        let bottom = at(y0 + 1.0, x0) * (1.0 - fx) + at(y0 + 1.0, x0 + 1.0) * fx;
+                        *v = (top * (1.0 - fy) + bottom * fy).round() as i16;
+                    }
+                }
+            });
+    }
 }
 
 fn problem(series_uid: &str, problem: SeriesProblem) -> Error {
@@ -47,8 +162,13 @@ fn fmt_spacing(s: Option<[f64; 2]>) -> String {
 }
 
 /// Orders the slices of one series and computes its geometry, refusing series that do not
-/// form a regular stack (see [`SeriesProblem`]).
-pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assembly> {
+/// form a regular stack (see [`SeriesProblem`]). A gantry-tilted stack is refused or
+/// corrected as `gantry_tilt` says ([`Assembly::tilt`]).
+pub fn assemble(
+    series_uid: &str,
+    mut slices: Vec<SliceHeader>,
+    gantry_tilt: GantryTilt,
+) -> Result<Assembly> {
     let mut warnings = Vec::new();
     let Some(first) = slices.first().cloned() else {
         return Err(problem(
@@ -192,6 +312,7 @@ pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assemb
     }
 
     let n = slices.len();
+    let mut tilt_angle = None;
     let spacing_z = if n == 1 {
         first
             .spacing_between_slices
@@ -235,20 +356,47 @@ pub fn assemble(series_uid: &str, mut slices: Vec<SliceHeader>) -> Result<Assemb
         ];
         let angle_deg = norm(perp).atan2(along.abs()).to_degrees();
         if angle_deg > MAX_TILT_DEG {
-            return Err(problem(series_uid, SeriesProblem::GantryTilt { angle_deg }));
+            let max_deg = match gantry_tilt {
+                GantryTilt::Refuse => MAX_TILT_DEG,
+                GantryTilt::Correct => MAX_CORRECTED_TILT_DEG,
+            };
+            if angle_deg.is_nan() || angle_deg > max_deg {
+                return Err(problem(
+                    series_uid,
+                    SeriesProblem::GantryTilt { angle_deg, max_deg },
+                ));
+            }
+            tilt_angle = Some(angle_deg);
         }
         (proj[n - 1] - proj[0]) / (n - 1) as f64
     };
 
+    let direction = [normal, col_dir, row_dir];
+    let input_plane = [first.format.rows as usize, first.format.columns as usize];
+    let (tilt, origin_mm) = match tilt_angle {
+        None => (None, pos(&slices[0])),
+        Some(angle_deg) => {
+            let positions: Vec<[f64; 3]> = slices.iter().map(pos).collect();
+            let (t, origin) =
+                TiltCorrection::new(angle_deg, &positions, direction, pixel_spacing, input_plane);
+            warnings.push(format!(
+                "gantry tilt of {angle_deg:.2} degrees corrected: each slice resampled in its \
+                 plane (bilinear) onto a grid along the slice normal, {}x{} pixels to {}x{}",
+                input_plane[0], input_plane[1], t.plane[0], t.plane[1]
+            ));
+            (Some(t), origin)
+        }
+    };
     let geometry = Geometry {
         spacing_mm: [spacing_z, pixel_spacing[0], pixel_spacing[1]],
-        origin_mm: pos(&slices[0]),
-        direction: [normal, col_dir, row_dir],
+        origin_mm,
+        direction,
     };
     geometry.validate()?;
     Ok(Assembly {
         slices,
         geometry,
+        tilt,
         warnings,
     })
 }
@@ -297,7 +445,7 @@ mod tests {
             slice("b", [0.0, 0.0, -5.0], AXIAL),
             slice("c", [0.0, 0.0, 0.0], AXIAL),
         ];
-        let a = assemble("1.2.3", s).unwrap();
+        let a = assemble("1.2.3", s, GantryTilt::Refuse).unwrap();
         let names: Vec<_> = a
             .slices
             .iter()
@@ -315,7 +463,7 @@ mod tests {
             .filter(|i| *i != 3)
             .map(|i| slice(&i.to_string(), [0.0, 0.0, i as f64 * 2.0], AXIAL))
             .collect();
-        match assemble("1.2.3", s) {
+        match assemble("1.2.3", s, GantryTilt::Refuse) {
             Err(Error::Series {
                 series_uid,
                 problem: SeriesProblem::MissingSlices { gap_mm, .. },
@@ -334,7 +482,7 @@ mod tests {
             slice("b", [0.0, 0.0, 0.0], AXIAL),
             slice("c", [0.0, 0.0, 1.0], AXIAL),
         ];
-        let a = assemble("1.2.3", s).unwrap();
+        let a = assemble("1.2.3", s, GantryTilt::Refuse).unwrap();
         assert_eq!(a.slices.len(), 2);
         assert_eq!(a.warnings.len(), 1);
     }
@@ -346,7 +494,7 @@ mod tests {
             slice("b", [0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
         ];
         assert!(matches!(
-            assemble("x", s),
+            assemble("x", s, GantryTilt::Refuse),
             Err(Error::Series {
                 problem: SeriesProblem::MixedOrientation { .. },
                 ..
@@ -355,7 +503,11 @@ mod tests {
         let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
         b.format.rows = 8;
         assert!(matches!(
-            assemble("x", vec![slice("a", [0.0; 3], AXIAL), b]),
+            assemble(
+                "x",
+                vec![slice("a", [0.0; 3], AXIAL), b],
+                GantryTilt::Refuse
+            ),
             Err(Error::Series {
                 problem: SeriesProblem::MixedDimensions {
                     what: "rows/columns",
@@ -367,7 +519,11 @@ mod tests {
         let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
         b.pixel_spacing = Some([0.8, 0.6]);
         assert!(matches!(
-            assemble("x", vec![slice("a", [0.0; 3], AXIAL), b]),
+            assemble(
+                "x",
+                vec![slice("a", [0.0; 3], AXIAL), b],
+                GantryTilt::Refuse
+            ),
             Err(Error::Series {
                 problem: SeriesProblem::MixedDimensions {
                     what: "pixel spacing",
@@ -379,20 +535,77 @@ mod tests {
     }
 
     #[test]
-    fn gantry_tilt_refused() {
+    fn gantry_tilt_refused_or_corrected() {
         // positions shift in y by 0.2 mm per 1 mm step along z: about 11 degrees of tilt
-        let s = (0..5)
+        let s: Vec<_> = (0..5)
             .map(|i| slice(&i.to_string(), [0.0, 0.2 * i as f64, i as f64], AXIAL))
             .collect();
-        match assemble("t", s) {
+        let tilt = 0.2f64.atan().to_degrees();
+        match assemble("t", s.clone(), GantryTilt::Refuse) {
             Err(Error::Series {
-                problem: SeriesProblem::GantryTilt { angle_deg },
+                problem: SeriesProblem::GantryTilt { angle_deg, max_deg },
                 ..
             }) => {
-                assert!((angle_deg - 0.2f64.atan().to_degrees()).abs() < 1e-6)
+                assert!((angle_deg - tilt).abs() < 1e-6);
+                assert_eq!(max_deg, MAX_TILT_DEG);
             }
             other => panic!("{other:?}"),
         }
+        // Corrected: rows (0.7 mm) run along y, so slice k is shifted 0.2k / 0.7 rows; the
+        // output grows by the last slice's shift, 0.8 / 0.7 rows, rounded up.
+        let a = assemble("t", s, GantryTilt::Correct).unwrap();
+        let t = a.tilt.as_ref().expect("a tilt correction");
+        assert!((t.angle_deg - tilt).abs() < 1e-6);
+        assert_eq!((t.input_plane, t.plane), ([4, 5], [6, 5]));
+        for (k, o) in t.offsets_vox.iter().enumerate() {
+            assert!((o[0] + 0.2 * k as f64 / 0.7).abs() < 1e-12, "{k}: {o:?}");
+            assert_eq!(o[1], 0.0);
+        }
+        assert_eq!(a.geometry.origin_mm, [0.0, 0.0, 0.0]);
+        assert_eq!(a.geometry.spacing_mm, [1.0, 0.7, 0.6]);
+        assert_eq!(a.geometry.direction, crate::volume::IDENTITY_DIRECTION);
+        assert!(a.warnings[0].starts_with("gantry tilt of 11.31 degrees corrected"));
+        // Resampling, slices whose pixel value is 100 x world y: output (k, i) holds world
+        // y 0.7i, slice k's row (0.7i - 0.2k) / 0.7, so 70i where that lies within the
+        // slice's rows 0 to 3, and air (-1024) a row or more outside them.
+        let slices: Vec<i16> = (0..5 * 4 * 5)
+            .map(|v| {
+                let (k, row) = (v / 20, v / 5 % 4);
+                (20 * k + 70 * row) as i16
+            })
+            .collect();
+        let mut out = vec![0i16; 5 * 6 * 5];
+        t.resample(&slices, &mut out);
+        let mut checked = [0; 2];
+        for k in 0..5 {
+            for i in 0..6 {
+                let row = (0.7 * i as f64 - 0.2 * k as f64) / 0.7;
+                let want = if (-1e-9..=3.0 + 1e-9).contains(&row) {
+                    70.0 * i as f64
+                } else if row >= 4.0 || row <= -1.0 {
+                    -1024.0
+                } else {
+                    continue;
+                };
+                checked[(want < 0.0) as usize] += 1;
+                for j in 0..5 {
+                    let have = out[(k * 6 + i) * 5 + j] as f64;
+                    assert!((have - want).abs() <= 0.5, "{k} {i} {j}: {have} {want}");
+                }
+            }
+        }
+        assert_eq!(checked, [16, 6]);
+        // A slice stack further than 45 degrees off its normal is refused either way.
+        let steep: Vec<_> = (0..3)
+            .map(|i| slice(&i.to_string(), [0.0, 1.5 * i as f64, i as f64], AXIAL))
+            .collect();
+        assert!(matches!(
+            assemble("t", steep, GantryTilt::Correct),
+            Err(Error::Series {
+                problem: SeriesProblem::GantryTilt { max_deg, .. },
+                ..
+            }) if max_deg == MAX_CORRECTED_TILT_DEG
+        ));
     }
 
     #[test]
@@ -412,7 +625,7 @@ mod tests {
                 )
             })
             .collect();
-        let a = assemble("o", s).unwrap();
+        let a = assemble("o", s, GantryTilt::Refuse).unwrap();
         assert!((a.geometry.spacing_mm[0] - 1.5).abs() < 1e-9);
         assert_eq!(a.slices[0].path.to_str(), Some("3"));
         let w = a.geometry.voxel_to_world([3.0, 0.0, 0.0]);

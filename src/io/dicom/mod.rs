@@ -222,7 +222,7 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
     let t_scan = t0.elapsed();
     let (uid, slices, mut warnings) = select(&mut scan, path, config)?;
     config.limits.check_slices(slices.len() as u64)?;
-    let assembly = assemble(&uid, slices)?;
+    let assembly = assemble(&uid, slices, config.gantry_tilt)?;
     warnings.extend(assembly.warnings.iter().cloned());
     let first = &assembly.slices[0];
     let (rows, cols) = (first.format.rows as usize, first.format.columns as usize);
@@ -230,6 +230,11 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
     config
         .limits
         .check_shape([n as u64, rows as u64, cols as u64])?;
+    if let Some(t) = &assembly.tilt {
+        config
+            .limits
+            .check_shape([n as u64, t.plane[0] as u64, t.plane[1] as u64])?;
+    }
     if first.photometric == "MONOCHROME1" {
         warnings.push("MONOCHROME1 data: values are used as stored, not inverted".into());
     }
@@ -238,6 +243,14 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
     }
     let mut voxels = vec![0i16; n * rows * cols];
     decode_into(&assembly.slices, &mut voxels, rows * cols)?;
+    let (rows, cols, voxels) = match &assembly.tilt {
+        None => (rows, cols, voxels),
+        Some(t) => {
+            let mut out = vec![0i16; n * t.plane[0] * t.plane[1]];
+            t.resample(&voxels, &mut out);
+            (t.plane[0], t.plane[1], out)
+        }
+    };
     let hu = Array3::from_shape_vec((n, rows, cols), voxels)
         .map_err(|e| Error::Geometry(format!("volume of {n}x{rows}x{cols}: {e}")))?;
     tracing::debug!(
@@ -334,7 +347,17 @@ pub fn assemble_fuzz(data: &[u8]) {
             instance_number: None,
         })
         .collect();
-    if let Ok(a) = assemble("fuzz", slices) {
+    if let Ok(a) = assemble("fuzz", slices, crate::io::GantryTilt::Correct) {
         let _ = a.geometry.world_to_voxel([0.0; 3]);
+        // Resample tilted stacks of small planes (the fuzzer's rows and columns are 1 to
+        // 4; the shifts, and so the output, can be large).
+        if let Some(t) = a
+            .tilt
+            .filter(|t| t.plane[0].saturating_mul(t.plane[1]) <= 1 << 16)
+        {
+            let input = vec![0i16; a.slices.len() * t.input_plane[0] * t.input_plane[1]];
+            let mut out = vec![0i16; a.slices.len() * t.plane[0] * t.plane[1]];
+            t.resample(&input, &mut out);
+        }
     }
 }

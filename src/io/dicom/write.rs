@@ -34,6 +34,10 @@ pub struct SeriesWriteOptions {
     pub reverse_instance_numbers: bool,
     /// Modality attribute (default `CT`).
     pub modality: String,
+    /// Moves slice `z`'s ImagePositionPatient by `z` times this world vector (mm), its
+    /// pixels unchanged: a gantry-tilted series when the vector lies in the slice plane
+    /// (test data). Default zero.
+    pub slice_shift_mm: [f64; 3],
 }
 
 impl Default for SeriesWriteOptions {
@@ -45,6 +49,7 @@ impl Default for SeriesWriteOptions {
             shuffle_names_seed: None,
             reverse_instance_numbers: false,
             modality: "CT".to_string(),
+            slice_shift_mm: [0.0; 3],
         }
     }
 }
@@ -203,7 +208,10 @@ pub fn write_series(
             &mut obj,
             tags::IMAGE_POSITION_PATIENT,
             VR::DS,
-            ds(&g.voxel_to_world([z as f64, 0.0, 0.0])),
+            ds(&{
+                let p = g.voxel_to_world([z as f64, 0.0, 0.0]);
+                std::array::from_fn::<f64, 3, _>(|w| p[w] + z as f64 * opts.slice_shift_mm[w])
+            }),
         );
         put(&mut obj, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&ori));
         put(
