@@ -74,11 +74,16 @@ impl Limits {
 
     /// Checks a volume shape `(z, y, x)`; the product is computed without overflow.
     pub fn check_shape(&self, shape: [u64; 3]) -> Result<()> {
+        self.check_shape_of("voxel count", shape)
+    }
+
+    /// [`check_shape`](Self::check_shape), the error naming what the shape is of.
+    pub fn check_shape_of(&self, what: &'static str, shape: [u64; 3]) -> Result<()> {
         let voxels = shape
             .iter()
             .try_fold(1u64, |acc, &n| acc.checked_mul(n))
             .unwrap_or(u64::MAX);
-        Self::check("voxel count", voxels, self.max_voxels)
+        Self::check(what, voxels, self.max_voxels)
     }
 
     pub fn check_slices(&self, n: u64) -> Result<()> {

@@ -155,9 +155,12 @@ def test_load_errors_are_typed(tmp_path: Path) -> None:
     assert issubclass(lungcad.LimitError, lungcad.LungcadError)
 
 
-def write_tilted_series(folder: Path) -> np.ndarray:
-    """Four 6 x 5 CT slices 2 mm apart, each shifted 0.8 mm (one row) along y from the one
-    before: a gantry tilt of atan(0.8 / 2) = 21.8 degrees. Returns their pixels."""
+def write_tilted_series(
+    folder: Path, row_shift_mm: float = 0.8, gantry_detector_tilt: float | None = None
+) -> np.ndarray:
+    """Four 6 x 5 CT slices 2 mm apart, each shifted `row_shift_mm` along y from the one
+    before (by default one row: a gantry tilt of atan(0.8 / 2) = 21.8 degrees), with
+    GantryDetectorTilt when given. Returns their pixels."""
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -179,7 +182,9 @@ def write_tilted_series(folder: Path) -> np.ndarray:
         ds.Rows, ds.Columns = 6, 5
         ds.PixelSpacing = [0.8, 0.8]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0.0, 0.8 * k, 2.0 * k]
+        ds.ImagePositionPatient = [0.0, round(row_shift_mm * k, 4), 2.0 * k]
+        if gantry_detector_tilt is not None:
+            ds.GantryDetectorTilt = gantry_detector_tilt
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
@@ -204,6 +209,11 @@ def test_gantry_tilt_is_corrected_or_refused(tmp_path: Path) -> None:
         lungcad.load(tmp_path / "tilted", gantry_tilt="refuse")
     with pytest.raises(lungcad.InvalidArgumentError, match="use correct or refuse"):
         lungcad.load(tmp_path / "tilted", gantry_tilt="sideways")  # type: ignore[arg-type]
+    # A tilt recorded in GantryDetectorTilt alone: loaded as positioned, with a warning.
+    pixels = write_tilted_series(tmp_path / "recorded", row_shift_mm=0.0, gantry_detector_tilt=15.0)
+    vol = lungcad.load(tmp_path / "recorded")
+    np.testing.assert_array_equal(vol.array, pixels)
+    assert any(w.startswith("GantryDetectorTilt is 15 degrees") for w in vol.warnings), vol.warnings
 
 
 def test_preprocess_crop_maps_back_to_the_volume(coarse_phantom: lungcad.Phantom) -> None:

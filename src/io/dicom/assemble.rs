@@ -34,9 +34,10 @@ pub struct Assembly {
 }
 
 /// The in-plane resampling that undoes a gantry tilt: output plane `k`, voxel `(i, j)`, is
-/// slice `k`'s pixel `(i + offsets_vox[k][0], j + offsets_vox[k][1])` (fractional rows and
-/// columns, bilinear), and [`OUTSIDE_HU`] where that falls outside the slice. The output
-/// planes run along the slice normal and cover every slice whole.
+/// slice `k` at row `i + offsets_vox[k][0]` and column `j + offsets_vox[k][1]`
+/// (fractional: bilinear). A slice reaches half a pixel past its edge pixels (their value);
+/// further out is [`OUTSIDE_HU`]. The output planes run along the slice normal and cover
+/// every slice whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TiltCorrection {
     /// The angle between the stack and the slice normal, degrees.
@@ -50,39 +51,75 @@ pub struct TiltCorrection {
     pub offsets_vox: Vec<[f64; 2]>,
 }
 
+/// A slice's in-plane shift within this many pixels of a whole number of pixels is taken
+/// as that whole number: DS positions are often rounded to 0.01 mm or coarser, and a tilt
+/// of whole rows then stays a copy of the rows, not an interpolation.
+const WHOLE_PIXEL_TOL: f64 = 1e-3;
+/// The most pixels the output plane may grow by on an axis: far past any real tilt (a
+/// 512-pixel plane grows by some hundreds), and small enough for the sizes to be exact.
+const MAX_GROWTH_VOX: f64 = (1u64 << 31) as f64;
+
 impl TiltCorrection {
-    /// The offsets that place slices at `positions` (z order) on planes along `normal`
+    /// The offsets that place slices at `positions` (z order) on planes along the normal
     /// through the first, with rows along `col_dir` (`pixel_spacing[0]` apart) and columns
     /// along `row_dir` (`pixel_spacing[1]` apart), the rows and columns of the output
-    /// grown to cover every slice. Returns it and the output's origin.
+    /// grown to cover every slice. Returns it and the output's origin; a shift that is not
+    /// finite, or grows the plane by over 2^31 pixels, is an error.
     fn new(
+        series_uid: &str,
         angle_deg: f64,
         positions: &[[f64; 3]],
-        [_normal, col_dir, row_dir]: [[f64; 3]; 3],
+        [col_dir, row_dir]: [[f64; 3]; 2],
         pixel_spacing: [f64; 2],
         input_plane: [usize; 2],
-    ) -> (TiltCorrection, [f64; 3]) {
+    ) -> Result<(TiltCorrection, [f64; 3])> {
         let p0 = positions[0];
+        let snap = |v: f64| {
+            if (v - v.round()).abs() < WHOLE_PIXEL_TOL {
+                v.round()
+            } else {
+                v
+            }
+        };
         // Each slice's in-plane shift from the first, in its rows and columns.
         let shifts: Vec<[f64; 2]> = positions
             .iter()
             .map(|p| {
                 let d = [p[0] - p0[0], p[1] - p0[1], p[2] - p0[2]];
                 [
-                    dot(d, col_dir) / pixel_spacing[0],
-                    dot(d, row_dir) / pixel_spacing[1],
+                    snap(dot(d, col_dir) / pixel_spacing[0]),
+                    snap(dot(d, row_dir) / pixel_spacing[1]),
                 ]
             })
             .collect();
         // The output's first row and column, in the first slice's pixels: whole pixels, so
-        // the first slice is not interpolated; a shift within 1e-6 of a whole pixel is one.
+        // that the first slice is not interpolated.
         let (mut start, mut plane) = ([0.0; 2], [0usize; 2]);
         for a in 0..2 {
-            let lo = shifts.iter().map(|s| s[a]).fold(0.0, f64::min);
-            let hi = shifts.iter().map(|s| s[a]).fold(0.0, f64::max);
-            start[a] = (lo + 1e-6).floor();
-            // `as` saturates: an absurd shift becomes a huge plane, refused by the limits.
-            plane[a] = ((hi - 1e-6).ceil() - start[a]) as usize + input_plane[a];
+            let (mut lo, mut hi) = (0.0f64, 0.0f64);
+            for s in &shifts {
+                if !s[a].is_finite() {
+                    return Err(problem(
+                        series_uid,
+                        SeriesProblem::Attribute(format!(
+                            "gantry tilt: a slice's in-plane shift is {} pixels",
+                            s[a]
+                        )),
+                    ));
+                }
+                (lo, hi) = (lo.min(s[a]), hi.max(s[a]));
+            }
+            start[a] = lo.floor();
+            let growth = hi.ceil() - start[a];
+            if growth > MAX_GROWTH_VOX {
+                return Err(problem(
+                    series_uid,
+                    SeriesProblem::Attribute(format!(
+                        "gantry tilt: the slices' in-plane shifts span {growth} pixels"
+                    )),
+                ));
+            }
+            plane[a] = (growth as usize).saturating_add(input_plane[a]);
         }
         let offsets_vox = shifts
             .iter()
@@ -93,7 +130,7 @@ impl TiltCorrection {
                 + start[0] * pixel_spacing[0] * col_dir[w]
                 + start[1] * pixel_spacing[1] * row_dir[w]
         });
-        (
+        Ok((
             TiltCorrection {
                 angle_deg,
                 input_plane,
@@ -101,7 +138,7 @@ impl TiltCorrection {
                 offsets_vox,
             },
             origin,
-        )
+        ))
     }
 
     /// Resamples `slices` (z-major planes of `input_plane`) into `out` (z-major planes of
@@ -109,29 +146,40 @@ impl TiltCorrection {
     pub fn resample(&self, slices: &[i16], out: &mut [i16]) {
         let [rows, cols] = self.input_plane;
         let [out_rows, out_cols] = self.plane;
+        if rows == 0 || cols == 0 {
+            out.fill(OUTSIDE_HU as i16);
+            return;
+        }
+        // Where a coordinate falls: none past half a pixel outside the slice, else its
+        // pixel, the next one (clamped to the slice) and the weight of the next one.
+        let locate = |v: f64, n: usize| -> Option<(usize, usize, f64)> {
+            if !(-0.5..=n as f64 - 0.5).contains(&v) {
+                return None;
+            }
+            let v = v.clamp(0.0, (n - 1) as f64);
+            let v0 = v.floor() as usize;
+            Some((v0, (v0 + 1).min(n - 1), v - v0 as f64))
+        };
         out.par_chunks_mut((out_rows * out_cols).max(1))
-            .zip(
-                slices
-                    .par_chunks((rows * cols).max(1))
-                    .zip(&self.offsets_vox),
-            )
+            .zip(slices.par_chunks(rows * cols).zip(&self.offsets_vox))
             .for_each(|(out, (slice, &[dr, dc]))| {
-                let at = |r: f64, c: f64| -> f64 {
-                    if r >= 0.0 && c >= 0.0 && r < rows as f64 && c < cols as f64 {
-                        slice[r as usize * cols + c as usize] as f64
-                    } else {
-                        OUTSIDE_HU
-                    }
-                };
-                for (i, row) in out.chunks_mut(out_cols.max(1)).enumerate() {
-                    let y = i as f64 + dr;
-                    let (y0, fy) = (y.floor(), y - y.floor());
-                    for (j, v) in row.iter_mut().enumerate() {
-                        let x = j as f64 + dc;
-                        let (x0, fx) = (x.floor(), x - x.floor());
-                        let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1.0) * fx;
-                        let bottom = at(y0 + 1.0, x0) * (1.0 - fx) + at(y0 + 1.0, x0 + 1.0) * fx;
-                        *v = (top * (1.0 - fy) + bottom * fy).round() as i16;
+                let columns: Vec<Option<(usize, usize, f64)>> =
+                    (0..out_cols).map(|j| locate(j as f64 + dc, cols)).collect();
+                for (i, out_row) in out.chunks_mut(out_cols.max(1)).enumerate() {
+                    let Some((y0, y1, fy)) = locate(i as f64 + dr, rows) else {
+                        out_row.fill(OUTSIDE_HU as i16);
+                        continue;
+                    };
+                    let (top, bottom) = (&slice[y0 * cols..][..cols], &slice[y1 * cols..][..cols]);
+                    for (v, c) in out_row.iter_mut().zip(&columns) {
+                        *v = match *c {
+                            None => OUTSIDE_HU as i16,
+                            Some((x0, x1, fx)) => {
+                                let t = top[x0] as f64 * (1.0 - fx) + top[x1] as f64 * fx;
+                                let b = bottom[x0] as f64 * (1.0 - fx) + bottom[x1] as f64 * fx;
+                                (t * (1.0 - fy) + b * fy).round() as i16
+                            }
+                        };
                     }
                 }
             });
@@ -374,11 +422,29 @@ pub fn assemble(
     let direction = [normal, col_dir, row_dir];
     let input_plane = [first.format.rows as usize, first.format.columns as usize];
     let (tilt, origin_mm) = match tilt_angle {
-        None => (None, pos(&slices[0])),
+        None => {
+            // Some scanners record a tilt here with positions that show none: they are what
+            // places the voxels, so say so.
+            if let Some(t) = first.gantry_detector_tilt_deg {
+                if n > 1 && t.abs() > MAX_TILT_DEG {
+                    warnings.push(format!(
+                        "GantryDetectorTilt is {t} degrees but the slice positions run along \
+                         the slice normal: loaded where the positions place the slices"
+                    ));
+                }
+            }
+            (None, pos(&slices[0]))
+        }
         Some(angle_deg) => {
             let positions: Vec<[f64; 3]> = slices.iter().map(pos).collect();
-            let (t, origin) =
-                TiltCorrection::new(angle_deg, &positions, direction, pixel_spacing, input_plane);
+            let (t, origin) = TiltCorrection::new(
+                series_uid,
+                angle_deg,
+                &positions,
+                [col_dir, row_dir],
+                pixel_spacing,
+                input_plane,
+            )?;
             warnings.push(format!(
                 "gantry tilt of {angle_deg:.2} degrees corrected: each slice resampled in its \
                  plane (bilinear) onto a grid along the slice normal, {}x{} pixels to {}x{}",
@@ -433,6 +499,7 @@ mod tests {
             rescale: Rescale::default(),
             padding: None,
             instance_number: None,
+            gantry_detector_tilt_deg: None,
         }
     }
 
@@ -553,7 +620,7 @@ mod tests {
         }
         // Corrected: rows (0.7 mm) run along y, so slice k is shifted 0.2k / 0.7 rows; the
         // output grows by the last slice's shift, 0.8 / 0.7 rows, rounded up.
-        let a = assemble("t", s, GantryTilt::Correct).unwrap();
+        let a = assemble("t", s.clone(), GantryTilt::Correct).unwrap();
         let t = a.tilt.as_ref().expect("a tilt correction");
         assert!((t.angle_deg - tilt).abs() < 1e-6);
         assert_eq!((t.input_plane, t.plane), ([4, 5], [6, 5]));
@@ -595,6 +662,51 @@ mod tests {
             }
         }
         assert_eq!(checked, [16, 6]);
+        // Positions rounded as DS strings often are: a tilt of one row (0.7 mm) per slice
+        // stays whole rows, a copy, not an interpolation.
+        let noise = [0.0, 0.0004, -0.0003, 0.0002, -0.0004];
+        let rounded: Vec<_> = (0..5)
+            .map(|i| {
+                let y = 0.7 * i as f64 + noise[i];
+                slice(&i.to_string(), [0.0, y, 2.0 * i as f64], AXIAL)
+            })
+            .collect();
+        let a = assemble("t", rounded, GantryTilt::Correct).unwrap();
+        let t = a.tilt.unwrap();
+        assert_eq!(t.plane, [8, 5]);
+        for (k, o) in t.offsets_vox.iter().enumerate() {
+            assert_eq!(*o, [-(k as f64), 0.0]);
+        }
+        // A hostile PixelSpacing makes the shifts absurd (or infinite): an error, not a
+        // plane of 2^64 rows.
+        for spacing in [1e-300, 1e-320] {
+            let hostile: Vec<_> = s
+                .iter()
+                .cloned()
+                .map(|mut h| {
+                    h.pixel_spacing = Some([spacing, spacing]);
+                    h
+                })
+                .collect();
+            assert!(matches!(
+                assemble("t", hostile, GantryTilt::Correct),
+                Err(Error::Series {
+                    problem: SeriesProblem::Attribute(m),
+                    ..
+                }) if m.starts_with("gantry tilt: ")
+            ));
+        }
+        // A tilt recorded only in GantryDetectorTilt: loaded as positioned, with a warning.
+        let recorded: Vec<_> = (0..3)
+            .map(|i| {
+                let mut h = slice(&i.to_string(), [0.0, 0.0, i as f64], AXIAL);
+                h.gantry_detector_tilt_deg = Some(-15.0);
+                h
+            })
+            .collect();
+        let a = assemble("t", recorded, GantryTilt::Correct).unwrap();
+        assert!(a.tilt.is_none());
+        assert!(a.warnings[0].starts_with("GantryDetectorTilt is -15 degrees"));
         // A slice stack further than 45 degrees off its normal is refused either way.
         let steep: Vec<_> = (0..3)
             .map(|i| slice(&i.to_string(), [0.0, 1.5 * i as f64, i as f64], AXIAL))

@@ -65,6 +65,8 @@ pub struct SliceHeader {
     pub rescale: Rescale,
     pub padding: Option<Padding>,
     pub instance_number: Option<i64>,
+    /// GantryDetectorTilt (0018,1120), degrees.
+    pub gantry_detector_tilt_deg: Option<f64>,
 }
 
 fn find<'a>(
@@ -281,6 +283,10 @@ pub(crate) fn headers_of_object(
             .map(|v| [v[0], v[1]]);
         let slice_thickness = f64_of(&meas_objs, tags::SLICE_THICKNESS);
         let spacing_between_slices = f64_of(&meas_objs, tags::SPACING_BETWEEN_SLICES);
+        let gantry_detector_tilt_deg = f64_of(
+            &in_group(tags::CT_ACQUISITION_DETAILS_SEQUENCE),
+            tags::GANTRY_DETECTOR_TILT,
+        );
         let rescale = Rescale {
             slope: f64_of(&resc_objs, tags::RESCALE_SLOPE).unwrap_or(1.0),
             intercept: f64_of(&resc_objs, tags::RESCALE_INTERCEPT).unwrap_or(0.0),
@@ -302,6 +308,7 @@ pub(crate) fn headers_of_object(
             rescale,
             padding,
             instance_number,
+            gantry_detector_tilt_deg,
         });
     }
     Ok(out)

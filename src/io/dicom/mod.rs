@@ -231,9 +231,10 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
         .limits
         .check_shape([n as u64, rows as u64, cols as u64])?;
     if let Some(t) = &assembly.tilt {
-        config
-            .limits
-            .check_shape([n as u64, t.plane[0] as u64, t.plane[1] as u64])?;
+        config.limits.check_shape_of(
+            "voxel count after the gantry tilt correction",
+            [n as u64, t.plane[0] as u64, t.plane[1] as u64],
+        )?;
     }
     if first.photometric == "MONOCHROME1" {
         warnings.push("MONOCHROME1 data: values are used as stored, not inverted".into());
@@ -246,8 +247,10 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
     let (rows, cols, voxels) = match &assembly.tilt {
         None => (rows, cols, voxels),
         Some(t) => {
+            // Both volumes are held while resampling: the peak is their sum.
             let mut out = vec![0i16; n * t.plane[0] * t.plane[1]];
             t.resample(&voxels, &mut out);
+            drop(voxels);
             (t.plane[0], t.plane[1], out)
         }
     };
@@ -345,6 +348,7 @@ pub fn assemble_fuzz(data: &[u8]) {
             rescale: header::Rescale::default(),
             padding: None,
             instance_number: None,
+            gantry_detector_tilt_deg: None,
         })
         .collect();
     if let Ok(a) = assemble("fuzz", slices, crate::io::GantryTilt::Correct) {
