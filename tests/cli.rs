@@ -1080,7 +1080,7 @@ fn gantry_tilt_is_corrected_or_refused() {
     let hu = ndarray::Array3::from_shape_fn((4, 6, 5), |(z, y, x)| (z * 100 + y * 10 + x) as i16);
     let v = Volume::new(hu, Geometry::new([2.0, 0.8, 0.8], [-10.0, 5.0, 100.0])).unwrap();
     let opts = SeriesWriteOptions {
-        slice_shift_mm: [0.0, 0.4, 0.0],
+        slice_offsets_mm: (0..4).map(|k| [0.0, 0.4 * k as f64, 0.0]).collect(),
         ..Default::default()
     };
     write_series(&v, dir.path(), &opts).unwrap();

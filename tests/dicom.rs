@@ -507,7 +507,7 @@ fn gantry_tilted_series_is_resampled_onto_its_world_positions() {
         &written,
         dir.path(),
         &SeriesWriteOptions {
-            slice_shift_mm: shift,
+            slice_offsets_mm: (0..6).map(|k| shift.map(|s| k as f64 * s)).collect(),
             shuffle_names_seed: Some(5),
             ..Default::default()
         },
@@ -597,7 +597,7 @@ fn gantry_tilt_of_whole_rows_is_undone_exactly() {
         &Volume::new(tilted, g).unwrap(),
         dir.path(),
         &SeriesWriteOptions {
-            slice_shift_mm: [0.0, 0.7, 0.0],
+            slice_offsets_mm: (0..7).map(|k| [0.0, 0.7 * k as f64, 0.0]).collect(),
             ..Default::default()
         },
     )
@@ -612,5 +612,54 @@ fn gantry_tilt_of_whole_rows_is_undone_exactly() {
             *original.hu.get([k, i, j]).unwrap_or(&-1024)
         };
         assert_eq!(v, want, "{:?}", (k, i, j));
+    }
+}
+
+/// Slices 1.0 mm apart, then 1.5 mm (as when two reconstructions of different spacing are
+/// one series), whose pixels hold a linear function of their world z: loaded, the planes
+/// lie on a regular grid from the first slice to the last and every voxel holds the
+/// function at its own world position. Read as a regular stack, slice 6 would be 1.5
+/// mm off.
+#[test]
+fn unevenly_spaced_slices_are_interpolated_onto_their_world_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new([1.0, 0.8, 0.8], [10.0, -20.0, -100.0]);
+    let z: Vec<f64> = (0..13)
+        .map(|k| {
+            if k <= 6 {
+                k as f64
+            } else {
+                6.0 + 1.5 * (k - 6) as f64
+            }
+        })
+        .collect();
+    let f = |w: [f64; 3]| 20.0 * w[2] + w[1] - w[0];
+    let hu = Array3::from_shape_fn((13, 4, 5), |(k, i, j)| {
+        let p = g.voxel_to_world([0.0, i as f64, j as f64]);
+        f([p[0], p[1], p[2] + z[k]]).round() as i16
+    });
+    let opts = SeriesWriteOptions {
+        slice_offsets_mm: (0..13).map(|k| [0.0, 0.0, z[k] - k as f64]).collect(),
+        shuffle_names_seed: Some(2),
+        ..Default::default()
+    };
+    write_series(&Volume::new(hu, g).unwrap(), dir.path(), &opts).unwrap();
+    let back = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(back.shape(), [13, 4, 5]);
+    assert!((back.geometry.spacing_mm[0] - 15.0 / 12.0).abs() < 1e-6);
+    assert!(
+        back.info.warnings.iter().any(|w| w.starts_with(
+            "slice spacing varies from 1.000 to 1.500 mm, slices up to 1.500 mm off a regular grid"
+        )),
+        "{:?}",
+        back.info.warnings
+    );
+    for ((k, i, j), &v) in back.hu.indexed_iter() {
+        let want = f(back.voxel_to_world([k as f64, i as f64, j as f64]));
+        assert!(
+            (v as f64 - want).abs() <= 1.0,
+            "{:?}: {v} for {want}",
+            (k, i, j)
+        );
     }
 }

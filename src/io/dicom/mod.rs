@@ -254,6 +254,14 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
             (t.plane[0], t.plane[1], out)
         }
     };
+    let voxels = match &assembly.spacing {
+        None => voxels,
+        Some(s) => {
+            let mut out = vec![0i16; voxels.len()];
+            s.resample(&voxels, rows * cols, &mut out);
+            out
+        }
+    };
     let hu = Array3::from_shape_vec((n, rows, cols), voxels)
         .map_err(|e| Error::Geometry(format!("volume of {n}x{rows}x{cols}: {e}")))?;
     tracing::debug!(
@@ -362,6 +370,11 @@ pub fn assemble_fuzz(data: &[u8]) {
             let input = vec![0i16; a.slices.len() * t.input_plane[0] * t.input_plane[1]];
             let mut out = vec![0i16; a.slices.len() * t.plane[0] * t.plane[1]];
             t.resample(&input, &mut out);
+        }
+        if let Some(s) = a.spacing {
+            let input = vec![0i16; a.slices.len() * 2];
+            let mut out = input.clone();
+            s.resample(&input, 2, &mut out);
         }
     }
 }

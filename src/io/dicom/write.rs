@@ -34,10 +34,11 @@ pub struct SeriesWriteOptions {
     pub reverse_instance_numbers: bool,
     /// Modality attribute (default `CT`).
     pub modality: String,
-    /// Moves slice `z`'s ImagePositionPatient by `z` times this world vector (mm), its
-    /// pixels unchanged: a gantry-tilted series when the vector lies in the slice plane
-    /// (test data). Default zero.
-    pub slice_shift_mm: [f64; 3],
+    /// Moves slice `z`'s ImagePositionPatient by `slice_offsets_mm[z]` (a world vector,
+    /// mm; slices past its end are not moved), its pixels unchanged: test data for a
+    /// gantry-tilted series (offsets in the slice plane) or an uneven slice spacing
+    /// (offsets along the normal). Default empty.
+    pub slice_offsets_mm: Vec<[f64; 3]>,
 }
 
 impl Default for SeriesWriteOptions {
@@ -49,7 +50,7 @@ impl Default for SeriesWriteOptions {
             shuffle_names_seed: None,
             reverse_instance_numbers: false,
             modality: "CT".to_string(),
-            slice_shift_mm: [0.0; 3],
+            slice_offsets_mm: Vec::new(),
         }
     }
 }
@@ -210,7 +211,8 @@ pub fn write_series(
             VR::DS,
             ds(&{
                 let p = g.voxel_to_world([z as f64, 0.0, 0.0]);
-                std::array::from_fn::<f64, 3, _>(|w| p[w] + z as f64 * opts.slice_shift_mm[w])
+                let d = opts.slice_offsets_mm.get(z).copied().unwrap_or_default();
+                std::array::from_fn::<f64, 3, _>(|w| p[w] + d[w])
             }),
         );
         put(&mut obj, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&ori));
