@@ -616,50 +616,64 @@ fn gantry_tilt_of_whole_rows_is_undone_exactly() {
 }
 
 /// Slices 1.0 mm apart, then 1.5 mm (as when two reconstructions of different spacing are
-/// one series), whose pixels hold a linear function of their world z: loaded, the planes
-/// lie on a regular grid from the first slice to the last and every voxel holds the
-/// function at its own world position. Read as a regular stack, slice 6 would be 1.5
-/// mm off.
+/// one series), whose pixels hold a linear function of their world position, also with a
+/// gantry tilt (each slice 0.3 mm further along y): loaded, the planes lie on a regular
+/// grid of the smaller median gap (1 mm) from the first slice to the last, and every voxel
+/// that all slices cover holds the function at its own world position. Read as a regular
+/// stack of the mean spacing, slice 6 would be 1.5 mm off.
 #[test]
 fn unevenly_spaced_slices_are_interpolated_onto_their_world_positions() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = Geometry::new([1.0, 0.8, 0.8], [10.0, -20.0, -100.0]);
-    let z: Vec<f64> = (0..13)
-        .map(|k| {
-            if k <= 6 {
-                k as f64
-            } else {
-                6.0 + 1.5 * (k - 6) as f64
-            }
-        })
-        .collect();
-    let f = |w: [f64; 3]| 20.0 * w[2] + w[1] - w[0];
-    let hu = Array3::from_shape_fn((13, 4, 5), |(k, i, j)| {
-        let p = g.voxel_to_world([0.0, i as f64, j as f64]);
-        f([p[0], p[1], p[2] + z[k]]).round() as i16
-    });
-    let opts = SeriesWriteOptions {
-        slice_offsets_mm: (0..13).map(|k| [0.0, 0.0, z[k] - k as f64]).collect(),
-        shuffle_names_seed: Some(2),
-        ..Default::default()
-    };
-    write_series(&Volume::new(hu, g).unwrap(), dir.path(), &opts).unwrap();
-    let back = load(dir.path(), &cfg()).unwrap();
-    assert_eq!(back.shape(), [13, 4, 5]);
-    assert!((back.geometry.spacing_mm[0] - 15.0 / 12.0).abs() < 1e-6);
-    assert!(
-        back.info.warnings.iter().any(|w| w.starts_with(
-            "slice spacing varies from 1.000 to 1.500 mm, slices up to 1.500 mm off a regular grid"
-        )),
-        "{:?}",
-        back.info.warnings
-    );
-    for ((k, i, j), &v) in back.hu.indexed_iter() {
-        let want = f(back.voxel_to_world([k as f64, i as f64, j as f64]));
+    for tilt_mm in [0.0, 0.3] {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new([1.0, 0.8, 0.8], [10.0, -20.0, -100.0]);
+        let z: Vec<f64> = (0..13)
+            .map(|k| {
+                if k <= 6 {
+                    k as f64
+                } else {
+                    6.0 + 1.5 * (k - 6) as f64
+                }
+            })
+            .collect();
+        let offset = |k: usize| [0.0, tilt_mm * k as f64, z[k] - k as f64];
+        let f = |w: [f64; 3]| 20.0 * w[2] + 3.0 * w[1] - w[0];
+        let hu = Array3::from_shape_fn((13, 12, 5), |(k, i, j)| {
+            let p = g.voxel_to_world([k as f64, i as f64, j as f64]);
+            f(std::array::from_fn(|w| p[w] + offset(k)[w])).round() as i16
+        });
+        let opts = SeriesWriteOptions {
+            slice_offsets_mm: (0..13).map(offset).collect(),
+            shuffle_names_seed: Some(2),
+            ..Default::default()
+        };
+        write_series(&Volume::new(hu, g).unwrap(), dir.path(), &opts).unwrap();
+        let back = load(dir.path(), &cfg()).unwrap();
+        // A tilt of 3.6 mm over the stack grows the rows by 3.6 / 0.8 = 4.5, rounded up.
+        let rows = if tilt_mm > 0.0 { 12 + 5 } else { 12 };
+        assert_eq!(back.shape(), [16, rows, 5]);
+        assert!((back.geometry.spacing_mm[0] - 1.0).abs() < 1e-6);
         assert!(
-            (v as f64 - want).abs() <= 1.0,
-            "{:?}: {v} for {want}",
-            (k, i, j)
+            back.info.warnings.iter().any(|w| w.starts_with(
+                "slice spacing varies from 1.000 to 1.500 mm, slices up to 1.500 mm off a regular grid: interpolated along the slice normal onto 16 planes 1.000 mm apart"
+            )),
+            "{:?}",
+            back.info.warnings
         );
+        let mut checked = 0;
+        for ((k, i, j), &v) in back.hu.indexed_iter() {
+            let w = back.voxel_to_world([k as f64, i as f64, j as f64]);
+            // Every slice covers world y from -20 + 0.3 x 12 to -20 + 0.8 x 11.
+            if w[1] < -20.0 + 12.0 * tilt_mm - 1e-6 || w[1] > -20.0 + 8.8 + 1e-6 {
+                continue;
+            }
+            let want = f(w);
+            assert!(
+                (v as f64 - want).abs() <= 1.0,
+                "{:?}: {v} for {want}",
+                (k, i, j)
+            );
+            checked += 1;
+        }
+        assert!(checked >= 16 * 6 * 5, "{checked}");
     }
 }

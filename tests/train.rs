@@ -748,6 +748,57 @@ fn the_cache_gives_the_same_patches_and_is_rebuilt_when_stale() {
     assert!(other.prepare(src, &data.load).unwrap().1);
 }
 
+/// A DICOM scan is cached by its folder's path and the DICOM loader's revision: a file made
+/// by a build whose loader read the same files as another volume (no revision in its
+/// header) is prepared again.
+#[test]
+fn a_dicom_scan_cached_by_another_loader_revision_is_prepared_again() {
+    use lungcad::io::dicom::{write_series, SeriesWriteOptions};
+    use lungcad::train::cache::ScanCache;
+    let dir = tempfile::tempdir().unwrap();
+    common::phantom_dataset(dir.path(), 1);
+    let data = dataset(dir.path(), &dir.path().join("cache"));
+    let volume = lungcad::load(&data.scans[0].path, &data.load).unwrap();
+    let uid = "1.2.826.0.1.55";
+    let folder = dir.path().join("dicom");
+    let opts = SeriesWriteOptions {
+        series_uid: Some(uid.into()),
+        ..Default::default()
+    };
+    write_series(&volume, &folder, &opts).unwrap();
+    let src = lungcad::train::dataset::ScanSource {
+        series_uid: uid.into(),
+        path: folder,
+        dicom: true,
+        nodules: Vec::new(),
+        excluded: Vec::new(),
+    };
+    let cache = ScanCache::open(&data.cache_dir, &common::tiny_preprocess_config()).unwrap();
+    let (cached, now) = cache.prepare(&src, &data.load).unwrap();
+    assert!(now);
+    assert!(!cache.prepare(&src, &data.load).unwrap().1);
+    // The header as a build before the revision wrote it: its source stamp has no
+    // `dicom_loader`.
+    let file = cached.path().to_path_buf();
+    let bytes = std::fs::read(&file).unwrap();
+    let len = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[16..16 + len]).unwrap();
+    let stamp = header["source"].as_object_mut().unwrap();
+    assert_eq!(
+        stamp.remove("dicom_loader"),
+        Some(lungcad::io::dicom::LOADER_REVISION.into())
+    );
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut old = bytes[..8].to_vec();
+    old.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    old.extend_from_slice(&json);
+    old.extend_from_slice(&bytes[16 + len..]);
+    std::fs::write(&file, old).unwrap();
+    lungcad::train::cache::CachedScan::open(&file).expect("an older file still opens");
+    assert!(cache.prepare(&src, &data.load).unwrap().1, "prepared again");
+    assert!(!cache.prepare(&src, &data.load).unwrap().1);
+}
+
 fn tiny_run_config(epochs: usize) -> lungcad::train::run::TrainConfig {
     use lungcad::train::optim::ScheduleConfig;
     use lungcad::train::run::TrainConfig;

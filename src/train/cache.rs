@@ -11,9 +11,10 @@
 //! The folder is named by the format version and a hash of the preprocessing config, so a
 //! changed config never reads stale data. A `.lcc` file is `LUNGCADC`, the header's length
 //! (u64 little endian), the header (JSON: series UID, grid shape and geometry, lung mask
-//! facts, crop, config, and the size and modification time of the source it was made from),
-//! then the resampled HU volume (`i16` LE, `(z, y, x)`) and the lung mask (`u8`). A scan whose
-//! source changed is prepared again. Files are written under a temporary name and renamed
+//! facts, crop, config, and the size and modification time of the source it was made from;
+//! for a DICOM folder, its path and the DICOM loader's revision), then the resampled HU
+//! volume (`i16` LE, `(z, y, x)`) and the lung mask (`u8`). A scan whose source or loader
+//! revision changed is prepared again. Files are written under a temporary name and renamed
 //! when complete, so an interrupted preparation leaves no half file behind.
 //!
 //! Reading a patch reads, per slice of the region it touches, the rows it spans (whole
@@ -39,12 +40,17 @@ const MAGIC: &[u8; 8] = b"LUNGCADC";
 const MAX_HEADER_BYTES: u64 = 1 << 20;
 
 /// What a cache file was made from: the source's path, size and modification time (files;
-/// a DICOM folder is named by path only).
+/// a DICOM folder is named by path and the DICOM loader's revision, so a folder cached by
+/// a build that loaded it as another volume is prepared again).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct SourceStamp {
     path: String,
     bytes: Option<u64>,
     modified_ns: Option<u128>,
+    /// [`LOADER_REVISION`](crate::io::dicom::LOADER_REVISION) for a DICOM folder (absent
+    /// in files of builds before it, which then count as another revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dicom_loader: Option<u32>,
 }
 
 impl SourceStamp {
@@ -59,6 +65,7 @@ impl SourceStamp {
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_nanos()),
+            dicom_loader: source.dicom.then_some(crate::io::dicom::LOADER_REVISION),
         }
     }
 }

@@ -40,32 +40,49 @@ pub struct Assembly {
 }
 
 /// The interpolation along the slice normal that puts unevenly spaced slices onto a
-/// regular grid of as many planes from the first slice to the last: output plane `k` is
-/// `(1 - w) x` slice `a` `+ w x` slice `a + 1`, for `(a, w) = planes[k]`.
+/// regular grid from the first slice to the last: output plane `k` is `(1 - w) x` slice
+/// `a` `+ w x` slice `a + 1`, for `(a, w) = planes[k]`. The grid's spacing is the smaller
+/// median gap between slices, fitted to a whole number of planes, so that the finer part
+/// of the stack keeps (nearly) its resolution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpacingCorrection {
-    /// The largest distance of a slice from the regular grid, mm.
+    /// The largest distance of a slice from the regular grid of the mean spacing (the grid
+    /// the slices would be read as), mm.
     pub max_error_mm: f64,
+    /// The output grid's spacing, mm.
+    pub spacing_mm: f64,
     pub planes: Vec<(usize, f64)>,
 }
 
 impl SpacingCorrection {
-    /// For slices at `proj` (positions along the normal, increasing, at least two) and
-    /// the regular grid `spacing` apart from the first: `None` when every slice is within
-    /// [`MAX_POSITION_ERROR`] of a spacing of its grid plane.
-    fn new(proj: &[f64], spacing: f64) -> Option<SpacingCorrection> {
+    /// For slices at `proj` (positions along the normal, increasing, at least two, no gap
+    /// over [`MAX_GAP_RATIO`] median gaps): `None` when every slice is within
+    /// [`MAX_POSITION_ERROR`] of a spacing of its plane of the regular grid of the mean
+    /// spacing (or the positions are not finite, refused later).
+    fn new(proj: &[f64]) -> Option<SpacingCorrection> {
         let n = proj.len();
-        let grid = |k: usize| proj[0] + k as f64 * spacing;
-        let max_error_mm = (0..n)
-            .map(|k| (proj[k] - grid(k)).abs())
-            .fold(0.0, f64::max);
-        if max_error_mm <= MAX_POSITION_ERROR * spacing {
+        let extent = proj[n - 1] - proj[0];
+        let mean = extent / (n - 1) as f64;
+        if n < 3 || !(mean.is_finite() && mean > 0.0) {
             return None;
         }
+        let max_error_mm = (0..n)
+            .map(|k| (proj[k] - proj[0] - k as f64 * mean).abs())
+            .fold(0.0, f64::max);
+        if max_error_mm.is_nan() || max_error_mm <= MAX_POSITION_ERROR * mean {
+            return None;
+        }
+        let mut gaps: Vec<f64> = proj.windows(2).map(|w| w[1] - w[0]).collect();
+        gaps.sort_by(f64::total_cmp);
+        let median = gaps[(gaps.len() - 1) / 2];
+        // With no gap over 1.5 median gaps, this is at most about 1.5 (n - 1) + 1 planes;
+        // capped at 2n all the same.
+        let count = ((extent / median).round() as usize).clamp(1, 2 * n - 1) + 1;
+        let spacing_mm = extent / (count - 1) as f64;
         let mut a = 0;
-        let planes = (0..n)
+        let planes = (0..count)
             .map(|k| {
-                let t = grid(k);
+                let t = proj[0] + k as f64 * spacing_mm;
                 while a + 2 < n && proj[a + 1] <= t {
                     a += 1;
                 }
@@ -75,12 +92,13 @@ impl SpacingCorrection {
             .collect();
         Some(SpacingCorrection {
             max_error_mm,
+            spacing_mm,
             planes,
         })
     }
 
-    /// Interpolates `input` (z-major planes of `plane` voxels) into `out` (as many), one
-    /// parallel job per plane.
+    /// Interpolates `input` (z-major planes of `plane` voxels, one per slice) into `out`
+    /// (`planes.len()` planes), one parallel job per plane.
     pub fn resample(&self, input: &[i16], plane: usize, out: &mut [i16]) {
         if plane == 0 {
             return;
@@ -457,14 +475,16 @@ pub fn assemble(
             }
         }
         let mean = (proj[n - 1] - proj[0]) / (n - 1) as f64;
-        spacing = SpacingCorrection::new(&proj, mean);
+        spacing = SpacingCorrection::new(&proj);
         let (lo, hi) = (diffs[0], diffs[diffs.len() - 1]);
         if let Some(c) = &spacing {
             warnings.push(format!(
                 "slice spacing varies from {lo:.3} to {hi:.3} mm, slices up to {:.3} mm off a \
-                 regular grid: interpolated along the slice normal onto {n} planes {mean:.3} mm \
+                 regular grid: interpolated along the slice normal onto {} planes {:.3} mm \
                  apart",
-                c.max_error_mm
+                c.max_error_mm,
+                c.planes.len(),
+                c.spacing_mm
             ));
         } else if hi - lo > 0.01 * median + 0.01 {
             warnings.push(format!(
@@ -496,7 +516,7 @@ pub fn assemble(
             }
             tilt_angle = Some(angle_deg);
         }
-        (proj[n - 1] - proj[0]) / (n - 1) as f64
+        spacing.as_ref().map_or(mean, |c| c.spacing_mm)
     };
 
     let direction = [normal, col_dir, row_dir];
@@ -625,8 +645,10 @@ mod tests {
 
     #[test]
     fn uneven_spacing_is_interpolated_onto_a_regular_grid() {
-        // 1 mm gaps, then 1.25 mm: the regular grid is 1.125 mm, and slice 3 (at 3 mm)
-        // is 0.375 mm off its plane (at 3.375 mm), over a tenth of the spacing.
+        // 1 mm gaps, then 1.25 mm: read as a regular grid of the mean spacing, 1.125 mm,
+        // slice 3 (at 3 mm) would be 0.375 mm off its plane (at 3.375 mm), over a tenth of
+        // the spacing. Interpolated onto the grid of the smaller median gap, 1 mm, fitted
+        // to the 6.75 mm: 8 planes 6.75 / 7 mm apart.
         let z = [0.0, 1.0, 2.0, 3.0, 4.25, 5.5, 6.75];
         let s = z
             .iter()
@@ -634,21 +656,22 @@ mod tests {
             .map(|(i, z)| slice(&i.to_string(), [0.0, 0.0, *z], AXIAL))
             .collect();
         let a = assemble("u", s, GantryTilt::Correct).unwrap();
-        assert_eq!(a.geometry.spacing_mm[0], 1.125);
+        let step = 6.75 / 7.0;
+        assert_eq!(a.geometry.spacing_mm[0], step);
         let c = a.spacing.expect("a spacing correction");
         assert!((c.max_error_mm - 0.375).abs() < 1e-12);
-        let want = [
-            (0, 0.0),
-            (1, 0.125),
-            (2, 0.25),
-            (3, 0.3),
-            (4, 0.2),
-            (5, 0.1),
-            (5, 1.0),
-        ];
-        for (k, (&(a, w), (wa, ww))) in c.planes.iter().zip(want).enumerate() {
-            assert!(a == wa && (w - ww).abs() < 1e-12, "{k}: {:?}", (a, w));
+        assert_eq!(c.planes.len(), 8);
+        // Plane k at k x step lies between the slices around it.
+        for (k, &(a, w)) in c.planes.iter().enumerate() {
+            let t = k as f64 * step;
+            let want = z[a] + w * (z[a + 1] - z[a]);
+            assert!(
+                (t - want).abs() < 1e-12 && z[a] <= t + 1e-12,
+                "{k}: {:?}",
+                (a, w)
+            );
         }
+        assert_eq!((c.planes[0], c.planes[7]), ((0, 0.0), (5, 1.0)));
         assert!(
             a.warnings[0].starts_with(
                 "slice spacing varies from 1.000 to 1.250 mm, slices up to 0.375 mm off"
@@ -658,10 +681,15 @@ mod tests {
         );
         // Planes holding 100 x their position hold 100 x their grid position after.
         let input: Vec<i16> = z.iter().flat_map(|z| [(100.0 * z) as i16; 2]).collect();
-        let mut out = vec![0i16; input.len()];
+        let mut out = vec![0i16; 16];
         c.resample(&input, 2, &mut out);
-        for k in 0..7 {
-            assert_eq!(out[2 * k], (112.5 * k as f64).round() as i16, "plane {k}");
+        for k in 0..8 {
+            let want = 100.0 * k as f64 * step;
+            assert!(
+                (out[2 * k] as f64 - want).abs() <= 0.5,
+                "plane {k}: {}",
+                out[2 * k]
+            );
         }
         // Gaps of 1.0 and 1.05 mm leave every slice within a tenth of the spacing: used as
         // they are, with a warning.

@@ -31,6 +31,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The revision of DICOM series loading, raised whenever the same files load as another
+/// volume: 2 corrected gantry tilts (refused before) and uneven slice spacing (read as a
+/// regular grid before). Training caches prepare a DICOM scan again when it changes.
+pub const LOADER_REVISION: u32 = 2;
+
 /// One series found by [`scan`].
 #[derive(Debug, Clone)]
 pub struct SeriesSummary {
@@ -230,10 +235,18 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
     config
         .limits
         .check_shape([n as u64, rows as u64, cols as u64])?;
-    if let Some(t) = &assembly.tilt {
+    let plane = assembly.tilt.as_ref().map_or([rows, cols], |t| t.plane);
+    if assembly.tilt.is_some() {
         config.limits.check_shape_of(
             "voxel count after the gantry tilt correction",
-            [n as u64, t.plane[0] as u64, t.plane[1] as u64],
+            [n as u64, plane[0] as u64, plane[1] as u64],
+        )?;
+    }
+    let planes_out = assembly.spacing.as_ref().map_or(n, |s| s.planes.len());
+    if assembly.spacing.is_some() {
+        config.limits.check_shape_of(
+            "voxel count after the slice spacing correction",
+            [planes_out as u64, plane[0] as u64, plane[1] as u64],
         )?;
     }
     if first.photometric == "MONOCHROME1" {
@@ -257,13 +270,14 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
     let voxels = match &assembly.spacing {
         None => voxels,
         Some(s) => {
-            let mut out = vec![0i16; voxels.len()];
+            let mut out = vec![0i16; planes_out * rows * cols];
             s.resample(&voxels, rows * cols, &mut out);
+            drop(voxels);
             out
         }
     };
-    let hu = Array3::from_shape_vec((n, rows, cols), voxels)
-        .map_err(|e| Error::Geometry(format!("volume of {n}x{rows}x{cols}: {e}")))?;
+    let hu = Array3::from_shape_vec((planes_out, rows, cols), voxels)
+        .map_err(|e| Error::Geometry(format!("volume of {planes_out}x{rows}x{cols}: {e}")))?;
     tracing::debug!(
         "series {}: headers of {} files read in {:.1} ms, {n} slices decoded in {:.1} ms",
         display_uid(&uid),
@@ -373,7 +387,7 @@ pub fn assemble_fuzz(data: &[u8]) {
         }
         if let Some(s) = a.spacing {
             let input = vec![0i16; a.slices.len() * 2];
-            let mut out = input.clone();
+            let mut out = vec![0i16; s.planes.len() * 2];
             s.resample(&input, 2, &mut out);
         }
     }
