@@ -26,21 +26,22 @@ fn small_series(dir: &std::path::Path) -> Volume {
     v
 }
 
-#[test]
-fn info_json_describes_the_series() {
-    let dir = tempfile::tempdir().unwrap();
-    small_series(dir.path());
-    let out = lungcad()
-        .args(["info", "--json"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+/// `lungcad info --json <ct>`, which must succeed.
+fn info_json(ct: &std::path::Path) -> serde_json::Value {
+    let out = lungcad().args(["info", "--json"]).arg(ct).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn info_json_describes_the_series() {
+    let dir = tempfile::tempdir().unwrap();
+    small_series(dir.path());
+    let j = info_json(dir.path());
     assert_eq!(j["series_uid"], "1.2.826.0.1.77");
     assert_eq!(j["modality"], "CT");
     assert_eq!(j["shape_zyx"], serde_json::json!([4, 6, 5]));
@@ -1084,17 +1085,7 @@ fn gantry_tilt_is_corrected_or_refused() {
         ..Default::default()
     };
     write_series(&v, dir.path(), &opts).unwrap();
-    let out = lungcad()
-        .args(["info", "--json"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = info_json(dir.path());
     assert_eq!(j["shape_zyx"], serde_json::json!([4, 6 + 2, 5]));
     let warnings = j["warnings"].to_string();
     assert!(

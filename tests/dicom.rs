@@ -113,10 +113,11 @@ fn negative_slice_direction_is_sorted_back() {
     assert_same_world_content(&v, &back);
 }
 
-#[test]
-fn oblique_series_round_trips() {
-    let dir = tempfile::tempdir().unwrap();
-    let (s, c) = (25f64.to_radians().sin(), 25f64.to_radians().cos());
+/// An oblique orientation: rows turned 25 degrees about z, columns tilted out of the axial
+/// plane; `[normal, column, row]`, as `Geometry::direction`.
+const OBLIQUE: [[f64; 3]; 3] = {
+    // sin and cos of 25 degrees
+    let (s, c) = (0.42261826174069944, 0.9063077870366499);
     let row = [c, s, 0.0];
     let col = [-s * 0.6, c * 0.6, -0.8];
     let normal = [
@@ -124,6 +125,13 @@ fn oblique_series_round_trips() {
         row[2] * col[0] - row[0] * col[2],
         row[0] * col[1] - row[1] * col[0],
     ];
+    [normal, col, row]
+};
+
+#[test]
+fn oblique_series_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let [normal, col, row] = OBLIQUE;
     let g = Geometry {
         spacing_mm: [1.5, 0.8, 0.9],
         origin_mm: [12.5, -30.0, 100.0],
@@ -479,14 +487,7 @@ fn fuzz_entry_survives_small_inputs() {
 #[test]
 fn gantry_tilted_series_is_resampled_onto_its_world_positions() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, c) = (25f64.to_radians().sin(), 25f64.to_radians().cos());
-    let row = [c, s, 0.0];
-    let col = [-s * 0.6, c * 0.6, -0.8];
-    let normal = [
-        row[1] * col[2] - row[2] * col[1],
-        row[2] * col[0] - row[0] * col[2],
-        row[0] * col[1] - row[1] * col[0],
-    ];
+    let [normal, col, row] = OBLIQUE;
     let g = Geometry {
         spacing_mm: [2.0, 0.8, 0.9],
         origin_mm: [12.5, -30.0, 100.0],

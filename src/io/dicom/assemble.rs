@@ -643,6 +643,14 @@ mod tests {
         }
     }
 
+    /// Axial slices at these positions along z.
+    fn axial_at(z: &[f64]) -> Vec<SliceHeader> {
+        z.iter()
+            .enumerate()
+            .map(|(i, z)| slice(&i.to_string(), [0.0, 0.0, *z], AXIAL))
+            .collect()
+    }
+
     #[test]
     fn uneven_spacing_is_interpolated_onto_a_regular_grid() {
         // 1 mm gaps, then 1.25 mm: read as a regular grid of the mean spacing, 1.125 mm,
@@ -650,12 +658,7 @@ mod tests {
         // the spacing. Interpolated onto the grid of the smaller median gap, 1 mm, fitted
         // to the 6.75 mm: 8 planes 6.75 / 7 mm apart.
         let z = [0.0, 1.0, 2.0, 3.0, 4.25, 5.5, 6.75];
-        let s = z
-            .iter()
-            .enumerate()
-            .map(|(i, z)| slice(&i.to_string(), [0.0, 0.0, *z], AXIAL))
-            .collect();
-        let a = assemble("u", s, GantryTilt::Correct).unwrap();
+        let a = assemble("u", axial_at(&z), GantryTilt::Correct).unwrap();
         let step = 6.75 / 7.0;
         assert_eq!(a.geometry.spacing_mm[0], step);
         let c = a.spacing.expect("a spacing correction");
@@ -694,12 +697,7 @@ mod tests {
         // Gaps of 1.0 and 1.05 mm leave every slice within a tenth of the spacing: used as
         // they are, with a warning.
         let z = [0.0, 1.0, 2.05, 3.05, 4.1];
-        let s = z
-            .iter()
-            .enumerate()
-            .map(|(i, z)| slice(&i.to_string(), [0.0, 0.0, *z], AXIAL))
-            .collect();
-        let a = assemble("u", s, GantryTilt::Correct).unwrap();
+        let a = assemble("u", axial_at(&z), GantryTilt::Correct).unwrap();
         assert!(a.spacing.is_none());
         assert!(
             a.warnings[0].contains("used as a regular grid of 1.025 mm"),
