@@ -340,6 +340,84 @@ fn short_rle_segments_are_an_error_not_a_panic() {
     assert!(msg.contains("IM00000.dcm") && msg.contains("RLE"), "{msg}");
 }
 
+/// 12-bit lossy CT in JPEG Extended (1.2.840.10008.1.2.4.51), which dicom-rs refuses:
+/// lungcad decodes it with libjpeg's integer inverse DCT, so the HU are libjpeg-turbo's
+/// samples (`tests/fixtures/jpeg/ct12_q90.*`, from `tests/scripts/make_jpeg_fixtures.py`)
+/// plus the intercept. One slice has its frame in one fragment, one in two, one after a
+/// second frame's worth of padding bytes; a damaged slice is an error naming its file.
+#[test]
+fn twelve_bit_jpeg_extended_series_decodes_as_libjpeg() {
+    use dicom_core::value::{PixelFragmentSequence, Value};
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let jpg = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jpeg/ct12_q90.jpg"
+    ))
+    .unwrap();
+    let samples: Vec<i16> = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jpeg/ct12_q90.u16"
+    ))
+    .unwrap()
+    .chunks_exact(2)
+    .map(|c| u16::from_le_bytes([c[0], c[1]]) as i16)
+    .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let v = phantom([3, 37, 53], Geometry::new([2.0, 0.7, 0.7], [0.0, 0.0, 0.0]));
+    let opts = SeriesWriteOptions {
+        stored: StoredFormat::Unsigned12,
+        ..SeriesWriteOptions::default()
+    };
+    write_series(&v, dir.path(), &opts).unwrap();
+    let encapsulate = |z: usize, fragments: Vec<Vec<u8>>| {
+        let f = dir.path().join(format!("IM{z:05}.dcm"));
+        let mut obj = dicom_object::open_file(&f).unwrap();
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::from(PixelFragmentSequence::new(Vec::<u32>::new(), fragments)),
+        ));
+        obj.put(DataElement::new(
+            tags::LOSSY_IMAGE_COMPRESSION,
+            VR::CS,
+            PrimitiveValue::from("01"),
+        ));
+        obj.update_meta(|m| {
+            m.set_transfer_syntax(&dicom_transfer_syntax_registry::entries::JPEG_EXTENDED)
+        });
+        obj.write_to_file(&f).unwrap();
+    };
+    let (a, b) = jpg.split_at(1000);
+    let mut padded = jpg.clone();
+    padded.extend_from_slice(&[0, 0]);
+    encapsulate(0, vec![jpg.clone()]);
+    encapsulate(1, vec![a.to_vec(), b.to_vec()]);
+    encapsulate(2, vec![padded]);
+    let back = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(back.shape(), [3, 37, 53]);
+    assert_eq!(back.info.transfer_syntaxes, ["1.2.840.10008.1.2.4.51"]);
+    for z in 0..3 {
+        let plane: Vec<i16> = back
+            .hu
+            .index_axis(ndarray::Axis(0), z)
+            .iter()
+            .copied()
+            .collect();
+        let want: Vec<i16> = samples.iter().map(|&s| s - 1024).collect();
+        assert_eq!(plane, want, "slice {z}");
+    }
+    // Cut inside its entropy-coded data: an error naming the file and the frame.
+    encapsulate(1, vec![jpg[..jpg.len() - 300].to_vec()]);
+    let e = load(dir.path(), &cfg()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Dicom { .. }), "{msg}");
+    assert!(
+        msg.contains("IM00001.dcm") && msg.contains("12-bit") && msg.contains("ends early"),
+        "{msg}"
+    );
+}
+
 /// An implicit VR slice with a defined-length sequence (0008,1140) whose item holds an
 /// element declaring 2 GB: the length guard looks the VR up in the dictionary and walks into
 /// the sequence as the parser does, so loading is an error, not a 2 GB allocation.

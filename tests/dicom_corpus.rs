@@ -97,5 +97,5 @@ fn every_corpus_file_loads_correctly_or_is_refused() {
         failures.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(verified >= 39, "only {verified} corpus files loaded");
+    assert!(verified >= 41, "only {verified} corpus files loaded");
 }

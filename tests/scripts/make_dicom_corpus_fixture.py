@@ -7,9 +7,12 @@ the HU values (sum, sum of squares, min, max), computed with the rule lungcad do
     otherwise  round(stored * RescaleSlope + RescaleIntercept), clamped to int16
 
 Rescale attributes are taken per frame from the functional groups for enhanced
-multi-frame files. Usage (writes tests/fixtures/dicom_corpus.json):
+multi-frame files. 12-bit JPEG Extended pixel data (1.2.840.10008.1.2.4.51) is decoded by
+libjpeg-turbo (imagecodecs), whose integer inverse DCT lungcad's decoder ports: pydicom's
+pylibjpeg plugin rounds differently (by one, in about 1% of the samples) and refuses a
+stream that libjpeg reads with a warning. Usage (writes tests/fixtures/dicom_corpus.json):
 
-    pip install pydicom numpy pillow pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg
+    pip install pydicom numpy pillow pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg imagecodecs
     python3 tests/scripts/make_dicom_corpus_fixture.py [$LUNGCAD_DATA/dicom-corpus]
 """
 import json
@@ -17,10 +20,13 @@ import os
 import sys
 import warnings
 
+import imagecodecs
 import numpy as np
 import pydicom
+from pydicom.encaps import generate_frames
 
 warnings.filterwarnings("ignore")
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 
@@ -56,13 +62,20 @@ def describe(path):
         return {"pydicom": "no-image"}
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         return {"pydicom": "colour", "samples_per_pixel": int(ds.SamplesPerPixel)}
+    decoder = "pydicom"
     try:
-        arr = ds.pixel_array
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if ds.file_meta.get("TransferSyntaxUID") == JPEG_EXTENDED and int(ds.BitsStored) > 8:
+            decoder = f"{imagecodecs.jpeg8_version()} (imagecodecs)"
+            arr = np.stack(
+                [imagecodecs.jpeg8_decode(f) for f in generate_frames(ds.PixelData, number_of_frames=frames)]
+            )
+        else:
+            arr = ds.pixel_array
+            if frames == 1:
+                arr = arr[np.newaxis]
     except Exception as e:  # noqa: BLE001
         return {"pydicom": "undecodable", "reason": f"{type(e).__name__}: {e}"[:200]}
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames == 1:
-        arr = arr[np.newaxis]
     pad = ds.get("PixelPaddingValue")
     pad_hi = ds.get("PixelPaddingRangeLimit", pad)
     hu_frames = []
@@ -80,6 +93,7 @@ def describe(path):
     hu = np.stack(hu_frames)
     return {
         "pydicom": "image",
+        "decoder": decoder,
         "modality": str(ds.get("Modality", "")),
         "frames": int(hu.shape[0]),
         "rows": int(hu.shape[1]),

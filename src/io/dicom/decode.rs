@@ -198,9 +198,10 @@ fn ts_name(uid: &str) -> String {
 
 /// Decodes the frames of one file that the volume uses into their output slices.
 /// `frames` pairs each frame index with its slice header and output plane.
-pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Result<()> {
+/// Returns warnings about tolerated irregularities in the pixel data.
+pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Result<Vec<String>> {
     let Some((first, _)) = frames.first() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let first: &SliceHeader = first;
     if first.format.samples_per_pixel != 1 {
@@ -216,7 +217,7 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
     if frames.len() == 1 {
         let (h, out) = &mut frames[0];
         if read_native_tail_into(path, h, out) {
-            return Ok(());
+            return Ok(Vec::new());
         }
     }
 
@@ -245,6 +246,9 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
     let need = frame_bytes(&first.format) * first.number_of_frames as usize;
     let (data, bits_allocated): (Cow<[u8]>, u16) = match pixel.value() {
         dicom_core::DicomValue::Primitive(p) => (p.to_bytes(), first.format.bits_allocated),
+        dicom_core::DicomValue::PixelSequence(seq) if is_jpeg12(ts_uid, seq.fragments()) => {
+            return decode_jpeg12(path, seq.fragments(), frames);
+        }
         dicom_core::DicomValue::PixelSequence(_) => {
             // The decoders are dicom-rs's and their dependencies'; one that panics on
             // malformed data (dicom-rs 0.10.1's RLE decoder indexes past a short segment,
@@ -316,7 +320,98 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
             .ok_or_else(|| dicom_error(path, format!("frame {} out of range", h.frame)))?;
         frame_to_hu(raw, &format, h.rescale, h.padding, out);
     }
-    Ok(())
+    Ok(Vec::new())
+}
+
+/// JPEG Extended (processes 2 and 4), which holds 12-bit lossy CT.
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+
+/// Whether the frames are 12-bit sequential DCT JPEG, which dicom-rs' decoder refuses and
+/// lungcad decodes itself ([`super::jpeg`]); 8-bit and other JPEG go to dicom-rs.
+fn is_jpeg12(ts_uid: &str, fragments: &[Vec<u8>]) -> bool {
+    ts_uid == JPEG_EXTENDED
+        && fragments
+            .first()
+            .and_then(|f| super::jpeg::frame_info(f).ok())
+            .is_some_and(|i| i.precision == 12 && matches!(i.marker, 0xC0 | 0xC1))
+}
+
+/// Decodes 12-bit JPEG frames with [`super::jpeg`]. A file with as many fragments as frames
+/// has one frame in each; otherwise the fragments are joined and the frames read one after
+/// another, each ending at its EOI.
+fn decode_jpeg12(
+    path: &Path,
+    fragments: &[Vec<u8>],
+    frames: Vec<(&SliceHeader, &mut [i16])>,
+) -> Result<Vec<String>> {
+    let Some((first, _)) = frames.first() else {
+        return Ok(Vec::new());
+    };
+    let n_frames = first.number_of_frames as usize;
+    let expect = match (
+        u16::try_from(first.format.rows),
+        u16::try_from(first.format.columns),
+    ) {
+        (Ok(r), Ok(c)) => (r, c),
+        _ => {
+            return Err(dicom_error(
+                path,
+                "an image over 65535 pixels wide or high in JPEG",
+            ))
+        }
+    };
+    let fail = |frame: usize, m: String| {
+        dicom_error(
+            path,
+            format!("cannot decode pixel data (JPEG Extended, 12-bit), frame {frame}: {m}"),
+        )
+    };
+    let mut format = first.format;
+    format.bits_allocated = 16;
+    format.bits_stored = format.bits_stored.min(16);
+    let mut warnings = Vec::new();
+    let mut put = |d: super::jpeg::Decoded, h: &SliceHeader, out: &mut [i16]| {
+        for (o, &s) in out.iter_mut().zip(&d.samples) {
+            *o = s as i16;
+        }
+        stored16_to_hu_in_place(out, &format, h.rescale, h.padding);
+        for w in d.warnings {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+    };
+    if fragments.len() == n_frames {
+        for (h, out) in frames {
+            let f = h.frame as usize;
+            let data = fragments
+                .get(f)
+                .ok_or_else(|| dicom_error(path, format!("frame {f} out of range")))?;
+            let d = super::jpeg::decode(data, expect).map_err(|m| fail(f, m))?;
+            put(d, h, out);
+        }
+        return Ok(warnings);
+    }
+    let joined: Vec<u8> = fragments.concat();
+    let mut wanted: Vec<(&SliceHeader, &mut [i16])> = frames;
+    wanted.sort_by_key(|(h, _)| h.frame);
+    let mut pos = 0;
+    let mut next = 0usize;
+    for (h, out) in wanted {
+        let f = h.frame as usize;
+        if f >= n_frames {
+            return Err(dicom_error(path, format!("frame {f} out of range")));
+        }
+        while next <= f {
+            let d = super::jpeg::decode(&joined[pos..], expect).map_err(|m| fail(next, m))?;
+            pos += d.bytes_read;
+            if next == f {
+                put(d, h, &mut *out);
+            }
+            next += 1;
+        }
+    }
+    Ok(warnings)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod assemble;
 pub mod decode;
 pub mod guard;
 pub mod header;
+pub mod jpeg;
 pub mod write;
 
 pub use assemble::{assemble, display_uid, Assembly};
@@ -256,7 +257,8 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
         warnings.push("RescaleSlope/Intercept vary between slices (applied per slice)".into());
     }
     let mut voxels = vec![0i16; n * rows * cols];
-    decode_into(&assembly.slices, &mut voxels, rows * cols)?;
+    let decode_warnings = decode_into(&assembly.slices, &mut voxels, rows * cols)?;
+    warnings.extend(decode_warnings);
     let (rows, cols, voxels) = match &assembly.tilt {
         None => (rows, cols, voxels),
         Some(t) => {
@@ -309,8 +311,8 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
 }
 
 /// Decodes every slice into its plane of `data` (z-major planes of `plane` voxels), one
-/// parallel job per file.
-fn decode_into(slices: &[SliceHeader], data: &mut [i16], plane: usize) -> Result<()> {
+/// parallel job per file. Returns the decoders' warnings, each once.
+fn decode_into(slices: &[SliceHeader], data: &mut [i16], plane: usize) -> Result<Vec<String>> {
     let mut index: HashMap<Arc<Path>, usize> = HashMap::new();
     let mut jobs: Vec<(Arc<Path>, Vec<(&SliceHeader, &mut [i16])>)> = Vec::new();
     for (s, out) in slices.iter().zip(data.chunks_mut(plane.max(1))) {
@@ -320,11 +322,19 @@ fn decode_into(slices: &[SliceHeader], data: &mut [i16], plane: usize) -> Result
         });
         jobs[j].1.push((s, out));
     }
-    let results: Vec<Result<()>> = jobs
+    let results: Vec<Result<Vec<String>>> = jobs
         .into_par_iter()
         .map(|(path, frames)| decode::decode_file(&path, frames))
         .collect();
-    results.into_iter().collect()
+    let mut warnings: Vec<String> = Vec::new();
+    for r in results {
+        for w in r? {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+    }
+    Ok(warnings)
 }
 
 /// Fuzzing entry point for header parsing and series assembly: `data` is parsed as a
