@@ -416,6 +416,21 @@ fn twelve_bit_jpeg_extended_series_decodes_as_libjpeg() {
         msg.contains("IM00001.dcm") && msg.contains("12-bit") && msg.contains("ends early"),
         "{msg}"
     );
+    // A header whose BitsStored cannot hold the 12-bit samples: refused, not masked.
+    encapsulate(1, vec![jpg.clone()]);
+    let f = dir.path().join("IM00002.dcm");
+    let mut obj = dicom_object::open_file(&f).unwrap();
+    obj.put(DataElement::new(
+        tags::BITS_STORED,
+        VR::US,
+        PrimitiveValue::from(8u16),
+    ));
+    obj.write_to_file(&f).unwrap();
+    let msg = load(dir.path(), &cfg()).unwrap_err().to_string();
+    assert!(
+        msg.contains("IM00002.dcm") && msg.contains("BitsStored is 8"),
+        "{msg}"
+    );
 }
 
 /// An implicit VR slice with a defined-length sequence (0008,1140) whose item holds an

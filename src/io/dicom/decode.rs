@@ -247,7 +247,18 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
     let (data, bits_allocated): (Cow<[u8]>, u16) = match pixel.value() {
         dicom_core::DicomValue::Primitive(p) => (p.to_bytes(), first.format.bits_allocated),
         dicom_core::DicomValue::PixelSequence(seq) if is_jpeg12(ts_uid, seq.fragments()) => {
-            return decode_jpeg12(path, seq.fragments(), frames);
+            // lungcad's own decoder is written not to panic; like the others it fails its
+            // file if it ever does.
+            let fragments = seq.fragments();
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decode_jpeg12(path, fragments, frames)
+            }))
+            .unwrap_or_else(|_| {
+                Err(dicom_error(
+                    path,
+                    "cannot decode pixel data (JPEG Extended, 12-bit): the decoder failed on malformed data",
+                ))
+            });
         }
         dicom_core::DicomValue::PixelSequence(_) => {
             // The decoders are dicom-rs's and their dependencies'; one that panics on
@@ -367,10 +378,26 @@ fn decode_jpeg12(
         )
     };
     let mut format = first.format;
+    if format.bits_stored < 12 {
+        // Masking 12-bit samples to fewer bits would give wrong HU without a sign.
+        return Err(dicom_error(
+            path,
+            format!(
+                "BitsStored is {} but the JPEG frames hold 12-bit samples",
+                format.bits_stored
+            ),
+        ));
+    }
     format.bits_allocated = 16;
     format.bits_stored = format.bits_stored.min(16);
     let mut warnings = Vec::new();
-    let mut put = |d: super::jpeg::Decoded, h: &SliceHeader, out: &mut [i16]| {
+    let mut put = |f: usize, d: super::jpeg::Decoded, h: &SliceHeader, out: &mut [i16]| {
+        if d.precision != 12 {
+            return Err(fail(
+                f,
+                format!("coded at {} bits, the first frame at 12", d.precision),
+            ));
+        }
         for (o, &s) in out.iter_mut().zip(&d.samples) {
             *o = s as i16;
         }
@@ -380,6 +407,7 @@ fn decode_jpeg12(
                 warnings.push(w);
             }
         }
+        Ok(())
     };
     if fragments.len() == n_frames {
         for (h, out) in frames {
@@ -388,7 +416,7 @@ fn decode_jpeg12(
                 .get(f)
                 .ok_or_else(|| dicom_error(path, format!("frame {f} out of range")))?;
             let d = super::jpeg::decode(data, expect).map_err(|m| fail(f, m))?;
-            put(d, h, out);
+            put(f, d, h, out)?;
         }
         return Ok(warnings);
     }
@@ -406,7 +434,7 @@ fn decode_jpeg12(
             let d = super::jpeg::decode(&joined[pos..], expect).map_err(|m| fail(next, m))?;
             pos += d.bytes_read;
             if next == f {
-                put(d, h, &mut *out);
+                put(f, d, h, &mut *out)?;
             }
             next += 1;
         }

@@ -35,6 +35,9 @@ pub fn frame_info(data: &[u8]) -> Result<FrameInfo, String> {
         if marker == SOS {
             return Err("a scan before the frame header".into());
         }
+        if marker == EOI {
+            return Err("no frame header before EOI".into());
+        }
     }
 }
 
@@ -202,7 +205,11 @@ impl<'a> Segments<'a> {
         if marker == EOI {
             return Ok((EOI, &[]));
         }
-        if marker == SOI || (0xD0..=0xD7).contains(&marker) || marker == 0x00 {
+        if (0xD0..=0xD7).contains(&marker) || marker == 0x01 {
+            // RSTn and TEM stand alone, without a length; libjpeg skips them here too.
+            return Ok((marker, &[]));
+        }
+        if marker == SOI || marker == 0x00 {
             return Err(format!("marker 0x{marker:02X} out of place"));
         }
         let len = d
@@ -532,16 +539,29 @@ fn decode_scan(
     let total = brows * bcols;
     for b in 0..total {
         if restart_interval > 0 && b > 0 && b % restart_interval as usize == 0 {
-            // Byte-aligned restart: drop the partial byte, then expect an RSTn marker.
+            // Byte-aligned restart: drop the partial byte, then expect the next RSTn
+            // marker (after any 0xFF fill bytes). One of another number means that data
+            // was lost: the blocks after it would land in the wrong place.
             unused += bits.unused_bytes();
-            let p = bits.marker_pos();
-            match bits.data.get(p + 1) {
-                Some(m) if (0xD0..=0xD7).contains(m) => {}
+            let mut p = bits.marker_pos() + 1;
+            while bits.data.get(p) == Some(&0xFF) {
+                p += 1;
+            }
+            let want = 0xD0 + ((b / restart_interval as usize - 1) % 8) as u8;
+            match bits.data.get(p) {
+                Some(&m) if m == want => {}
+                Some(&m) if (0xD0..=0xD7).contains(&m) => {
+                    return Err(format!(
+                        "restart marker RST{} after block {b} where RST{} is due: data lost",
+                        m - 0xD0,
+                        want - 0xD0
+                    ))
+                }
                 _ => return Err(format!("no restart marker after block {b}")),
             }
             bits = Bits {
                 data: r.data,
-                pos: p + 2,
+                pos: p + 1,
                 acc: 0,
                 n: 0,
                 padded: 0,
@@ -550,7 +570,8 @@ fn decode_scan(
         }
         block.fill(0);
         let t = bits.decode(dc)? as u32;
-        if t > 16 {
+        if t > 15 {
+            // libjpeg refuses such a DC table as corrupt.
             return Err(format!("DC difference of {t} bits"));
         }
         pred = pred.wrapping_add(extend(bits.bits(t)?, t));
@@ -840,6 +861,31 @@ mod tests {
         let mut wrong = r.clone();
         wrong[dri + 5] = 2;
         assert!(decode(&wrong, (40, 44)).is_err());
+        // A lost restart interval: RST1 removed, so RST2 comes where RST1 is due.
+        let rst1 = r.windows(2).position(|w| w == [0xFF, 0xD1]).unwrap();
+        let rst2 = r.windows(2).position(|w| w == [0xFF, 0xD2]).unwrap();
+        let mut lost = r[..rst1].to_vec();
+        lost.extend_from_slice(&r[rst2..]);
+        let e = decode(&lost, (40, 44)).unwrap_err();
+        assert!(e.contains("RST2") && e.contains("RST1 is due"), "{e}");
+    }
+
+    /// T.81 B.1.1.2: any marker may be preceded by 0xFF fill bytes; an encoder may also
+    /// write a restart marker after the last interval. Both decode as the plain stream.
+    #[test]
+    fn fill_bytes_and_a_trailing_restart_marker_are_read() {
+        let (r, want) = fixture("grey8_restart3");
+        let rst1 = r.windows(2).position(|w| w == [0xFF, 0xD1]).unwrap();
+        let mut filled = r[..rst1].to_vec();
+        filled.extend_from_slice(&[0xFF, 0xFF, 0xFF]);
+        filled.extend_from_slice(&r[rst1..]);
+        assert_eq!(decode(&filled, (40, 44)).unwrap().samples, want);
+        let eoi = r.len() - 2;
+        let mut trailing = r[..eoi].to_vec();
+        trailing.extend_from_slice(&[0xFF, 0xD1, 0xFF, EOI]);
+        let d = decode(&trailing, (40, 44)).unwrap();
+        assert_eq!(d.samples, want);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
     }
 
     /// libjpeg reads a sequential scan whose header has other spectral values as
