@@ -1,5 +1,6 @@
-//! Loading speed: LIDC-IDRI-0001 (when the shared data is present) and a synthetic
-//! 512x512x300 DICOM series written by lungcad. The peers (SimpleITK, pydicom) are timed
+//! Loading speed: LIDC-IDRI-0001 (when the shared data is present), a synthetic
+//! 512x512x300 DICOM series written by lungcad, and a 12-bit JPEG series when
+//! LUNGCAD_BENCH_JPEG12 names one. The peers (SimpleITK, pydicom) are timed
 //! on the same series by benches/compare_load.py; see docs/PERFORMANCE.md.
 
 #[path = "../tests/common/mod.rs"]
@@ -36,6 +37,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("synthetic_300x512x512", |b| {
         b.iter(|| load(&synth, &config).expect("loads"))
     });
+    // A 12-bit JPEG Extended series (lungcad's own decoder), written by
+    // `benches/make_jpeg12_series.py DIR`, when LUNGCAD_BENCH_JPEG12=DIR names it.
+    if let Some(dir) = std::env::var_os("LUNGCAD_BENCH_JPEG12") {
+        g.bench_function("jpeg12_series", |b| {
+            b.iter(|| load(std::path::Path::new(&dir), &config).expect("loads"))
+        });
+    }
     g.finish();
 }
 

@@ -247,3 +247,77 @@ def test_default_configs_are_the_rust_defaults() -> None:
     assert lungcad.default_config("train")["batch_size"] == 32
     with pytest.raises(lungcad.InvalidArgumentError):
         lungcad.default_config("nope")
+
+
+def test_enhanced_ct_in_12_bit_jpeg_matches_libjpeg_turbo(tmp_path: Path) -> None:
+    """An enhanced multi-frame CT in 12-bit JPEG Extended (1.2.840.10008.1.2.4.51): three
+    frames stored head first (frame 0 is the highest slice) in four fragments (frame 1
+    split in two), so the frames are read from the joined fragments. Every voxel equals
+    libjpeg-turbo's decoding of its frame, plus the intercept."""
+    pydicom = pytest.importorskip("pydicom")
+    imagecodecs = pytest.importorskip("imagecodecs")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedCTImageStorage, JPEGExtended12Bit, generate_uid
+
+    def item(**kw: object) -> Dataset:
+        d = Dataset()
+        for k, v in kw.items():
+            setattr(d, k, v)
+        return d
+
+    rng = np.random.default_rng(3)
+    frames = [
+        (np.add.outer(np.arange(24) * 40, np.arange(30) * 25) + 100 * k + rng.integers(0, 60, (24, 30)))
+        .clip(0, 4095)
+        .astype(np.uint16)
+        for k in range(3)
+    ]
+    streams = [imagecodecs.jpeg8_encode(f, level=80, bitspersample=12) for f in frames]
+    decoded = [imagecodecs.jpeg8_decode(s).astype(np.int32) for s in streams]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGExtended12Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 24, 30, 3
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SharedFunctionalGroupsSequence = Sequence(
+        [
+            item(
+                PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])]),
+                PixelMeasuresSequence=Sequence([item(PixelSpacing=[0.7, 0.7], SliceThickness=1.5)]),
+                PixelValueTransformationSequence=Sequence(
+                    [item(RescaleIntercept=-1024, RescaleSlope=1, RescaleType="HU")]
+                ),
+            )
+        ]
+    )
+    ds.PerFrameFunctionalGroupsSequence = Sequence(
+        [item(PlanePositionSequence=Sequence([item(ImagePositionPatient=[0, 0, 3.0 - 1.5 * k])])) for k in range(3)]
+    )
+    def fragment(b: bytes) -> bytes:
+        b += b"\0" * (len(b) % 2)
+        return b"\xfe\xff\x00\xe0" + len(b).to_bytes(4, "little") + b
+
+    s1 = streams[1]
+    fragments = [streams[0], s1[:500], s1[500:], streams[2]]
+    # An empty basic offset table, then one item per fragment.
+    ds.PixelData = fragment(b"") + b"".join(fragment(f) for f in fragments)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    pydicom.dcmwrite(tmp_path / "enhanced.dcm", ds, enforce_file_format=True)
+
+    vol = lungcad.load(tmp_path / "enhanced.dcm")
+    assert vol.array.shape == (3, 24, 30)
+    assert vol.spacing_mm == pytest.approx((1.5, 0.7, 0.7))
+    # Loaded along +z: plane z holds frame 2 - z.
+    for z in range(3):
+        np.testing.assert_array_equal(vol.array[z], decoded[2 - z] - 1024)
