@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,6 +156,25 @@ def test_load_errors_are_typed(tmp_path: Path) -> None:
     assert issubclass(lungcad.LimitError, lungcad.LungcadError)
 
 
+def ct_dataset(sop_class: str, transfer_syntax: str, series: str) -> Any:
+    """A pydicom data set with its file meta group: a new SOP instance of `sop_class` in
+    `series`, modality CT."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = UID(sop_class)
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = series
+    ds.Modality = "CT"
+    return ds
+
+
 def write_tilted_series(
     folder: Path, row_shift_mm: float = 0.8, gantry_detector_tilt: float | None = None
 ) -> np.ndarray:
@@ -162,23 +182,13 @@ def write_tilted_series(
     before (by default one row: a gantry tilt of atan(0.8 / 2) = 21.8 degrees), with
     GantryDetectorTilt when given. Returns their pixels."""
     pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     pixels = (np.arange(4 * 6 * 5).reshape(4, 6, 5) * 10).astype(np.int16)
     series = generate_uid()
     folder.mkdir()
     for k in range(4):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID = series
-        ds.Modality = "CT"
+        ds = ct_dataset(CTImageStorage, ExplicitVRLittleEndian, series)
         ds.Rows, ds.Columns = 6, 5
         ds.PixelSpacing = [0.8, 0.8]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -256,7 +266,7 @@ def test_enhanced_ct_in_12_bit_jpeg_matches_libjpeg_turbo(tmp_path: Path) -> Non
     libjpeg-turbo's decoding of its frame, plus the intercept."""
     pydicom = pytest.importorskip("pydicom")
     imagecodecs = pytest.importorskip("imagecodecs")
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
     from pydicom.uid import EnhancedCTImageStorage, JPEGExtended12Bit, generate_uid
 
@@ -275,16 +285,7 @@ def test_enhanced_ct_in_12_bit_jpeg_matches_libjpeg_turbo(tmp_path: Path) -> Non
     ]
     streams = [imagecodecs.jpeg8_encode(f, level=80, bitspersample=12) for f in frames]
     decoded = [imagecodecs.jpeg8_decode(s).astype(np.int32) for s in streams]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGExtended12Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = EnhancedCTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "CT"
+    ds = ct_dataset(EnhancedCTImageStorage, JPEGExtended12Bit, generate_uid())
     ds.Rows, ds.Columns, ds.NumberOfFrames = 24, 30, 3
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
