@@ -402,11 +402,7 @@ fn decode_jpeg12(
             *o = s as i16;
         }
         stored16_to_hu_in_place(out, &format, h.rescale, h.padding);
-        for w in d.warnings {
-            if !warnings.contains(&w) {
-                warnings.push(w);
-            }
-        }
+        warnings.extend(d.warnings); // each kept once by the caller, decode_into
         Ok(())
     };
     if fragments.len() == n_frames {

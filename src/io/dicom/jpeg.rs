@@ -474,30 +474,20 @@ impl Bits<'_> {
         Err("bad Huffman code".into())
     }
 
-    /// Whole bytes of data read but not used, up to the next marker: none in a stream
-    /// whose encoder padded only to the byte's end.
-    fn unused_bytes(&self) -> usize {
-        let held = (self.n.saturating_sub(self.padded) / 8) as usize;
-        let mut p = self.pos;
-        let mut n = 0;
-        while p < self.data.len() && !(self.data[p] == 0xFF && self.data.get(p + 1) != Some(&0x00))
-        {
-            p += if self.data[p] == 0xFF { 2 } else { 1 };
-            n += 1;
-        }
-        held + n
-    }
-
-    /// The position of the next marker: the end of the entropy-coded segment.
-    fn marker_pos(&self) -> usize {
+    /// The end of the entropy-coded segment: the position of the next marker, and the
+    /// whole bytes of data read but not used up to it (none in a stream whose encoder
+    /// padded only to the byte's end).
+    fn to_marker(&self) -> (usize, usize) {
+        let mut unused = (self.n.saturating_sub(self.padded) / 8) as usize;
         let mut p = self.pos;
         while p < self.data.len() {
             if self.data[p] == 0xFF && self.data.get(p + 1) != Some(&0x00) {
-                return p;
+                return (p, unused);
             }
             p += if self.data[p] == 0xFF { 2 } else { 1 };
+            unused += 1;
         }
-        self.data.len()
+        (self.data.len(), unused)
     }
 }
 
@@ -542,8 +532,9 @@ fn decode_scan(
             // Byte-aligned restart: drop the partial byte, then expect the next RSTn
             // marker (after any 0xFF fill bytes). One of another number means that data
             // was lost: the blocks after it would land in the wrong place.
-            unused += bits.unused_bytes();
-            let mut p = bits.marker_pos() + 1;
+            let (marker, skipped) = bits.to_marker();
+            unused += skipped;
+            let mut p = marker + 1;
             while bits.data.get(p) == Some(&0xFF) {
                 p += 1;
             }
@@ -603,14 +594,15 @@ fn decode_scan(
             out[row..row + w].copy_from_slice(&pixels[y * 8..y * 8 + w]);
         }
     }
-    unused += bits.unused_bytes();
+    let (end, skipped) = bits.to_marker();
+    unused += skipped;
     if unused > 0 {
         // libjpeg warns too ("extraneous bytes before marker") and goes on.
         warnings.push(format!(
             "{unused} bytes of JPEG entropy-coded data were not used (corrupt data?)"
         ));
     }
-    r.pos = bits.marker_pos();
+    r.pos = end;
     Ok(out)
 }
 
