@@ -95,6 +95,50 @@ fn unsigned_12_bit_implicit_vr_round_trips() {
     assert_eq!(back.info.transfer_syntaxes, ["1.2.840.10008.1.2"]);
 }
 
+/// Cuts the Part 10 header (preamble, "DICM", file meta group) off every file in `dir`,
+/// leaving the bare data set, as ACR-NEMA files and some archives' exports are stored.
+fn strip_part10_headers(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(&bytes[128..132], b"DICM");
+        assert_eq!(&bytes[132..138], &[0x02, 0x00, 0x00, 0x00, b'U', b'L']);
+        let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+        std::fs::write(&p, &bytes[144 + group_len..]).unwrap();
+    }
+}
+
+#[test]
+fn series_without_part10_headers_loads_like_with_them() {
+    let g = Geometry::new([1.25, 0.75, 0.7], [-120.5, 30.25, -200.0]);
+    let v = phantom([6, 12, 10], g);
+    for (explicit_vr, ts) in [(true, "1.2.840.10008.1.2.1"), (false, "1.2.840.10008.1.2")] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SeriesWriteOptions {
+            explicit_vr,
+            shuffle_names_seed: Some(3),
+            ..SeriesWriteOptions::default()
+        };
+        write_series(&v, dir.path(), &opts).unwrap();
+        let with = load(dir.path(), &cfg()).unwrap();
+        strip_part10_headers(dir.path());
+        // a text file beside them is still not taken for DICOM
+        std::fs::write(dir.path().join("README"), "# not DICOM\n").unwrap();
+        let without = load(dir.path(), &cfg()).unwrap();
+        assert_eq!(without.hu, v.hu, "explicit VR {explicit_vr}");
+        assert_eq!(without.geometry, with.geometry);
+        assert_eq!(without.info.series_uid, with.info.series_uid);
+        assert_eq!(without.info.transfer_syntaxes, [ts]);
+        // one such file on its own too
+        let one = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .unwrap();
+        assert_eq!(load(&one, &cfg()).unwrap().shape(), [1, 12, 10]);
+    }
+}
+
 #[test]
 fn negative_slice_direction_is_sorted_back() {
     let dir = tempfile::tempdir().unwrap();

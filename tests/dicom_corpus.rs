@@ -55,6 +55,10 @@ fn every_corpus_file_loads_correctly_or_is_refused() {
             Ok(Err(e)) => {
                 let msg = e.to_string();
                 assert!(!msg.is_empty());
+                if fx["headless"] == true && fx["pydicom"] == "image" {
+                    // data sets without the Part 10 header are read, not refused
+                    failures.push(format!("{rel}: refused a headless image: {msg}"));
+                }
                 refused += 1;
                 table += &format!("refused  {rel} ({ms} ms): {msg}\n");
             }
@@ -97,5 +101,5 @@ fn every_corpus_file_loads_correctly_or_is_refused() {
         failures.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(verified >= 41, "only {verified} corpus files loaded");
+    assert!(verified >= 42, "only {verified} corpus files loaded");
 }

@@ -1,6 +1,7 @@
 //! MetaImage and NIfTI through the public API (`lungcad::load` / `lungcad::save`), the real
 //! TotalSegmentator NIfTI when the shared data is present, and agreement with SimpleITK when
-//! `python3` can import it (each skipped, with a message, otherwise).
+//! `python3` can import it (each skipped, with a message, otherwise); with SimpleITK, also
+//! the corpus' ACR-NEMA DICOM file, which only ITK's reader (GDCM) of the peers reads as it is.
 
 use lungcad::io::metaimage::{self, WriteOptions};
 use lungcad::{load, save, Error, Geometry, LoadConfig, Volume};
@@ -301,6 +302,28 @@ fn simpleitk_reads_what_lungcad_writes() {
         let back = load(path, &LoadConfig::default()).unwrap();
         assert_agrees(report, &back, if is_nifti { 1e-9 } else { 0.0 });
     }
+}
+
+#[test]
+fn headless_acr_nema_file_reads_as_simpleitk_reads_it() {
+    // No preamble, "DICM" or file meta group; implicit VR; no PhotometricInterpretation,
+    // SamplesPerPixel or SeriesInstanceUID; ACR-NEMA's retired Image Position and Image
+    // Orientation (0020,0030/0035) instead of DICOM's (0020,0032/0037).
+    let Some(path) = common::data_dir("dicom-corpus/barre/CT_Implicit_Little_Headless_Retired.dcm")
+    else {
+        return;
+    };
+    let Some(python) = python() else { return };
+    let report = &run_script(&python, &[&path])[0];
+    let v = load(&path, &LoadConfig::default()).unwrap();
+    assert_eq!(v.info.transfer_syntaxes, ["1.2.840.10008.1.2"]);
+    // A single slice's spacing along the normal: ITK says 1 mm, lungcad takes the
+    // SliceThickness (2 mm); everything else is ITK's, exactly.
+    assert_eq!(v.geometry.spacing_mm[0], 2.0);
+    let mut itk = report.clone();
+    itk["spacing"][2] = Value::String("2.0".into());
+    assert_agrees(&itk, &v, 0.0);
+    assert_eq!(v.geometry.origin_mm, [-80.30762, -111.3076, 52.0]);
 }
 
 #[test]

@@ -7,10 +7,12 @@ the HU values (sum, sum of squares, min, max), computed with the rule lungcad do
     otherwise  round(stored * RescaleSlope + RescaleIntercept), clamped to int16
 
 Rescale attributes are taken per frame from the functional groups for enhanced
-multi-frame files. 12-bit JPEG Extended pixel data (1.2.840.10008.1.2.4.51) is decoded by
-libjpeg-turbo (imagecodecs), whose integer inverse DCT lungcad's decoder ports: pydicom's
-pylibjpeg plugin rounds differently (by one, in about 1% of the samples) and refuses a
-stream that libjpeg reads with a warning. Usage (writes tests/fixtures/dicom_corpus.json):
+multi-frame files. A file holding a data set without the Part 10 header (ACR-NEMA) is
+read with force=True in the transfer syntax lungcad infers for it. 12-bit JPEG Extended
+pixel data (1.2.840.10008.1.2.4.51) is decoded by libjpeg-turbo (imagecodecs), whose
+integer inverse DCT lungcad's decoder ports: pydicom's pylibjpeg plugin rounds differently
+(by one, in about 1% of the samples) and refuses a stream that libjpeg reads with a
+warning. Usage (writes tests/fixtures/dicom_corpus.json):
 
     pip install pydicom numpy pillow pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg imagecodecs
     python3 tests/scripts/make_dicom_corpus_fixture.py [$LUNGCAD_DATA/dicom-corpus]
@@ -23,7 +25,11 @@ import warnings
 import imagecodecs
 import numpy as np
 import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import generate_frames
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import VR
 
 warnings.filterwarnings("ignore")
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
@@ -53,11 +59,44 @@ def as_stored(ds, v):
     return v
 
 
+def read_headless(path):
+    """A data set stored without the Part 10 header, read as lungcad reads it: only when it
+    starts with an element of group 0008, little endian, explicit VR when its first element
+    carries a VR, else implicit VR (pydicom's force=True guesses the same way)."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head[:2] != b"\x08\x00":
+        return None
+    ds = pydicom.dcmread(path, force=True)
+    explicit = head[4:6] in {vr.value.encode() for vr in VR}
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if explicit else ImplicitVRLittleEndian
+    # ACR-NEMA images may lack attributes DICOM requires: lungcad (like GDCM) reads them as
+    # grayscale, one sample per pixel
+    if "Rows" in ds:
+        ds.setdefault("PhotometricInterpretation", "MONOCHROME2")
+        ds.setdefault("SamplesPerPixel", 1)
+    return ds
+
+
 def describe(path):
+    headless = False
     try:
         ds = pydicom.dcmread(path)
+    except InvalidDicomError as e:
+        ds = read_headless(path)
+        if ds is None:
+            return {"pydicom": "unreadable", "reason": f"{type(e).__name__}: {e}"[:200]}
+        headless = True
     except Exception as e:  # noqa: BLE001 - we record any failure
         return {"pydicom": "unreadable", "reason": f"{type(e).__name__}: {e}"[:200]}
+    described = describe_dataset(ds)
+    if headless:
+        described["headless"] = True
+    return described
+
+
+def describe_dataset(ds):
     if "PixelData" not in ds or "Rows" not in ds:
         return {"pydicom": "no-image"}
     if int(ds.get("SamplesPerPixel", 1)) != 1:

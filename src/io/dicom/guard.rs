@@ -532,24 +532,85 @@ fn walk_data_set(
     }
 }
 
+/// The transfer syntax of a file that holds a data set without the Part 10 header (no
+/// preamble, no "DICM", no file meta group), as ACR-NEMA files and some archives' exports
+/// do: explicit VR little endian when its first element carries a VR, else implicit VR
+/// little endian, the default transfer syntax (PS3.5 10.1), as GDCM and pydicom's
+/// `force=True` read them. Only a file that starts with an element of group 0008, where
+/// every such image starts, is taken for one, so text and other formats are not.
+pub(crate) fn headless_syntax(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.get(128..132) == Some(b"DICM") || bytes.get(0..4) == Some(b"DICM") {
+        return None;
+    }
+    if bytes.get(0..2)? != [0x08, 0x00] {
+        return None;
+    }
+    let vr = bytes.get(4..6)?;
+    Some(if short_length_vr(vr) || long_length_vr(vr) {
+        "1.2.840.10008.1.2.1"
+    } else {
+        "1.2.840.10008.1.2"
+    })
+}
+
+/// "DICM" and a file meta group (explicit VR little endian) that names transfer syntax
+/// `ts`, with empty Media Storage SOP Class and Instance UIDs.
+fn file_meta_group(ts: &str) -> Vec<u8> {
+    let mut ts_bytes = ts.as_bytes().to_vec();
+    if ts_bytes.len() % 2 == 1 {
+        ts_bytes.push(0);
+    }
+    let mut group = Vec::with_capacity(64);
+    // (0002,0001) OB: the meta information version, 00 01
+    group.extend_from_slice(&[0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 1]);
+    // (0002,0002) and (0002,0003) UI, empty
+    group.extend_from_slice(&[0x02, 0x00, 0x02, 0x00, b'U', b'I', 0, 0]);
+    group.extend_from_slice(&[0x02, 0x00, 0x03, 0x00, b'U', b'I', 0, 0]);
+    // (0002,0010) UI: the transfer syntax
+    group.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+    group.extend_from_slice(&(ts_bytes.len() as u16).to_le_bytes());
+    group.extend_from_slice(&ts_bytes);
+    let mut out = b"DICM".to_vec();
+    out.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+    out.extend_from_slice(&(group.len() as u32).to_le_bytes());
+    out.extend_from_slice(&group);
+    out
+}
+
 /// Reads as much of `path` as the guard needs and checks it. Returns the bytes read (a
 /// prefix of the file, or all of it with `through_pixel_data`), so the parser can read
-/// them from memory instead of reading the file again.
-pub fn check_file(path: &std::path::Path, through_pixel_data: bool) -> Result<Vec<u8>, String> {
+/// them from memory instead of reading the file again, and whether they are all of it.
+///
+/// A data set stored without the Part 10 header ([`headless_syntax`]) comes back behind a
+/// file meta group naming its transfer syntax, so that it is checked and parsed like any
+/// other file, and whole once its prefix passes (there is no file to fall back to).
+pub fn check_file(
+    path: &std::path::Path,
+    through_pixel_data: bool,
+) -> Result<(Vec<u8>, bool), String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let file_len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
+    let mut file_len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
     let mut prefix = Vec::with_capacity(file_len.min(64 << 10));
     (&mut f)
         .take(64 << 10)
         .read_to_end(&mut prefix)
         .map_err(|e| e.to_string())?;
+    let headless = headless_syntax(&prefix);
+    if let Some(ts) = headless {
+        let meta = file_meta_group(ts);
+        file_len += meta.len();
+        prefix.splice(0..0, meta);
+    }
     if !through_pixel_data && check_declared_lengths(&prefix, file_len, false)? == Walk::Fits {
-        return Ok(prefix);
+        let whole = prefix.len() >= file_len;
+        if whole || headless.is_none() {
+            return Ok((prefix, whole));
+        }
     }
     f.read_to_end(&mut prefix).map_err(|e| e.to_string())?;
     check_declared_lengths(&prefix, prefix.len(), through_pixel_data)?;
-    Ok(prefix)
+    Ok((prefix, true))
 }
 
 #[cfg(test)]
@@ -851,5 +912,44 @@ mod tests {
         assert_eq!(check_declared_lengths(&f, f.len(), false), Ok(Walk::Fits));
         let e = check_declared_lengths(&f, f.len(), true).unwrap_err();
         assert!(e.contains("(FFFC,FFFC) declares"), "{e}");
+    }
+
+    #[test]
+    fn headless_data_sets_get_a_file_meta_group() {
+        // implicit VR: (0008,0000) UL 4, then (0008,0060) CS "CT"
+        let implicit = [
+            8, 0, 0, 0, 4, 0, 0, 0, 10, 0, 0, 0, 8, 0, 0x60, 0, 2, 0, 0, 0, b'C', b'T',
+        ];
+        let explicit = [8, 0, 0x60, 0, b'C', b'S', 2, 0, b'C', b'T'];
+        assert_eq!(headless_syntax(&implicit), Some("1.2.840.10008.1.2"));
+        assert_eq!(headless_syntax(&explicit), Some("1.2.840.10008.1.2.1"));
+        for not_headless in [
+            &b"# a README"[..],
+            &b"\x08\x00"[..],
+            &[0x28, 0, 0x10, 0, b'U', b'S', 2, 0, 0, 2][..], // not group 0008
+            &part10("1.2.840.10008.1.2", &implicit)[..],
+            &b"DICM\x08\x00\x60\x00CS\x02\x00CT"[..],
+        ] {
+            assert_eq!(headless_syntax(not_headless), None, "{not_headless:?}");
+        }
+        // with the group in front, dicom-object reads both and the guard walks them
+        for (body, ts) in [
+            (&implicit[..], "1.2.840.10008.1.2"),
+            (&explicit[..], "1.2.840.10008.1.2.1"),
+        ] {
+            let mut f = file_meta_group(ts);
+            f.extend_from_slice(body);
+            assert_eq!(check_declared_lengths(&f, f.len(), true), Ok(Walk::Fits));
+            let obj = dicom_object::OpenFileOptions::new()
+                .from_reader(&f[..])
+                .unwrap();
+            assert_eq!(obj.meta().transfer_syntax(), ts);
+            let modality = obj.element(dicom_dictionary_std::tags::MODALITY).unwrap();
+            assert_eq!(modality.to_str().unwrap(), "CT");
+        }
+        // and a length past the end is still refused
+        let mut f = file_meta_group("1.2.840.10008.1.2");
+        f.extend_from_slice(&[8, 0, 0x60, 0, 0, 0, 0, 0x10, b'C', b'T']);
+        assert!(check_declared_lengths(&f, f.len(), true).is_err());
     }
 }

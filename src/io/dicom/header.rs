@@ -69,6 +69,11 @@ pub struct SliceHeader {
     pub gantry_detector_tilt_deg: Option<f64>,
 }
 
+/// ACR-NEMA's Image Position and Image Orientation, retired by DICOM for ImagePositionPatient
+/// (0020,0032) and ImageOrientationPatient (0020,0037).
+const ACR_NEMA_IMAGE_POSITION: dicom_core::Tag = dicom_core::Tag(0x0020, 0x0030);
+const ACR_NEMA_IMAGE_ORIENTATION: dicom_core::Tag = dicom_core::Tag(0x0020, 0x0035);
+
 fn find<'a>(
     objs: &[&'a InMemDicomObject],
     tag: dicom_core::Tag,
@@ -166,14 +171,21 @@ pub(crate) fn open_header(path: &Path) -> std::result::Result<DefaultDicomObject
 /// Reads the slice headers of one file; `Ok(vec![])` for a DICOM file that holds no image
 /// (structured reports, RT structures, ...).
 pub fn read_slice_headers(path: &Path) -> std::result::Result<Vec<SliceHeader>, String> {
-    let bytes = super::guard::check_file(path, false)?;
+    let (bytes, whole) = super::guard::check_file(path, false)?;
+    if bytes.get(128..132) != Some(b"DICM") && bytes.get(0..4) != Some(b"DICM") {
+        return Err(
+            "not a DICOM file: no \"DICM\" prefix, nor a bare data set starting with group 0008"
+                .into(),
+        );
+    }
     // The guard's bytes usually hold the whole header: parse them rather than reading the
-    // file again, and fall back to the file when they do not.
+    // file again, and fall back to the file when they are a prefix that does not.
     let obj = match OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .from_reader(&bytes[..])
     {
         Ok(obj) => obj,
+        Err(e) if whole => return Err(e.to_string()),
         Err(_) => open_header(path)?,
     };
     let ts = obj
@@ -271,11 +283,15 @@ pub(crate) fn headers_of_object(
         {
             None // a multi-frame file without per-frame positions
         } else {
+            // ACR-NEMA's retired Image Position (0020,0030) where the DICOM attribute is
+            // absent, as GDCM (and so SimpleITK) reads it
             f64s(&pos_objs, tags::IMAGE_POSITION_PATIENT)
+                .or_else(|| f64s(&top, ACR_NEMA_IMAGE_POSITION))
                 .filter(|v| v.len() >= 3)
                 .map(|v| [v[0], v[1], v[2]])
         };
         let orientation = f64s(&ori_objs, tags::IMAGE_ORIENTATION_PATIENT)
+            .or_else(|| f64s(&top, ACR_NEMA_IMAGE_ORIENTATION))
             .filter(|v| v.len() >= 6)
             .map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]);
         let pixel_spacing = f64s(&meas_objs, tags::PIXEL_SPACING)
