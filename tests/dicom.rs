@@ -95,17 +95,31 @@ fn unsigned_12_bit_implicit_vr_round_trips() {
     assert_eq!(back.info.transfer_syntaxes, ["1.2.840.10008.1.2"]);
 }
 
-/// Cuts the Part 10 header (preamble, "DICM", file meta group) off every file in `dir`,
-/// leaving the bare data set, as ACR-NEMA files and some archives' exports are stored.
-fn strip_part10_headers(dir: &Path) {
+/// The data set of a Part 10 file: what follows its preamble, "DICM" and file meta group.
+fn data_set_of(part10: &[u8]) -> &[u8] {
+    assert_eq!(&part10[128..132], b"DICM");
+    assert_eq!(&part10[132..138], &[0x02, 0x00, 0x00, 0x00, b'U', b'L']);
+    let group_len = u32::from_le_bytes(part10[140..144].try_into().unwrap()) as usize;
+    &part10[144 + group_len..]
+}
+
+/// Rewrites every file in `dir` with `edit` applied to its bytes.
+fn edit_files(dir: &Path, edit: impl Fn(&[u8]) -> Vec<u8>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let bytes = std::fs::read(&p).unwrap();
-        assert_eq!(&bytes[128..132], b"DICM");
-        assert_eq!(&bytes[132..138], &[0x02, 0x00, 0x00, 0x00, b'U', b'L']);
-        let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
-        std::fs::write(&p, &bytes[144 + group_len..]).unwrap();
+        std::fs::write(&p, edit(&bytes)).unwrap();
     }
+}
+
+/// Replaces the tag `from` (group, element; little endian) with `to` wherever it occurs.
+fn retag(bytes: &[u8], from: (u16, u16), to: (u16, u16)) -> Vec<u8> {
+    let pat = [from.0.to_le_bytes(), from.1.to_le_bytes()].concat();
+    let rep = [to.0.to_le_bytes(), to.1.to_le_bytes()].concat();
+    let mut out = bytes.to_vec();
+    let at = out.windows(4).position(|w| w == pat).expect("tag present");
+    out[at..at + 4].copy_from_slice(&rep);
+    out
 }
 
 #[test]
@@ -121,14 +135,17 @@ fn series_without_part10_headers_loads_like_with_them() {
         };
         write_series(&v, dir.path(), &opts).unwrap();
         let with = load(dir.path(), &cfg()).unwrap();
-        strip_part10_headers(dir.path());
+        edit_files(dir.path(), |b| data_set_of(b).to_vec());
         // a text file beside them is still not taken for DICOM
-        std::fs::write(dir.path().join("README"), "# not DICOM\n").unwrap();
+        let readme = dir.path().join("README");
+        std::fs::write(&readme, "# not DICOM\n").unwrap();
         let without = load(dir.path(), &cfg()).unwrap();
         assert_eq!(without.hu, v.hu, "explicit VR {explicit_vr}");
         assert_eq!(without.geometry, with.geometry);
         assert_eq!(without.info.series_uid, with.info.series_uid);
         assert_eq!(without.info.transfer_syntaxes, [ts]);
+        let e = load(&readme, &cfg()).unwrap_err().to_string();
+        assert!(e.contains("not a DICOM file"), "{e}");
         // one such file on its own too
         let one = std::fs::read_dir(dir.path())
             .unwrap()
@@ -137,6 +154,66 @@ fn series_without_part10_headers_loads_like_with_them() {
             .unwrap();
         assert_eq!(load(&one, &cfg()).unwrap().shape(), [1, 12, 10]);
     }
+}
+
+#[test]
+fn large_headless_files_are_read_past_their_prefix() {
+    // 256 x 256 planes (128 KiB of pixels, past the guard's 64 KiB prefix), each followed by
+    // a trailing padding element so that PixelData is not the file's tail: pixels come
+    // through the parser, not the uncompressed fast path
+    let v = phantom(
+        [3, 256, 256],
+        Geometry::new([2.0, 0.5, 0.5], [10.0, -5.0, 3.0]),
+    );
+    for explicit_vr in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SeriesWriteOptions {
+            explicit_vr,
+            ..SeriesWriteOptions::default()
+        };
+        write_series(&v, dir.path(), &opts).unwrap();
+        let padding: &[u8] = if explicit_vr {
+            &[0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 0]
+        } else {
+            &[0xFC, 0xFF, 0xFC, 0xFF, 2, 0, 0, 0, 0, 0]
+        };
+        edit_files(dir.path(), |b| [data_set_of(b), padding].concat());
+        let back = load(dir.path(), &cfg()).unwrap();
+        assert_eq!(back.hu, v.hu, "explicit VR {explicit_vr}");
+        assert_eq!(back.geometry, v.geometry);
+    }
+}
+
+#[test]
+fn acr_nema_retired_geometry_is_read_only_without_the_part10_header() {
+    // ImagePositionPatient and ImageOrientationPatient renamed to ACR-NEMA's retired Image
+    // Position (0020,0030) and Image Orientation (0020,0035), in an oblique series
+    let [normal, col, row] = OBLIQUE;
+    let g = Geometry {
+        spacing_mm: [1.5, 0.8, 0.7],
+        origin_mm: [-30.0, 12.5, 40.0],
+        direction: [normal, col, row],
+    };
+    let v = phantom([4, 9, 11], g);
+    let retire = |b: &[u8]| {
+        retag(
+            &retag(b, (0x20, 0x32), (0x20, 0x30)),
+            (0x20, 0x37),
+            (0x20, 0x35),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_series(&v, dir.path(), &SeriesWriteOptions::default()).unwrap();
+    // in Part 10 files they are not DICOM's attributes: the series has no geometry
+    edit_files(dir.path(), retire);
+    let e = load(dir.path(), &cfg()).unwrap_err().to_string();
+    assert!(e.contains("slices lack ImageOrientationPatient"), "{e}");
+    // without the Part 10 header (ACR-NEMA) they are the geometry
+    edit_files(dir.path(), |b| data_set_of(b).to_vec());
+    let back = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(back.hu, v.hu);
+    // DICOM decimal strings carry about 1e-6 relative precision
+    geometry_close(&back.geometry, &v.geometry, 1e-5);
 }
 
 #[test]

@@ -60,12 +60,30 @@ def as_stored(ds, v):
 
 
 def read_headless(path):
-    """A data set stored without the Part 10 header, read as lungcad reads it: only when it
-    starts with an element of group 0008, little endian, explicit VR when its first element
-    carries a VR, else implicit VR (pydicom's force=True guesses the same way)."""
+    """A data set stored without the Part 10 header, read as lungcad reads it: only when its
+    first two elements are of group 0008 in ascending order, the first at most 1024 bytes
+    long; little endian, explicit VR when the first element carries a VR, else implicit VR
+    (pydicom's force=True guesses the same way)."""
     with open(path, "rb") as fh:
-        head = fh.read(6)
-    if head[:2] != b"\x08\x00":
+        head = fh.read(2048)
+    if len(head) < 12 or head[:2] != b"\x08\x00":
+        return None
+    vr = head[4:6]
+    explicit = vr in {v.value.encode() for v in VR}
+    if not explicit:
+        value_at, length = 8, int.from_bytes(head[4:8], "little")
+    elif vr in (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"):
+        value_at, length = 12, int.from_bytes(head[8:12], "little")
+    else:
+        value_at, length = 8, int.from_bytes(head[6:8], "little")
+    nxt = value_at + length
+    if length > 1024 or len(head) < nxt + 4:
+        return None
+    first, (group, element) = int.from_bytes(head[2:4], "little"), (
+        int.from_bytes(head[nxt : nxt + 2], "little"),
+        int.from_bytes(head[nxt + 2 : nxt + 4], "little"),
+    )
+    if group != 0x0008 or element <= first:
         return None
     ds = pydicom.dcmread(path, force=True)
     explicit = head[4:6] in {vr.value.encode() for vr in VR}
@@ -84,7 +102,10 @@ def describe(path):
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as e:
-        ds = read_headless(path)
+        try:
+            ds = read_headless(path)
+        except Exception as e2:  # noqa: BLE001
+            return {"pydicom": "unreadable", "reason": f"{type(e2).__name__}: {e2}"[:200]}
         if ds is None:
             return {"pydicom": "unreadable", "reason": f"{type(e).__name__}: {e}"[:200]}
         headless = True

@@ -231,9 +231,9 @@ pub fn decode_file(path: &Path, frames: Vec<(&SliceHeader, &mut [i16])>) -> Resu
             name: ts_name(ts_uid),
         });
     }
-    let (bytes, _) = super::guard::check_file(path, true).map_err(|m| dicom_error(path, m))?;
+    let checked = super::guard::check_file(path, true).map_err(|m| dicom_error(path, m))?;
     let obj = OpenFileOptions::new()
-        .from_reader(&bytes[..])
+        .from_reader(&checked.bytes[..])
         .map_err(|e| dicom_error(path, e.to_string()))?;
     let pixel = obj
         .element_opt(tags::PIXEL_DATA)

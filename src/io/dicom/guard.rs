@@ -536,26 +536,47 @@ fn walk_data_set(
 /// preamble, no "DICM", no file meta group), as ACR-NEMA files and some archives' exports
 /// do: explicit VR little endian when its first element carries a VR, else implicit VR
 /// little endian, the default transfer syntax (PS3.5 10.1), as GDCM and pydicom's
-/// `force=True` read them. Only a file that starts with an element of group 0008, where
-/// every such image starts, is taken for one, so text and other formats are not.
+/// `force=True` read them. Only a file whose first two elements are short ones of group
+/// 0008 in ascending order, as such images usually start, is taken for one, so that text,
+/// raw voxels and other formats are not.
 pub(crate) fn headless_syntax(bytes: &[u8]) -> Option<&'static str> {
     if bytes.get(128..132) == Some(b"DICM") || bytes.get(0..4) == Some(b"DICM") {
         return None;
     }
-    if bytes.get(0..2)? != [0x08, 0x00] {
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if u16_at(0)? != 0x0008 {
         return None;
     }
+    let first_element = u16_at(2)?;
     let vr = bytes.get(4..6)?;
-    Some(if short_length_vr(vr) || long_length_vr(vr) {
-        "1.2.840.10008.1.2.1"
+    let (ts, value_at, len) = if short_length_vr(vr) {
+        ("1.2.840.10008.1.2.1", 8, u32::from(u16_at(6)?))
+    } else if long_length_vr(vr) {
+        ("1.2.840.10008.1.2.1", 12, u32_at(8)?)
     } else {
-        "1.2.840.10008.1.2"
-    })
+        ("1.2.840.10008.1.2", 8, u32_at(4)?)
+    };
+    // the first attributes of group 0008 (its length, SpecificCharacterSet, ImageType...)
+    // are short
+    if len > 1024 {
+        return None;
+    }
+    let next = value_at + len as usize;
+    (u16_at(next)? == 0x0008 && u16_at(next + 2)? > first_element).then_some(ts)
 }
 
 /// "DICM" and a file meta group (explicit VR little endian) that names transfer syntax
 /// `ts`, with empty Media Storage SOP Class and Instance UIDs.
-fn file_meta_group(ts: &str) -> Vec<u8> {
+pub(crate) fn file_meta_group(ts: &str) -> Vec<u8> {
     let mut ts_bytes = ts.as_bytes().to_vec();
     if ts_bytes.len() % 2 == 1 {
         ts_bytes.push(0);
@@ -577,17 +598,25 @@ fn file_meta_group(ts: &str) -> Vec<u8> {
     out
 }
 
+/// What [`check_file`] read of a file that passed.
+pub struct Checked {
+    /// The bytes read: a prefix of the file, or all of it.
+    pub bytes: Vec<u8>,
+    /// Whether `bytes` hold the whole file.
+    pub whole: bool,
+    /// The transfer syntax of a file without the Part 10 header ([`headless_syntax`]),
+    /// whose `bytes` start with a file meta group that names it.
+    pub headless: Option<&'static str>,
+}
+
 /// Reads as much of `path` as the guard needs and checks it. Returns the bytes read (a
 /// prefix of the file, or all of it with `through_pixel_data`), so the parser can read
-/// them from memory instead of reading the file again, and whether they are all of it.
+/// them from memory instead of reading the file again.
 ///
 /// A data set stored without the Part 10 header ([`headless_syntax`]) comes back behind a
 /// file meta group naming its transfer syntax, so that it is checked and parsed like any
-/// other file, and whole once its prefix passes (there is no file to fall back to).
-pub fn check_file(
-    path: &std::path::Path,
-    through_pixel_data: bool,
-) -> Result<(Vec<u8>, bool), String> {
+/// other file.
+pub fn check_file(path: &std::path::Path, through_pixel_data: bool) -> Result<Checked, String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut file_len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
@@ -603,14 +632,19 @@ pub fn check_file(
         prefix.splice(0..0, meta);
     }
     if !through_pixel_data && check_declared_lengths(&prefix, file_len, false)? == Walk::Fits {
-        let whole = prefix.len() >= file_len;
-        if whole || headless.is_none() {
-            return Ok((prefix, whole));
-        }
+        return Ok(Checked {
+            whole: prefix.len() >= file_len,
+            bytes: prefix,
+            headless,
+        });
     }
     f.read_to_end(&mut prefix).map_err(|e| e.to_string())?;
     check_declared_lengths(&prefix, prefix.len(), through_pixel_data)?;
-    Ok((prefix, true))
+    Ok(Checked {
+        bytes: prefix,
+        whole: true,
+        headless,
+    })
 }
 
 #[cfg(test)]
@@ -920,13 +954,26 @@ mod tests {
         let implicit = [
             8, 0, 0, 0, 4, 0, 0, 0, 10, 0, 0, 0, 8, 0, 0x60, 0, 2, 0, 0, 0, b'C', b'T',
         ];
-        let explicit = [8, 0, 0x60, 0, b'C', b'S', 2, 0, b'C', b'T'];
+        // explicit VR: (0008,0008) CS "AXIAL ", then (0008,0060) CS "CT"
+        let explicit = [
+            8, 0, 8, 0, b'C', b'S', 6, 0, b'A', b'X', b'I', b'A', b'L', b' ', //
+            8, 0, 0x60, 0, b'C', b'S', 2, 0, b'C', b'T',
+        ];
         assert_eq!(headless_syntax(&implicit), Some("1.2.840.10008.1.2"));
         assert_eq!(headless_syntax(&explicit), Some("1.2.840.10008.1.2.1"));
         for not_headless in [
             &b"# a README"[..],
             &b"\x08\x00"[..],
             &[0x28, 0, 0x10, 0, b'U', b'S', 2, 0, 0, 2][..], // not group 0008
+            &explicit[..14],                                 // one element only
+            &implicit[..12],
+            // raw voxels 8, 0, 8, 8: a first "length" of 0x0008_0008 bytes
+            &[8, 0, 0, 0, 8, 0, 8, 0, 8, 0, 9, 0, 8, 0, 0x10, 0][..],
+            // the second element not of group 0008, or not after the first
+            &[
+                8, 0, 0x60, 0, b'C', b'S', 2, 0, b'C', b'T', 0x10, 0, 0x10, 0,
+            ][..],
+            &[8, 0, 0x60, 0, b'C', b'S', 2, 0, b'C', b'T', 8, 0, 0x20, 0][..],
             &part10("1.2.840.10008.1.2", &implicit)[..],
             &b"DICM\x08\x00\x60\x00CS\x02\x00CT"[..],
         ] {
@@ -949,6 +996,7 @@ mod tests {
         }
         // and a length past the end is still refused
         let mut f = file_meta_group("1.2.840.10008.1.2");
+        f.extend_from_slice(&implicit[..12]);
         f.extend_from_slice(&[8, 0, 0x60, 0, 0, 0, 0, 0x10, b'C', b'T']);
         assert!(check_declared_lengths(&f, f.len(), true).is_err());
     }

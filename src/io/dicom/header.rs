@@ -160,18 +160,31 @@ fn int_of(
     }
 }
 
-/// Opens a file's header (everything before PixelData).
-pub(crate) fn open_header(path: &Path) -> std::result::Result<DefaultDicomObject, String> {
-    OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| e.to_string())
+/// Opens a file's header (everything before PixelData), streaming it from the file; a data
+/// set without the Part 10 header (`headless`: its transfer syntax) is read behind a
+/// synthesized file meta group.
+pub(crate) fn open_header(
+    path: &Path,
+    headless: Option<&str>,
+) -> std::result::Result<DefaultDicomObject, String> {
+    let options = OpenFileOptions::new().read_until(tags::PIXEL_DATA);
+    match headless {
+        None => options.open_file(path),
+        Some(ts) => {
+            use std::io::Read;
+            let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+            let meta = std::io::Cursor::new(super::guard::file_meta_group(ts));
+            options.from_reader(meta.chain(std::io::BufReader::new(file)))
+        }
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// Reads the slice headers of one file; `Ok(vec![])` for a DICOM file that holds no image
 /// (structured reports, RT structures, ...).
 pub fn read_slice_headers(path: &Path) -> std::result::Result<Vec<SliceHeader>, String> {
-    let (bytes, whole) = super::guard::check_file(path, false)?;
+    let checked = super::guard::check_file(path, false)?;
+    let bytes = &checked.bytes;
     if bytes.get(128..132) != Some(b"DICM") && bytes.get(0..4) != Some(b"DICM") {
         return Err(
             "not a DICOM file: no \"DICM\" prefix, nor a bare data set starting with group 0008"
@@ -185,22 +198,27 @@ pub fn read_slice_headers(path: &Path) -> std::result::Result<Vec<SliceHeader>, 
         .from_reader(&bytes[..])
     {
         Ok(obj) => obj,
-        Err(e) if whole => return Err(e.to_string()),
-        Err(_) => open_header(path)?,
+        Err(e) if checked.whole => return Err(e.to_string()),
+        Err(_) => open_header(path, checked.headless)?,
     };
     let ts = obj
         .meta()
         .transfer_syntax()
         .trim_end_matches('\0')
         .to_string();
-    headers_of_object(&obj, Arc::from(path), ts)
+    headers_of_object(&obj, Arc::from(path), ts, checked.headless.is_some())
 }
 
 /// The slice headers of a parsed object (shared with the fuzz entry point).
+///
+/// `acr_nema`: the file has no Part 10 header, so ACR-NEMA's retired Image Position and
+/// Image Orientation stand in for ImagePositionPatient and ImageOrientationPatient where
+/// those are absent, as GDCM reads ACR-NEMA files (it does not for DICOM files).
 pub(crate) fn headers_of_object(
     obj: &InMemDicomObject,
     path: Arc<Path>,
     transfer_syntax: String,
+    acr_nema: bool,
 ) -> std::result::Result<Vec<SliceHeader>, String> {
     let top = [obj];
     let (rows, columns) = match (int_of(&top, tags::ROWS)?, int_of(&top, tags::COLUMNS)?) {
@@ -283,15 +301,21 @@ pub(crate) fn headers_of_object(
         {
             None // a multi-frame file without per-frame positions
         } else {
-            // ACR-NEMA's retired Image Position (0020,0030) where the DICOM attribute is
-            // absent, as GDCM (and so SimpleITK) reads it
             f64s(&pos_objs, tags::IMAGE_POSITION_PATIENT)
-                .or_else(|| f64s(&top, ACR_NEMA_IMAGE_POSITION))
+                .or_else(|| {
+                    acr_nema
+                        .then(|| f64s(&top, ACR_NEMA_IMAGE_POSITION))
+                        .flatten()
+                })
                 .filter(|v| v.len() >= 3)
                 .map(|v| [v[0], v[1], v[2]])
         };
         let orientation = f64s(&ori_objs, tags::IMAGE_ORIENTATION_PATIENT)
-            .or_else(|| f64s(&top, ACR_NEMA_IMAGE_ORIENTATION))
+            .or_else(|| {
+                acr_nema
+                    .then(|| f64s(&top, ACR_NEMA_IMAGE_ORIENTATION))
+                    .flatten()
+            })
             .filter(|v| v.len() >= 6)
             .map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]);
         let pixel_spacing = f64s(&meas_objs, tags::PIXEL_SPACING)

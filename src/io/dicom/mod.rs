@@ -34,8 +34,9 @@ use std::sync::Arc;
 
 /// The revision of DICOM series loading, raised whenever the same files load as another
 /// volume: 2 corrected gantry tilts (refused before) and uneven slice spacing (read as a
-/// regular grid before). Training caches prepare a DICOM scan again when it changes.
-pub const LOADER_REVISION: u32 = 2;
+/// regular grid before); 3 read files without the Part 10 header (skipped before).
+/// Training caches prepare a DICOM scan again when it changes.
+pub const LOADER_REVISION: u32 = 3;
 
 /// One series found by [`scan`].
 #[derive(Debug, Clone)]
@@ -348,7 +349,7 @@ pub fn assemble_fuzz(data: &[u8]) {
             .read_until(tags::PIXEL_DATA)
             .from_reader(data)
     }) {
-        let _ = header::headers_of_object(&obj, Arc::from(Path::new("fuzz")), String::new());
+        let _ = header::headers_of_object(&obj, Arc::from(Path::new("fuzz")), String::new(), true);
     }
     let f = |c: &[u8], i: usize| i16::from_le_bytes([c[i], c[i + 1]]) as f64 / 64.0;
     let slices: Vec<SliceHeader> = data
