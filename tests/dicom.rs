@@ -112,7 +112,8 @@ fn edit_files(dir: &Path, edit: impl Fn(&[u8]) -> Vec<u8>) {
     }
 }
 
-/// Replaces the tag `from` (group, element; little endian) with `to` wherever it occurs.
+/// Replaces the first occurrence of tag `from` (group, element; little endian) with `to`
+/// (in the files written here, nothing before a tag of group 0020 holds its bytes).
 fn retag(bytes: &[u8], from: (u16, u16), to: (u16, u16)) -> Vec<u8> {
     let pat = [from.0.to_le_bytes(), from.1.to_le_bytes()].concat();
     let rep = [to.0.to_le_bytes(), to.1.to_le_bytes()].concat();
@@ -208,6 +209,14 @@ fn acr_nema_retired_geometry_is_read_only_without_the_part10_header() {
     edit_files(dir.path(), retire);
     let e = load(dir.path(), &cfg()).unwrap_err().to_string();
     assert!(e.contains("slices lack ImageOrientationPatient"), "{e}");
+    // so is a Part 10 series with only its position retired
+    let only_position = tempfile::tempdir().unwrap();
+    write_series(&v, only_position.path(), &SeriesWriteOptions::default()).unwrap();
+    edit_files(only_position.path(), |b| {
+        retag(b, (0x20, 0x32), (0x20, 0x30))
+    });
+    let e = load(only_position.path(), &cfg()).unwrap_err().to_string();
+    assert!(e.contains("slices lack ImagePositionPatient"), "{e}");
     // without the Part 10 header (ACR-NEMA) they are the geometry
     edit_files(dir.path(), |b| data_set_of(b).to_vec());
     let back = load(dir.path(), &cfg()).unwrap();

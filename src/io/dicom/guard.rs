@@ -536,9 +536,9 @@ fn walk_data_set(
 /// preamble, no "DICM", no file meta group), as ACR-NEMA files and some archives' exports
 /// do: explicit VR little endian when its first element carries a VR, else implicit VR
 /// little endian, the default transfer syntax (PS3.5 10.1), as GDCM and pydicom's
-/// `force=True` read them. Only a file whose first two elements are short ones of group
-/// 0008 in ascending order, as such images usually start, is taken for one, so that text,
-/// raw voxels and other formats are not.
+/// `force=True` read them. Only a file that starts with a short element of group 0008 (at
+/// most 1024 bytes) followed by a later element of group 0008, as such images usually
+/// start, is taken for one, so that text, raw voxels and other formats are not.
 pub(crate) fn headless_syntax(bytes: &[u8]) -> Option<&'static str> {
     if bytes.get(128..132) == Some(b"DICM") || bytes.get(0..4) == Some(b"DICM") {
         return None;

@@ -187,7 +187,7 @@ pub fn read_slice_headers(path: &Path) -> std::result::Result<Vec<SliceHeader>, 
     let bytes = &checked.bytes;
     if bytes.get(128..132) != Some(b"DICM") && bytes.get(0..4) != Some(b"DICM") {
         return Err(
-            "not a DICOM file: no \"DICM\" prefix, nor a bare data set starting with group 0008"
+            "not a DICOM file: no \"DICM\" prefix, and it does not start as a bare DICOM data set does"
                 .into(),
         );
     }
@@ -213,7 +213,8 @@ pub fn read_slice_headers(path: &Path) -> std::result::Result<Vec<SliceHeader>, 
 ///
 /// `acr_nema`: the file has no Part 10 header, so ACR-NEMA's retired Image Position and
 /// Image Orientation stand in for ImagePositionPatient and ImageOrientationPatient where
-/// those are absent, as GDCM reads ACR-NEMA files (it does not for DICOM files).
+/// those are absent (GDCM does this for such files when they name no image SOP class; it
+/// never does for Part 10 files).
 pub(crate) fn headers_of_object(
     obj: &InMemDicomObject,
     path: Arc<Path>,
@@ -388,5 +389,40 @@ pub(crate) fn dicom_error(path: &Path, message: impl Into<String>) -> Error {
     Error::Dicom {
         path: path.to_path_buf(),
         message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_headless_header_is_streamed_behind_a_file_meta_group() {
+        // an implicit VR data set: ImageType, Modality, Rows 2, Columns 3, PixelData
+        let mut f = Vec::new();
+        let mut element = |group: u16, elem: u16, value: &[u8]| {
+            f.extend_from_slice(&group.to_le_bytes());
+            f.extend_from_slice(&elem.to_le_bytes());
+            f.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            f.extend_from_slice(value);
+        };
+        element(0x0008, 0x0008, b"AXIAL ");
+        element(0x0008, 0x0060, b"CT");
+        element(0x0028, 0x0010, &2u16.to_le_bytes());
+        element(0x0028, 0x0011, &3u16.to_le_bytes());
+        element(0x7FE0, 0x0010, &[0u8; 12]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acr-nema");
+        std::fs::write(&path, &f).unwrap();
+        let ts = super::super::guard::headless_syntax(&f).unwrap();
+        assert_eq!(ts, "1.2.840.10008.1.2");
+        let obj = open_header(&path, Some(ts)).unwrap();
+        assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), ts);
+        assert!(obj.element_opt(tags::PIXEL_DATA).unwrap().is_none());
+        let headers = headers_of_object(&obj, Arc::from(path.as_path()), ts.into(), true).unwrap();
+        assert_eq!((headers[0].format.rows, headers[0].format.columns), (2, 3));
+        assert_eq!(headers[0].modality, "CT");
+        // read as a Part 10 file it is not DICOM
+        assert!(open_header(&path, None).is_err());
     }
 }
