@@ -143,7 +143,8 @@ impl Geometry {
 /// Facts about where a volume came from. Holds no patient identifiers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VolumeInfo {
-    /// SeriesInstanceUID for DICOM; for other formats, `None`.
+    /// SeriesInstanceUID for DICOM (`None` for files without one, as ACR-NEMA files are);
+    /// for other formats, `None`.
     pub series_uid: Option<String>,
     /// DICOM Modality (e.g. `CT`), when known.
     pub modality: Option<String>,

@@ -315,6 +315,7 @@ fn headless_acr_nema_file_reads_as_simpleitk_reads_it() {
     };
     let v = load(&path, &LoadConfig::default()).unwrap();
     assert_eq!(v.info.transfer_syntaxes, ["1.2.840.10008.1.2"]);
+    assert_eq!(v.info.series_uid, None, "it has no SeriesInstanceUID");
     assert_eq!(v.geometry.origin_mm, [-80.30762, -111.3076, 52.0]);
     let Some(python) = python() else { return };
     let report = &run_script(&python, &[&path])[0];

@@ -301,7 +301,8 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
         hu,
         geometry: assembly.geometry,
         info: VolumeInfo {
-            series_uid: Some(uid),
+            // none for files without one (ACR-NEMA)
+            series_uid: Some(uid).filter(|u| !u.is_empty()),
             modality: Some(first.modality.clone()),
             format: "dicom".into(),
             slice_count: n,
