@@ -226,6 +226,33 @@ def test_gantry_tilt_is_corrected_or_refused(tmp_path: Path) -> None:
     assert any(w.startswith("GantryDetectorTilt is 15 degrees") for w in vol.warnings), vol.warnings
 
 
+def test_acr_nema_files_without_the_dicom_header_load(tmp_path: Path) -> None:
+    """Bare implicit VR data sets, as ACR-NEMA stored them: no preamble, "DICM" or file meta
+    group, no SeriesInstanceUID, the retired Image Position and Image Orientation."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset
+
+    pixels = (np.arange(3 * 4 * 5).reshape(3, 4, 5) * 7 - 200).astype(np.int16)
+    for k in range(3):
+        ds = Dataset()
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.Modality = "CT"
+        ds.ImagePosition = [-10.0, 20.0, 30.0 + 2.5 * k]
+        ds.ImageOrientation = [1, 0, 0, 0, 1, 0]
+        ds.Rows, ds.Columns = 4, 5
+        ds.PixelSpacing = [0.7, 0.6]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = pixels[k].tobytes()
+        pydicom.dcmwrite(tmp_path / f"{k}.ima", ds, implicit_vr=True, little_endian=True)
+        assert (tmp_path / f"{k}.ima").read_bytes()[:2] == b"\x08\x00"
+    vol = lungcad.load(tmp_path)
+    np.testing.assert_array_equal(vol.array, pixels)
+    assert vol.series_uid is None
+    assert vol.origin_mm == pytest.approx((-10.0, 20.0, 30.0))
+    assert vol.spacing_mm == pytest.approx((2.5, 0.7, 0.6))
+
+
 def test_preprocess_crop_maps_back_to_the_volume(coarse_phantom: lungcad.Phantom) -> None:
     vol = coarse_phantom.volume
     pre = lungcad.preprocess(vol, spacing_mm=(2.0, 2.0, 2.0), crop_margin_mm=4.0)
