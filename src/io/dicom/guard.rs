@@ -200,11 +200,7 @@ pub fn check_declared_lengths(
     file_len: usize,
     through_pixel_data: bool,
 ) -> Result<Walk, String> {
-    let start = if bytes.get(128..132) == Some(b"DICM") {
-        132
-    } else if bytes.get(0..4) == Some(b"DICM") {
-        4
-    } else {
+    let Some(start) = part10_start(bytes) else {
         return Ok(Walk::Fits); // not Part 10: the parser refuses it without allocating
     };
     let mut c = Cursor {
@@ -532,6 +528,18 @@ fn walk_data_set(
     }
 }
 
+/// Where the file meta group of a Part 10 file starts: after "DICM", behind the 128-byte
+/// preamble or (without one) at the start; `None` for a file without "DICM".
+pub(crate) fn part10_start(bytes: &[u8]) -> Option<usize> {
+    if bytes.get(128..132) == Some(b"DICM") {
+        Some(132)
+    } else if bytes.get(0..4) == Some(b"DICM") {
+        Some(4)
+    } else {
+        None
+    }
+}
+
 /// The transfer syntax of a file that holds a data set without the Part 10 header (no
 /// preamble, no "DICM", no file meta group), as ACR-NEMA files and some archives' exports
 /// do: explicit VR little endian when its first element carries a VR, else implicit VR
@@ -540,19 +548,16 @@ fn walk_data_set(
 /// most 1024 bytes) followed by a later element of group 0008, as such images usually
 /// start, is taken for one, so that text, raw voxels and other formats are not.
 pub(crate) fn headless_syntax(bytes: &[u8]) -> Option<&'static str> {
-    if bytes.get(128..132) == Some(b"DICM") || bytes.get(0..4) == Some(b"DICM") {
+    if part10_start(bytes).is_some() {
         return None;
     }
-    let u16_at = |at: usize| {
-        bytes
-            .get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    let c = Cursor {
+        bytes,
+        pos: 0,
+        file_len: bytes.len(),
     };
-    let u32_at = |at: usize| {
-        bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let u16_at = |at: usize| c.u16(at, false);
+    let u32_at = |at: usize| c.u32(at, false);
     if u16_at(0)? != 0x0008 {
         return None;
     }

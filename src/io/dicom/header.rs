@@ -185,7 +185,7 @@ pub(crate) fn open_header(
 pub fn read_slice_headers(path: &Path) -> std::result::Result<Vec<SliceHeader>, String> {
     let checked = super::guard::check_file(path, false)?;
     let bytes = &checked.bytes;
-    if bytes.get(128..132) != Some(b"DICM") && bytes.get(0..4) != Some(b"DICM") {
+    if super::guard::part10_start(bytes).is_none() {
         return Err(
             "not a DICOM file: no \"DICM\" prefix, and it does not start as a bare DICOM data set does"
                 .into(),
