@@ -147,7 +147,8 @@ pub enum SeriesProblem {
     },
     /// Slice positions that do not run along the slice normal, by more than `max_deg`:
     /// 0.05 degrees when tilts are refused (`LoadConfig::gantry_tilt`), else the largest
-    /// tilt corrected.
+    /// tilt corrected. `angle_deg` is the largest in-plane offset of a slice from the
+    /// first over the stack's length along the normal (for a gantry tilt, its angle).
     #[error(
         "gantry tilt of {angle_deg:.2} degrees, over the {max_deg} degrees allowed: slice positions do not lie along the slice normal"
     )]

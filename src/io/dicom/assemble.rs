@@ -272,6 +272,62 @@ impl TiltCorrection {
     }
 }
 
+/// How far the slices of a stack lie off the line along the slice normal through the first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct StackShape {
+    /// The stack's length along the normal, first slice to last (mm).
+    extent_mm: f64,
+    /// The angle of the stack off the normal, degrees: the largest in-plane offset of any
+    /// slice from the first, over the stack's length along the normal. For a gantry tilt
+    /// (offsets growing in proportion along the stack) this is the tilt angle; NaN when a
+    /// position is not finite.
+    angle_deg: f64,
+    /// How far the slices lie from the straight line from the first slice to the last
+    /// (mm): zero for a gantry tilt, more when some slices are shifted and others not.
+    off_line_mm: f64,
+}
+
+impl StackShape {
+    /// For slice positions in order along `normal` (a unit vector), at least two.
+    fn new(positions: &[[f64; 3]], normal: [f64; 3]) -> StackShape {
+        let p0 = positions[0];
+        // Each slice's distance along the normal and in-plane offset from the first.
+        let split = |p: &[f64; 3]| {
+            let v = [p[0] - p0[0], p[1] - p0[1], p[2] - p0[2]];
+            let along = dot(v, normal);
+            (along, [0, 1, 2].map(|w| v[w] - along * normal[w]))
+        };
+        let (extent_mm, last) = split(&positions[positions.len() - 1]);
+        let (mut largest, mut off_line_mm) = (0.0f64, 0.0f64);
+        for p in positions {
+            let (along, perp) = split(p);
+            let t = along / extent_mm;
+            let line = [0, 1, 2].map(|w| perp[w] - t * last[w]);
+            largest = f64_max_nan(largest, norm(perp));
+            off_line_mm = f64_max_nan(off_line_mm, norm(line));
+        }
+        StackShape {
+            extent_mm,
+            angle_deg: largest.atan2(extent_mm.abs()).to_degrees(),
+            off_line_mm,
+        }
+    }
+
+    /// The in-plane offset that [`MAX_TILT_DEG`] allows over this stack's length (mm).
+    fn tilt_tolerance_mm(&self) -> f64 {
+        self.extent_mm.abs() * MAX_TILT_DEG.to_radians().tan()
+    }
+}
+
+/// The larger of two numbers, NaN if either is.
+fn f64_max_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 fn problem(series_uid: &str, problem: SeriesProblem) -> Error {
     Error::Series {
         series_uid: display_uid(series_uid),
@@ -431,7 +487,8 @@ pub fn assemble(
             before - slices.len()
         ));
     }
-    let proj: Vec<f64> = slices.iter().map(|s| dot(pos(s), normal)).collect();
+    let positions: Vec<[f64; 3]> = slices.iter().map(pos).collect();
+    let proj: Vec<f64> = positions.iter().map(|&p| dot(p, normal)).collect();
     if let Some(w) = proj
         .windows(2)
         .find(|w| (w[1] - w[0]).abs() < SAME_POSITION_MM)
@@ -493,17 +550,13 @@ pub fn assemble(
                 MAX_POSITION_ERROR * 100.0
             ));
         }
-        // Gantry tilt: the stack must run along the slice normal.
-        let (p0, p1) = (pos(&slices[0]), pos(&slices[n - 1]));
-        let v = [p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]];
-        let along = dot(v, normal);
-        let perp = [
-            v[0] - along * normal[0],
-            v[1] - along * normal[1],
-            v[2] - along * normal[2],
-        ];
-        let angle_deg = norm(perp).atan2(along.abs()).to_degrees();
-        if angle_deg > MAX_TILT_DEG {
+        // Gantry tilt: the stack must run along the slice normal. Every slice is measured,
+        // not only the last, so that a stack whose middle slices are shifted in their plane
+        // is not read as a regular one.
+        let stack = StackShape::new(&positions, normal);
+        let angle_deg = stack.angle_deg;
+        // A NaN angle (positions so far apart that their offsets overflow) is refused.
+        if angle_deg.is_nan() || angle_deg > MAX_TILT_DEG {
             let max_deg = match gantry_tilt {
                 GantryTilt::Refuse => MAX_TILT_DEG,
                 GantryTilt::Correct => MAX_CORRECTED_TILT_DEG,
@@ -514,7 +567,7 @@ pub fn assemble(
                     SeriesProblem::GantryTilt { angle_deg, max_deg },
                 ));
             }
-            tilt_angle = Some(angle_deg);
+            tilt_angle = Some((angle_deg, stack));
         }
         spacing.as_ref().map_or(mean, |c| c.spacing_mm)
     };
@@ -535,8 +588,7 @@ pub fn assemble(
             }
             (None, pos(&slices[0]))
         }
-        Some(angle_deg) => {
-            let positions: Vec<[f64; 3]> = slices.iter().map(pos).collect();
+        Some((angle_deg, stack)) => {
             let (t, origin) = TiltCorrection::new(
                 series_uid,
                 angle_deg,
@@ -550,6 +602,14 @@ pub fn assemble(
                  plane (bilinear) onto a grid along the slice normal, {}x{} pixels to {}x{}",
                 input_plane[0], input_plane[1], t.plane[0], t.plane[1]
             ));
+            if stack.off_line_mm > stack.tilt_tolerance_mm() {
+                warnings.push(format!(
+                    "slice positions are up to {:.3} mm off a straight stack (their in-plane \
+                     offsets are not proportional to their distance along the normal): each \
+                     slice is placed at its own position",
+                    stack.off_line_mm
+                ));
+            }
             (Some(t), origin)
         }
     };
@@ -882,6 +942,106 @@ mod tests {
                 ..
             }) if max_deg == MAX_CORRECTED_TILT_DEG
         ));
+    }
+
+    #[test]
+    fn stack_shape_measures_every_slice() {
+        let z = [0.0, 0.0, 1.0];
+        // A tilt: offsets in proportion to the distance along the normal.
+        let tilt = StackShape::new(&[[0.0; 3], [0.0, 0.2, 1.0], [0.0, 0.4, 2.0]], z);
+        assert!((tilt.angle_deg - 0.2f64.atan().to_degrees()).abs() < 1e-12);
+        assert!(tilt.off_line_mm < 1e-12);
+        assert_eq!(tilt.extent_mm, 2.0);
+        // The ends in line, the middle slice 0.5 mm along x: 0.5 mm over 2 mm.
+        let kink = StackShape::new(&[[0.0; 3], [0.5, 0.0, 1.0], [0.0, 0.0, 2.0]], z);
+        assert!((kink.angle_deg - 0.25f64.atan().to_degrees()).abs() < 1e-12);
+        assert!((kink.off_line_mm - 0.5).abs() < 1e-12);
+        // The largest offset is taken, not the last: the middle slice 0.6 mm off, the last
+        // 0.2 mm, the line to the last passing 0.5 mm from the middle.
+        let bent = StackShape::new(&[[0.0; 3], [0.0, 0.6, 1.0], [0.0, 0.2, 2.0]], z);
+        assert!((bent.angle_deg - 0.3f64.atan().to_degrees()).abs() < 1e-12);
+        assert!((bent.off_line_mm - 0.5).abs() < 1e-12);
+        // In line within DS rounding: 0.0004 mm over 2 mm is 0.011 degrees.
+        let straight = StackShape::new(&[[0.0; 3], [0.0004, 0.0, 1.0], [0.0, 0.0, 2.0]], z);
+        assert!(straight.angle_deg < MAX_TILT_DEG);
+        assert!(
+            (straight.tilt_tolerance_mm() - 2.0 * MAX_TILT_DEG.to_radians().tan()).abs() < 1e-15
+        );
+    }
+
+    /// The ends of the stack in line, the middle slices shifted in their plane (as in a
+    /// series put together from two reconstructions of different centres): measured at the
+    /// ends alone this read as untilted, the middle slices misplaced by their shift.
+    #[test]
+    fn stack_shifted_in_the_middle_is_corrected() {
+        // Slices 2 and 3 of six are one row (0.7 mm along y) further than the others.
+        let shifted = [0.0, 0.0, 0.7, 0.7, 0.0, 0.0];
+        let s: Vec<_> = (0..6)
+            .map(|i| slice(&i.to_string(), [0.0, shifted[i], i as f64], AXIAL))
+            .collect();
+        match assemble("t", s.clone(), GantryTilt::Refuse) {
+            Err(Error::Series {
+                problem: SeriesProblem::GantryTilt { angle_deg, .. },
+                ..
+            }) => assert!((angle_deg - 0.14f64.atan().to_degrees()).abs() < 1e-9),
+            other => panic!("{other:?}"),
+        }
+        let a = assemble("t", s, GantryTilt::Correct).unwrap();
+        let t = a.tilt.as_ref().expect("a correction");
+        assert_eq!((t.input_plane, t.plane), ([4, 5], [5, 5]));
+        for (k, o) in t.offsets_vox.iter().enumerate() {
+            assert_eq!(*o, [-shifted[k] / 0.7, 0.0], "{k}");
+        }
+        assert_eq!(a.geometry.origin_mm, [0.0, 0.0, 0.0]);
+        assert!(
+            a.warnings[0].starts_with("gantry tilt of 7.97 degrees corrected"),
+            "{:?}",
+            a.warnings
+        );
+        assert!(
+            a.warnings[1].starts_with("slice positions are up to 0.700 mm off a straight stack"),
+            "{:?}",
+            a.warnings
+        );
+        // Resampled, output row i of every plane is world y 0.7i: the shifted slices' rows
+        // move down by one, air above them.
+        let slices: Vec<i16> = (0..6 * 4 * 5).map(|v| (v / 5 % 4) as i16).collect();
+        let mut out = vec![0i16; 6 * 5 * 5];
+        t.resample(&slices, &mut out);
+        for k in 0..6 {
+            for i in 0..5 {
+                let row = i as i64 - (shifted[k] / 0.7).round() as i64;
+                let want = if (0..4).contains(&row) {
+                    row as i16
+                } else {
+                    -1024
+                };
+                assert!(
+                    out[(k * 5 + i) * 5..][..5].iter().all(|&v| v == want),
+                    "{k} {i}"
+                );
+            }
+        }
+        // Positions so far apart in-plane that their offsets overflow: refused, not read
+        // as untilted.
+        let far: Vec<_> = [-1e308, 0.0, 1e308]
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| slice(&i.to_string(), [x, 0.0, i as f64], AXIAL))
+            .collect();
+        assert!(matches!(
+            assemble("t", far, GantryTilt::Correct),
+            Err(Error::Series {
+                problem: SeriesProblem::GantryTilt { angle_deg, .. },
+                ..
+            }) if angle_deg.is_nan()
+        ));
+        // A regular tilt is on a straight stack: no second warning.
+        let tilted: Vec<_> = (0..6)
+            .map(|i| slice(&i.to_string(), [0.0, 0.7 * i as f64, i as f64], AXIAL))
+            .collect();
+        let a = assemble("t", tilted, GantryTilt::Correct).unwrap();
+        assert_eq!(a.warnings.len(), 1, "{:?}", a.warnings);
     }
 
     #[test]

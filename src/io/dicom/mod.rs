@@ -34,9 +34,10 @@ use std::sync::Arc;
 
 /// The revision of DICOM series loading, raised whenever the same files load as another
 /// volume: 2 corrected gantry tilts (refused before) and uneven slice spacing (read as a
-/// regular grid before); 3 read files without the Part 10 header (skipped before).
-/// Training caches prepare a DICOM scan again when it changes.
-pub const LOADER_REVISION: u32 = 3;
+/// regular grid before); 3 read files without the Part 10 header (skipped before); 4
+/// corrects stacks whose middle slices alone are shifted in their plane (read as untilted
+/// before). Training caches prepare a DICOM scan again when it changes.
+pub const LOADER_REVISION: u32 = 4;
 
 /// One series found by [`scan`].
 #[derive(Debug, Clone)]
