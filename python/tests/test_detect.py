@@ -45,9 +45,9 @@ def test_shipped_model_finds_a_held_out_phantoms_nodules(cpu_detector: lungcad.D
 
 
 def test_four_threads_detect_at_once_with_identical_results(
-    cpu_detector: lungcad.Detector, coarse_phantom: lungcad.Phantom
+    cpu_detector: lungcad.Detector, coarse_slab: lungcad.Volume
 ) -> None:
-    vol = coarse_phantom.volume
+    vol = coarse_slab
     reference = cpu_detector.detect(vol)
     assert reference
     # While the threads detect, the GIL is free: a pure-Python thread keeps counting.
@@ -72,9 +72,9 @@ def test_four_threads_detect_at_once_with_identical_results(
 
 
 def test_test_time_flips_change_the_outputs_not_their_kind(
-    cpu_detector: lungcad.Detector, coarse_phantom: lungcad.Phantom
+    cpu_detector: lungcad.Detector, coarse_slab: lungcad.Volume
 ) -> None:
-    vol = coarse_phantom.volume
+    vol = coarse_slab
     plain = cpu_detector.detect(vol, threshold=0.0, flips="none")
     # The default is "x", as in `lungcad detect`.
     assert cpu_detector.detect(vol, threshold=0.0) == cpu_detector.detect(vol, threshold=0.0, flips="x")
@@ -84,16 +84,16 @@ def test_test_time_flips_change_the_outputs_not_their_kind(
 
 
 def test_detect_reads_a_path_and_names_the_series_by_file(
-    cpu_detector: lungcad.Detector, coarse_phantom: lungcad.Phantom, tmp_path: Path
+    cpu_detector: lungcad.Detector, coarse_slab: lungcad.Volume, tmp_path: Path
 ) -> None:
     path = tmp_path / "1.2.826.0.1.99.mhd"
-    coarse_phantom.volume.save(path)
+    coarse_slab.save(path)
     from_path = cpu_detector.detect(path)
-    from_volume = cpu_detector.detect(coarse_phantom.volume)
+    from_volume = cpu_detector.detect(coarse_slab)
     assert [n.series_uid for n in from_path] == ["1.2.826.0.1.99"] * len(from_path)
     # Every volume extension is stripped, .nii.gz whole (LUNA16's and Tianchi's naming).
     gz = tmp_path / "1.2.826.0.1.98.nii.gz"
-    coarse_phantom.volume.save(gz)
+    coarse_slab.save(gz)
     assert {n.series_uid for n in cpu_detector.detect(gz, threshold=0.0)} == {"1.2.826.0.1.98"}
     np.testing.assert_allclose(
         [(n.coord_x, n.coord_y, n.coord_z, n.probability) for n in from_path],
