@@ -147,12 +147,20 @@ pub enum SeriesProblem {
     },
     /// Slice positions that do not run along the slice normal, by more than `max_deg`:
     /// 0.05 degrees when tilts are refused (`LoadConfig::gantry_tilt`), else the largest
-    /// tilt corrected. `angle_deg` is the largest in-plane offset of a slice from the
-    /// first over the stack's length along the normal (for a gantry tilt, its angle).
+    /// tilt corrected. `angle_deg` is the angle between the normal and the line from the
+    /// first slice's position to the last's.
     #[error(
         "gantry tilt of {angle_deg:.2} degrees, over the {max_deg} degrees allowed: slice positions do not lie along the slice normal"
     )]
     GantryTilt { angle_deg: f64, max_deg: f64 },
+    /// Slices shifted in their plane: positions up to `offset_mm` off the straight line
+    /// from the first slice's to the last's, more than `max_mm`. When tilts are refused
+    /// (`LoadConfig::gantry_tilt`) that is the offset a 0.05-degree tilt makes over the
+    /// stack, and at least half a pixel; else the stack's length (a 45-degree shift).
+    #[error(
+        "slice positions up to {offset_mm:.3} mm off a straight stack, over the {max_mm:.3} mm allowed: slices are shifted in their plane"
+    )]
+    ShiftedSlices { offset_mm: f64, max_mm: f64 },
     #[error("slices share no distinct positions (all at one position)")]
     SinglePosition,
     #[error("{0}")]

@@ -209,9 +209,9 @@ struct LoadArgs {
     /// DICOM: accept a series whose Modality is not CT.
     #[arg(long)]
     allow_modality: bool,
-    /// DICOM: a gantry-tilted series (slice positions off the slice normal) is corrected,
-    /// each slice resampled in its plane onto a grid along the normal (up to 45 degrees,
-    /// with a warning), or refused.
+    /// DICOM: a gantry-tilted series (slice positions off the slice normal), or one whose
+    /// slices are shifted in their plane, is corrected, each slice resampled in its plane
+    /// onto a grid along the normal (up to 45 degrees, with a warning), or refused.
     #[arg(long, value_name = "correct|refuse", default_value = "correct")]
     gantry_tilt: lungcad::GantryTilt,
     /// Refuse volumes with more voxels than this: as read and, where the command resamples

@@ -395,6 +395,43 @@ fn mixed_orientation_in_one_series_is_refused() {
     ));
 }
 
+/// A localizer (one sagittal plane of another size) stored in the axial CT series: the
+/// axial stack loads, as it was written, and a warning names the plane left out.
+#[test]
+fn a_localizer_in_the_series_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let axial = phantom(
+        [5, 6, 7],
+        Geometry::new([1.5, 0.7, 0.7], [-10.0, -20.0, 30.0]),
+    );
+    let localizer = phantom(
+        [1, 9, 4],
+        Geometry {
+            spacing_mm: [1.0, 2.0, 2.0],
+            origin_mm: [0.0, -50.0, 60.0],
+            direction: [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
+        },
+    );
+    let opts = SeriesWriteOptions {
+        series_uid: Some("1.2.826.0.1.4".into()),
+        ..Default::default()
+    };
+    write_series(&axial, &dir.path().join("axial"), &opts).unwrap();
+    write_series(&localizer, &dir.path().join("localizer"), &opts).unwrap();
+    let back = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(back.hu, axial.hu);
+    geometry_close(&back.geometry, &axial.geometry, 1e-6);
+    assert_eq!(
+        back.info.warnings,
+        [
+            "the series' planes form 2 stacks (they differ in orientation, size or pixel \
+          spacing): loaded the largest, 5 plane(s) of 6x7, orientation [1.0, 0.0, 0.0, 0.0, \
+          1.0, 0.0], pixel spacing 0.7\\0.7; not loaded: 1 plane(s) of 9x4, orientation \
+          [0.0, 1.0, 0.0, 0.0, 0.0, -1.0], pixel spacing 2\\2"
+        ]
+    );
+}
+
 #[test]
 fn non_ct_modality_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
@@ -895,7 +932,7 @@ fn stack_shifted_in_the_middle_is_placed_slice_by_slice() {
 
 /// Slices 1.0 mm apart, then 1.5 mm (as when two reconstructions of different spacing are
 /// one series), whose pixels hold a linear function of their world position, also with a
-/// gantry tilt (each slice 0.3 mm further along y): loaded, the planes lie on a regular
+/// gantry tilt (each slice 0.3 mm further along y per mm along z): loaded, the planes lie on a regular
 /// grid of the smaller median gap (1 mm) from the first slice to the last, and every voxel
 /// that all slices cover holds the function at its own world position. Read as a regular
 /// stack of the mean spacing, slice 6 would be 1.5 mm off.
@@ -913,7 +950,7 @@ fn unevenly_spaced_slices_are_interpolated_onto_their_world_positions() {
                 }
             })
             .collect();
-        let offset = |k: usize| [0.0, tilt_mm * k as f64, z[k] - k as f64];
+        let offset = |k: usize| [0.0, tilt_mm * z[k], z[k] - k as f64];
         let f = |w: [f64; 3]| 20.0 * w[2] + 3.0 * w[1] - w[0];
         let hu = Array3::from_shape_fn((13, 12, 5), |(k, i, j)| {
             let p = g.voxel_to_world([k as f64, i as f64, j as f64]);
@@ -926,8 +963,8 @@ fn unevenly_spaced_slices_are_interpolated_onto_their_world_positions() {
         };
         write_series(&Volume::new(hu, g).unwrap(), dir.path(), &opts).unwrap();
         let back = load(dir.path(), &cfg()).unwrap();
-        // A tilt of 3.6 mm over the stack grows the rows by 3.6 / 0.8 = 4.5, rounded up.
-        let rows = if tilt_mm > 0.0 { 12 + 5 } else { 12 };
+        // A tilt of 4.5 mm over the stack grows the rows by 4.5 / 0.8 = 5.6, rounded up.
+        let rows = if tilt_mm > 0.0 { 12 + 6 } else { 12 };
         assert_eq!(back.shape(), [16, rows, 5]);
         assert!((back.geometry.spacing_mm[0] - 1.0).abs() < 1e-6);
         assert!(
@@ -937,11 +974,18 @@ fn unevenly_spaced_slices_are_interpolated_onto_their_world_positions() {
             "{:?}",
             back.info.warnings
         );
+        // A tilt, in line: no warning of slices shifted off a straight stack.
+        assert_eq!(
+            back.info.warnings.len(),
+            1 + (tilt_mm > 0.0) as usize,
+            "{:?}",
+            back.info.warnings
+        );
         let mut checked = 0;
         for ((k, i, j), &v) in back.hu.indexed_iter() {
             let w = back.voxel_to_world([k as f64, i as f64, j as f64]);
-            // Every slice covers world y from -20 + 0.3 x 12 to -20 + 0.8 x 11.
-            if w[1] < -20.0 + 12.0 * tilt_mm - 1e-6 || w[1] > -20.0 + 8.8 + 1e-6 {
+            // Every slice covers world y from -20 + 0.3 x 15 to -20 + 0.8 x 11.
+            if w[1] < -20.0 + 15.0 * tilt_mm - 1e-6 || w[1] > -20.0 + 8.8 + 1e-6 {
                 continue;
             }
             let want = f(w);

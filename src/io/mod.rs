@@ -34,9 +34,12 @@ pub enum GantryTilt {
     /// normal and covers every slice, so that each voxel lies where its world coordinates
     /// say, with a warning naming the angle. Tilts over
     /// [`MAX_CORRECTED_TILT_DEG`](dicom::assemble::MAX_CORRECTED_TILT_DEG) are refused.
+    /// Slices shifted in their plane off a straight stack are placed the same way.
     #[default]
     Correct,
-    /// Refuse a tilted series with [`SeriesProblem::GantryTilt`](crate::SeriesProblem).
+    /// Refuse a tilted series with [`SeriesProblem::GantryTilt`](crate::SeriesProblem), and
+    /// one whose slices are shifted in their plane off a straight stack with
+    /// [`SeriesProblem::ShiftedSlices`](crate::SeriesProblem).
     Refuse,
 }
 

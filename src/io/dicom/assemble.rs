@@ -30,8 +30,8 @@ pub struct Assembly {
     /// Slices in increasing position along the normal; index = z.
     pub slices: Vec<SliceHeader>,
     pub geometry: Geometry,
-    /// How each slice is resampled when the series is gantry-tilted (then `geometry` is
-    /// that of the resampled grid).
+    /// How each slice is resampled when the series is gantry-tilted or its slices are
+    /// shifted in their plane (then `geometry` is that of the resampled grid).
     pub tilt: Option<TiltCorrection>,
     /// How the planes are interpolated along the normal when the slices are unevenly
     /// spaced (after `tilt`, which keeps each slice's position along the normal).
@@ -119,14 +119,15 @@ impl SpacingCorrection {
     }
 }
 
-/// The in-plane resampling that undoes a gantry tilt: output plane `k`, voxel `(i, j)`, is
-/// slice `k` at row `i + offsets_vox[k][0]` and column `j + offsets_vox[k][1]`
-/// (fractional: bilinear). A slice reaches half a pixel past its edge pixels (their value);
+/// The in-plane resampling that undoes a gantry tilt, or places slices shifted in their
+/// plane: output plane `k`, voxel `(i, j)`, is slice `k` at row `i + offsets_vox[k][0]` and
+/// column `j + offsets_vox[k][1]` (fractional: bilinear). A slice reaches half a pixel past its edge pixels (their value);
 /// further out is [`OUTSIDE_HU`]. The output planes run along the slice normal and cover
 /// every slice whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TiltCorrection {
-    /// The angle between the stack and the slice normal, degrees.
+    /// The angle between the slice normal and the line from the first slice's position to
+    /// the last's, degrees (under 0.05 for slices shifted in their plane, the ends in line).
     pub angle_deg: f64,
     /// The slices' rows and columns.
     pub input_plane: [usize; 2],
@@ -272,23 +273,28 @@ impl TiltCorrection {
     }
 }
 
-/// How far the slices of a stack lie off the line along the slice normal through the first.
+/// Slices shifted in their plane by less than this many pixels off the straight stack are
+/// taken as in line: DS positions are often rounded to 0.01 mm or coarser, which moves an
+/// oblique stack's slices by up to 0.01 mm off their line (0.14 mm for positions rounded to
+/// 0.1 mm), and a shift under half a pixel moves no voxel centre past its neighbour's.
+const OFF_LINE_FLOOR_PIXELS: f64 = 0.5;
+
+/// Where the slices of a stack lie against the slice normal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct StackShape {
     /// The stack's length along the normal, first slice to last (mm).
     extent_mm: f64,
-    /// The angle of the stack off the normal, degrees: the largest in-plane offset of any
-    /// slice from the first, over the stack's length along the normal. For a gantry tilt
-    /// (offsets growing in proportion along the stack) this is the tilt angle; NaN when a
-    /// position is not finite.
+    /// The angle between the normal and the line from the first slice's position to the
+    /// last's, degrees: a gantry tilt's angle.
     angle_deg: f64,
-    /// How far the slices lie from the straight line from the first slice to the last
-    /// (mm): zero for a gantry tilt, more when some slices are shifted and others not.
+    /// How far the slices lie from that line (mm): zero for a regular stack or a gantry
+    /// tilt, more when some slices are shifted in their plane and others not.
     off_line_mm: f64,
 }
 
 impl StackShape {
-    /// For slice positions in order along `normal` (a unit vector), at least two.
+    /// For slice positions in increasing order along `normal` (a unit vector), at least
+    /// two. Positions so far apart that their differences overflow give NaN.
     fn new(positions: &[[f64; 3]], normal: [f64; 3]) -> StackShape {
         let p0 = positions[0];
         // Each slice's distance along the normal and in-plane offset from the first.
@@ -298,24 +304,24 @@ impl StackShape {
             (along, [0, 1, 2].map(|w| v[w] - along * normal[w]))
         };
         let (extent_mm, last) = split(&positions[positions.len() - 1]);
-        let (mut largest, mut off_line_mm) = (0.0f64, 0.0f64);
-        for p in positions {
+        let off_line_mm = positions.iter().fold(0.0, |off, p| {
             let (along, perp) = split(p);
             let t = along / extent_mm;
-            let line = [0, 1, 2].map(|w| perp[w] - t * last[w]);
-            largest = f64_max_nan(largest, norm(perp));
-            off_line_mm = f64_max_nan(off_line_mm, norm(line));
-        }
+            f64_max_nan(off, norm([0, 1, 2].map(|w| perp[w] - t * last[w])))
+        });
         StackShape {
             extent_mm,
-            angle_deg: largest.atan2(extent_mm.abs()).to_degrees(),
+            angle_deg: norm(last).atan2(extent_mm).to_degrees(),
             off_line_mm,
         }
     }
 
-    /// The in-plane offset that [`MAX_TILT_DEG`] allows over this stack's length (mm).
-    fn tilt_tolerance_mm(&self) -> f64 {
-        self.extent_mm.abs() * MAX_TILT_DEG.to_radians().tan()
+    /// How far slices may lie off the straight stack and still be read as in line (mm):
+    /// the offset a tilt of [`MAX_TILT_DEG`] makes over the stack, and at least
+    /// [`OFF_LINE_FLOOR_PIXELS`] of the smaller pixel spacing.
+    fn off_line_tolerance_mm(&self, pixel_spacing: [f64; 2]) -> f64 {
+        let tilt = self.extent_mm * MAX_TILT_DEG.to_radians().tan();
+        tilt.max(OFF_LINE_FLOOR_PIXELS * pixel_spacing[0].min(pixel_spacing[1]))
     }
 }
 
@@ -351,15 +357,99 @@ fn fmt_spacing(s: Option<[f64; 2]>) -> String {
     }
 }
 
+fn same_spacing(a: Option<[f64; 2]>, b: Option<[f64; 2]>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (0..2).all(|i| (a[i] - b[i]).abs() <= 1e-4 * a[i].abs().max(1.0)),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn same_orientation(a: [f64; 6], b: [f64; 6]) -> bool {
+    (0..6).all(|i| (a[i] - b[i]).abs() <= ORIENTATION_TOL)
+}
+
+/// Whether two planes can be slices of one stack: the same rows and columns, pixel spacing
+/// and orientation (both absent, or within [`ORIENTATION_TOL`]).
+fn same_stack(a: &SliceHeader, b: &SliceHeader) -> bool {
+    (a.format.rows, a.format.columns) == (b.format.rows, b.format.columns)
+        && same_spacing(a.pixel_spacing, b.pixel_spacing)
+        && match (a.orientation, b.orientation) {
+            (Some(a), Some(b)) => same_orientation(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
+/// The most stacks a series is split into ([`largest_stack`]); a series of more is
+/// assembled whole, and so refused.
+const MAX_STACKS: usize = 64;
+
+/// A series whose planes form several stacks (planes that differ in orientation, size or
+/// pixel spacing, such as a localizer stored in the CT series, or two reconstructions of
+/// different fields of view): the planes of the stack that holds the most, in their order,
+/// and a warning naming the others. `None` when the planes form one stack, or when no
+/// stack holds more than every other (or there are over [`MAX_STACKS`]): then the series is
+/// assembled whole, and refused as mixed.
+fn largest_stack(slices: &[SliceHeader]) -> Option<(Vec<SliceHeader>, String)> {
+    // Each stack's first plane and the indices of its planes.
+    let mut stacks: Vec<(&SliceHeader, Vec<usize>)> = Vec::new();
+    for (i, s) in slices.iter().enumerate() {
+        match stacks.iter().position(|(first, _)| same_stack(first, s)) {
+            Some(k) => stacks[k].1.push(i),
+            None if stacks.len() == MAX_STACKS => return None,
+            None => stacks.push((s, vec![i])),
+        }
+    }
+    if stacks.len() < 2 {
+        return None;
+    }
+    // The largest first; among equals, in the order their first planes came.
+    stacks.sort_by_key(|(_, members)| std::cmp::Reverse(members.len()));
+    if stacks[0].1.len() == stacks[1].1.len() {
+        return None;
+    }
+    let describe = |(first, members): &(&SliceHeader, Vec<usize>)| {
+        format!(
+            "{} plane(s) of {}x{}, orientation {}, pixel spacing {}",
+            members.len(),
+            first.format.rows,
+            first.format.columns,
+            first
+                .orientation
+                .map_or("none".to_string(), |o| format!("{o:?}")),
+            fmt_spacing(first.pixel_spacing)
+        )
+    };
+    let warning = format!(
+        "the series' planes form {} stacks (they differ in orientation, size or pixel \
+         spacing): loaded the largest, {}; not loaded: {}",
+        stacks.len(),
+        describe(&stacks[0]),
+        stacks[1..]
+            .iter()
+            .map(describe)
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let stack = stacks[0].1.iter().map(|&i| slices[i].clone()).collect();
+    Some((stack, warning))
+}
+
 /// Orders the slices of one series and computes its geometry, refusing series that do not
-/// form a regular stack (see [`SeriesProblem`]). A gantry-tilted stack is refused or
-/// corrected as `gantry_tilt` says ([`Assembly::tilt`]).
+/// form a regular stack (see [`SeriesProblem`]). A series whose planes form several stacks
+/// is cut to the one that holds the most ([`largest_stack`]). A gantry-tilted stack is
+/// refused or corrected as `gantry_tilt` says ([`Assembly::tilt`]).
 pub fn assemble(
     series_uid: &str,
     mut slices: Vec<SliceHeader>,
     gantry_tilt: GantryTilt,
 ) -> Result<Assembly> {
     let mut warnings = Vec::new();
+    if let Some((stack, warning)) = largest_stack(&slices) {
+        slices = stack;
+        warnings.push(warning);
+    }
     let Some(first) = slices.first().cloned() else {
         return Err(problem(
             series_uid,
@@ -377,12 +467,7 @@ pub fn assemble(
                 },
             ));
         }
-        let same_spacing = match (first.pixel_spacing, s.pixel_spacing) {
-            (Some(a), Some(b)) => (0..2).all(|i| (a[i] - b[i]).abs() <= 1e-4 * a[i].abs().max(1.0)),
-            (None, None) => true,
-            _ => false,
-        };
-        if !same_spacing {
+        if !same_spacing(first.pixel_spacing, s.pixel_spacing) {
             return Err(problem(
                 series_uid,
                 SeriesProblem::MixedDimensions {
@@ -394,7 +479,7 @@ pub fn assemble(
         }
         match (first.orientation, s.orientation) {
             (Some(a), Some(b)) => {
-                if (0..6).any(|i| (a[i] - b[i]).abs() > ORIENTATION_TOL) {
+                if !same_orientation(a, b) {
                     return Err(problem(
                         series_uid,
                         SeriesProblem::MixedOrientation { first: a, other: b },
@@ -503,7 +588,8 @@ pub fn assemble(
     }
 
     let n = slices.len();
-    let mut tilt_angle = None;
+    // The stack's shape when its slices are to be placed one by one: tilted, off a line.
+    let mut shape = None;
     let mut spacing = None;
     let spacing_z = if n == 1 {
         first
@@ -550,31 +636,59 @@ pub fn assemble(
                 MAX_POSITION_ERROR * 100.0
             ));
         }
-        // Gantry tilt: the stack must run along the slice normal. Every slice is measured,
-        // not only the last, so that a stack whose middle slices are shifted in their plane
-        // is not read as a regular one.
+        // Gantry tilt: the stack must run along the slice normal, and its slices lie on a
+        // line: every slice is measured, not only the last, so that a stack whose middle
+        // slices alone are shifted in their plane is not read as a regular one.
         let stack = StackShape::new(&positions, normal);
-        let angle_deg = stack.angle_deg;
-        // A NaN angle (positions so far apart that their offsets overflow) is refused.
-        if angle_deg.is_nan() || angle_deg > MAX_TILT_DEG {
+        if stack.angle_deg.is_nan() || stack.off_line_mm.is_nan() {
+            return Err(problem(
+                series_uid,
+                SeriesProblem::Attribute(
+                    "slice positions too far apart to measure the stack's direction".into(),
+                ),
+            ));
+        }
+        let tilted = stack.angle_deg > MAX_TILT_DEG;
+        if tilted {
             let max_deg = match gantry_tilt {
                 GantryTilt::Refuse => MAX_TILT_DEG,
                 GantryTilt::Correct => MAX_CORRECTED_TILT_DEG,
             };
-            if angle_deg.is_nan() || angle_deg > max_deg {
+            if stack.angle_deg > max_deg {
                 return Err(problem(
                     series_uid,
-                    SeriesProblem::GantryTilt { angle_deg, max_deg },
+                    SeriesProblem::GantryTilt {
+                        angle_deg: stack.angle_deg,
+                        max_deg,
+                    },
                 ));
             }
-            tilt_angle = Some((angle_deg, stack));
+        }
+        let off_line = stack.off_line_mm > stack.off_line_tolerance_mm(pixel_spacing);
+        if off_line {
+            let max_mm = match gantry_tilt {
+                GantryTilt::Refuse => stack.off_line_tolerance_mm(pixel_spacing),
+                GantryTilt::Correct => stack.extent_mm,
+            };
+            if stack.off_line_mm > max_mm {
+                return Err(problem(
+                    series_uid,
+                    SeriesProblem::ShiftedSlices {
+                        offset_mm: stack.off_line_mm,
+                        max_mm,
+                    },
+                ));
+            }
+        }
+        if tilted || off_line {
+            shape = Some((stack, tilted, off_line));
         }
         spacing.as_ref().map_or(mean, |c| c.spacing_mm)
     };
 
     let direction = [normal, col_dir, row_dir];
     let input_plane = [first.format.rows as usize, first.format.columns as usize];
-    let (tilt, origin_mm) = match tilt_angle {
+    let (tilt, origin_mm) = match shape {
         None => {
             // Some scanners record a tilt here with positions that show none: they are what
             // places the voxels, so say so.
@@ -588,26 +702,36 @@ pub fn assemble(
             }
             (None, pos(&slices[0]))
         }
-        Some((angle_deg, stack)) => {
+        Some((stack, tilted, off_line)) => {
             let (t, origin) = TiltCorrection::new(
                 series_uid,
-                angle_deg,
+                stack.angle_deg,
                 &positions,
                 [col_dir, row_dir],
                 pixel_spacing,
                 input_plane,
             )?;
-            warnings.push(format!(
-                "gantry tilt of {angle_deg:.2} degrees corrected: each slice resampled in its \
-                 plane (bilinear) onto a grid along the slice normal, {}x{} pixels to {}x{}",
+            let resampled = format!(
+                "each slice resampled in its plane (bilinear) onto a grid along the slice \
+                 normal, {}x{} pixels to {}x{}",
                 input_plane[0], input_plane[1], t.plane[0], t.plane[1]
-            ));
-            if stack.off_line_mm > stack.tilt_tolerance_mm() {
+            );
+            if tilted {
                 warnings.push(format!(
-                    "slice positions are up to {:.3} mm off a straight stack (their in-plane \
-                     offsets are not proportional to their distance along the normal): each \
-                     slice is placed at its own position",
-                    stack.off_line_mm
+                    "gantry tilt of {:.2} degrees corrected: {resampled}",
+                    stack.angle_deg
+                ));
+            }
+            if off_line {
+                warnings.push(format!(
+                    "slice positions are up to {:.3} mm off a straight stack (slices shifted \
+                     in their plane): each slice placed at its own position{}",
+                    stack.off_line_mm,
+                    if tilted {
+                        String::new()
+                    } else {
+                        format!(", {resampled}")
+                    }
                 ));
             }
             (Some(t), origin)
@@ -825,6 +949,78 @@ mod tests {
         ));
     }
 
+    /// A localizer (one sagittal plane of another size) stored in an axial series, and a
+    /// second reconstruction of another field of view: the largest stack is loaded, the
+    /// others named in a warning. Stacks of equal size are still refused as mixed.
+    #[test]
+    fn a_series_of_several_stacks_loads_the_largest() {
+        const SAGITTAL: [f64; 6] = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0];
+        let mut localizer = slice("0", [-100.0, -100.0, 50.0], SAGITTAL);
+        localizer.format.rows = 8;
+        let mut s = vec![localizer];
+        s.extend((0..4).map(|i| slice(&format!("a{i}"), [0.0, 0.0, i as f64], AXIAL)));
+        let mut wider: Vec<_> = (0..2)
+            .map(|i| slice(&format!("b{i}"), [-10.0, -10.0, 2.0 * i as f64], AXIAL))
+            .collect();
+        for w in &mut wider {
+            w.pixel_spacing = Some([0.9, 0.9]);
+        }
+        s.splice(2..2, wider);
+        let a = assemble("x", s.clone(), GantryTilt::Refuse).unwrap();
+        let names: Vec<_> = a.slices.iter().map(|h| h.path.to_str().unwrap()).collect();
+        assert_eq!(names, ["a0", "a1", "a2", "a3"]);
+        assert_eq!(a.geometry.spacing_mm, [1.0, 0.7, 0.6]);
+        assert_eq!(
+            a.warnings,
+            [
+                "the series' planes form 3 stacks (they differ in orientation, size or pixel \
+                 spacing): loaded the largest, 4 plane(s) of 4x5, orientation [1.0, 0.0, 0.0, \
+                 0.0, 1.0, 0.0], pixel spacing 0.7\\0.6; not loaded: 2 plane(s) of 4x5, \
+                 orientation [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], pixel spacing 0.9\\0.9; 1 \
+                 plane(s) of 8x5, orientation [0.0, 1.0, 0.0, 0.0, 0.0, -1.0], pixel spacing \
+                 0.7\\0.6"
+            ]
+        );
+        // Two stacks of four: no largest, refused as before (the first difference named).
+        let mut tie = s.clone();
+        tie.retain(|h| !h.path.starts_with("0"));
+        tie.extend((2..4).map(|i| {
+            let mut h = slice(&format!("b{i}"), [-10.0, -10.0, 2.0 * i as f64], AXIAL);
+            h.pixel_spacing = Some([0.9, 0.9]);
+            h
+        }));
+        assert!(matches!(
+            assemble("x", tie, GantryTilt::Refuse),
+            Err(Error::Series {
+                problem: SeriesProblem::MixedDimensions {
+                    what: "pixel spacing",
+                    ..
+                },
+                ..
+            })
+        ));
+        // Orientations within the tolerance are one stack.
+        let mut near = s.clone();
+        near[4].orientation = Some([1.0, 0.00005, 0.0, 0.0, 1.0, 0.0]);
+        let a = assemble("x", near, GantryTilt::Refuse).unwrap();
+        assert_eq!(a.slices.len(), 4);
+        assert!(a.warnings[0].contains("loaded the largest, 4 plane(s)"));
+        near = s.clone();
+        near[4].orientation = Some([1.0, 0.0002, 0.0, 0.0, 1.0, 0.0]);
+        let a = assemble("x", near, GantryTilt::Refuse).unwrap();
+        assert_eq!(a.slices.len(), 3);
+        // Over 64 stacks: assembled whole, and refused.
+        let many: Vec<_> = (0..66)
+            .map(|i| {
+                let mut h = slice(&i.to_string(), [0.0, 0.0, i as f64], AXIAL);
+                h.format.rows = 1 + (i as u32).min(64);
+                h
+            })
+            .collect();
+        assert!(largest_stack(&many).is_none());
+        assert!(largest_stack(&many[1..]).is_some());
+    }
+
     #[test]
     fn gantry_tilt_refused_or_corrected() {
         // positions shift in y by 0.2 mm per 1 mm step along z: about 11 degrees of tilt
@@ -952,21 +1148,57 @@ mod tests {
         assert!((tilt.angle_deg - 0.2f64.atan().to_degrees()).abs() < 1e-12);
         assert!(tilt.off_line_mm < 1e-12);
         assert_eq!(tilt.extent_mm, 2.0);
-        // The ends in line, the middle slice 0.5 mm along x: 0.5 mm over 2 mm.
+        // The ends in line, the middle slice 0.5 mm along x: no angle, 0.5 mm off line.
         let kink = StackShape::new(&[[0.0; 3], [0.5, 0.0, 1.0], [0.0, 0.0, 2.0]], z);
-        assert!((kink.angle_deg - 0.25f64.atan().to_degrees()).abs() < 1e-12);
+        assert_eq!(kink.angle_deg, 0.0);
         assert!((kink.off_line_mm - 0.5).abs() < 1e-12);
-        // The largest offset is taken, not the last: the middle slice 0.6 mm off, the last
-        // 0.2 mm, the line to the last passing 0.5 mm from the middle.
+        // Both: the middle slice 0.6 mm off, the last 0.2 mm, the line to the last passing
+        // 0.5 mm from the middle.
         let bent = StackShape::new(&[[0.0; 3], [0.0, 0.6, 1.0], [0.0, 0.2, 2.0]], z);
-        assert!((bent.angle_deg - 0.3f64.atan().to_degrees()).abs() < 1e-12);
+        assert!((bent.angle_deg - 0.1f64.atan().to_degrees()).abs() < 1e-12);
         assert!((bent.off_line_mm - 0.5).abs() < 1e-12);
-        // In line within DS rounding: 0.0004 mm over 2 mm is 0.011 degrees.
-        let straight = StackShape::new(&[[0.0; 3], [0.0004, 0.0, 1.0], [0.0, 0.0, 2.0]], z);
-        assert!(straight.angle_deg < MAX_TILT_DEG);
-        assert!(
-            (straight.tilt_tolerance_mm() - 2.0 * MAX_TILT_DEG.to_radians().tan()).abs() < 1e-15
-        );
+        // The tolerance: half the smaller pixel on a short stack, the 0.05-degree offset on
+        // a long one (0.436 mm over 500 mm).
+        assert_eq!(kink.off_line_tolerance_mm([0.7, 0.6]), 0.3);
+        let long = StackShape::new(&[[0.0; 3], [0.0, 0.0, 500.0]], z);
+        assert!((long.off_line_tolerance_mm([0.7, 0.6]) - 0.43633).abs() < 1e-5);
+    }
+
+    /// An oblique stack (rows 25 degrees about z, then 10 degrees about x) whose positions
+    /// are rounded to 0.01 or 0.1 mm as DS strings often are: the rounding moves the slices
+    /// off their line, and the stack loads as the regular one it is, for short and long
+    /// stacks alike. Measured as the largest offset of any slice from the first over the
+    /// stack's length (as lungcad did for a day), the 10- and 100-slice stacks read as
+    /// tilted.
+    #[test]
+    fn rounded_positions_of_an_oblique_stack_are_in_line() {
+        let (a, b) = (25f64.to_radians(), 10f64.to_radians());
+        let row = [a.cos(), a.sin(), 0.0];
+        let col = [-a.sin() * b.cos(), a.cos() * b.cos(), b.sin()];
+        let normal = cross(row, col);
+        let ori = [row[0], row[1], row[2], col[0], col[1], col[2]];
+        let first = [180.417, -191.051, 50.786];
+        for (count, step, rounding) in [(10, 1.0, 0.01), (100, 1.25, 0.1), (300, 0.625, 0.01)] {
+            let s: Vec<_> = (0..count)
+                .map(|k| {
+                    let p: [f64; 3] = std::array::from_fn(|w| {
+                        let v = first[w] + k as f64 * step * normal[w];
+                        (v / rounding).round() * rounding
+                    });
+                    slice(&k.to_string(), p, ori)
+                })
+                .collect();
+            let a = assemble("t", s, GantryTilt::Refuse).unwrap();
+            assert!(a.tilt.is_none(), "{count} slices");
+            // (Rounded to 0.1 mm, the gaps vary, which the spacing warning says.)
+            assert!(
+                a.warnings
+                    .iter()
+                    .all(|w| w.starts_with("slice spacing varies")),
+                "{count} slices: {:?}",
+                a.warnings
+            );
+        }
     }
 
     /// The ends of the stack in line, the middle slices shifted in their plane (as in a
@@ -981,27 +1213,26 @@ mod tests {
             .collect();
         match assemble("t", s.clone(), GantryTilt::Refuse) {
             Err(Error::Series {
-                problem: SeriesProblem::GantryTilt { angle_deg, .. },
+                problem: SeriesProblem::ShiftedSlices { offset_mm, max_mm },
                 ..
-            }) => assert!((angle_deg - 0.14f64.atan().to_degrees()).abs() < 1e-9),
+            }) => assert_eq!((offset_mm, max_mm), (0.7, 0.3)),
             other => panic!("{other:?}"),
         }
-        let a = assemble("t", s, GantryTilt::Correct).unwrap();
+        let a = assemble("t", s.clone(), GantryTilt::Correct).unwrap();
         let t = a.tilt.as_ref().expect("a correction");
+        assert_eq!(t.angle_deg, 0.0);
         assert_eq!((t.input_plane, t.plane), ([4, 5], [5, 5]));
         for (k, o) in t.offsets_vox.iter().enumerate() {
             assert_eq!(*o, [-shifted[k] / 0.7, 0.0], "{k}");
         }
         assert_eq!(a.geometry.origin_mm, [0.0, 0.0, 0.0]);
-        assert!(
-            a.warnings[0].starts_with("gantry tilt of 7.97 degrees corrected"),
-            "{:?}",
-            a.warnings
-        );
-        assert!(
-            a.warnings[1].starts_with("slice positions are up to 0.700 mm off a straight stack"),
-            "{:?}",
-            a.warnings
+        assert_eq!(
+            a.warnings,
+            [
+                "slice positions are up to 0.700 mm off a straight stack (slices shifted in \
+                 their plane): each slice placed at its own position, each slice resampled \
+                 in its plane (bilinear) onto a grid along the slice normal, 4x5 pixels to 5x5"
+            ]
         );
         // Resampled, output row i of every plane is world y 0.7i: the shifted slices' rows
         // move down by one, air above them.
@@ -1022,6 +1253,37 @@ mod tests {
                 );
             }
         }
+        // Shifted and tilted: both warnings. Slice k also moves 0.1k mm along x.
+        let both: Vec<_> = s
+            .iter()
+            .enumerate()
+            .map(|(k, h)| {
+                let mut h = h.clone();
+                h.position = h.position.map(|p| [0.1 * k as f64, p[1], p[2]]);
+                h
+            })
+            .collect();
+        let a = assemble("t", both, GantryTilt::Correct).unwrap();
+        assert_eq!(a.warnings.len(), 2, "{:?}", a.warnings);
+        assert!(a.warnings[0].starts_with("gantry tilt of 5.71 degrees corrected: "));
+        assert!(a.warnings[1].ends_with("each slice placed at its own position"));
+        // Shifted further than the stack is long: refused either way.
+        let mut far = s.clone();
+        far[2].position = Some([0.0, 6.0, 2.0]);
+        for tilt in [GantryTilt::Refuse, GantryTilt::Correct] {
+            assert!(matches!(
+                assemble("t", far.clone(), tilt),
+                Err(Error::Series {
+                    problem: SeriesProblem::ShiftedSlices { offset_mm: 6.0, .. },
+                    ..
+                })
+            ));
+        }
+        // Shifted by under half a pixel: in line.
+        let mut near = s.clone();
+        near[2].position = Some([0.0, 0.29, 2.0]);
+        near[3].position = Some([0.0, 0.29, 3.0]);
+        assert!(assemble("t", near, GantryTilt::Refuse).is_ok());
         // Positions so far apart in-plane that their offsets overflow: refused, not read
         // as untilted.
         let far: Vec<_> = [-1e308, 0.0, 1e308]
@@ -1032,9 +1294,9 @@ mod tests {
         assert!(matches!(
             assemble("t", far, GantryTilt::Correct),
             Err(Error::Series {
-                problem: SeriesProblem::GantryTilt { angle_deg, .. },
+                problem: SeriesProblem::Attribute(m),
                 ..
-            }) if angle_deg.is_nan()
+            }) if m.starts_with("slice positions too far apart")
         ));
         // A regular tilt is on a straight stack: no second warning.
         let tilted: Vec<_> = (0..6)

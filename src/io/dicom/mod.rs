@@ -36,6 +36,7 @@ use std::sync::Arc;
 /// volume: 2 corrected gantry tilts (refused before) and uneven slice spacing (read as a
 /// regular grid before); 3 read files without the Part 10 header (skipped before); 4
 /// corrects stacks whose middle slices alone are shifted in their plane (read as untilted
+/// before) and loads the largest stack of a series whose planes form several (refused
 /// before). Training caches prepare a DICOM scan again when it changes.
 pub const LOADER_REVISION: u32 = 4;
 
