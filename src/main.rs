@@ -203,7 +203,8 @@ impl Input {
 /// How to read a CT.
 #[derive(Args)]
 struct LoadArgs {
-    /// DICOM: SeriesInstanceUID to load (default: the CT series with the most slices).
+    /// DICOM: SeriesInstanceUID to load (default: the CT series with the most slices in one
+    /// stack).
     #[arg(long = "series")]
     series: Option<String>,
     /// DICOM: accept a series whose Modality is not CT.

@@ -425,10 +425,50 @@ fn a_localizer_in_the_series_is_left_out() {
         back.info.warnings,
         [
             "the series' planes form 2 stacks (they differ in orientation, size or pixel \
-          spacing): loaded the largest, 5 plane(s) of 6x7, orientation [1.0, 0.0, 0.0, 0.0, \
-          1.0, 0.0], pixel spacing 0.7\\0.7; not loaded: 1 plane(s) of 9x4, orientation \
-          [0.0, 1.0, 0.0, 0.0, 0.0, -1.0], pixel spacing 2\\2"
+             spacing): loaded the largest, 5 plane(s) of 6x7, orientation (1, 0, 0, 0, 1, 0), \
+             pixel spacing 0.7 x 0.7 mm; not loaded: 1 plane(s) of 9x4, orientation (0, 1, 0, \
+             0, 0, -1), pixel spacing 2 x 2 mm"
         ]
+    );
+}
+
+/// Choosing among series counts the planes of each one's largest stack: a series of four
+/// axial planes and two localizer planes (six in all) loses to one of five axial planes.
+#[test]
+fn a_localizer_does_not_make_its_series_the_largest() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new([1.5, 0.7, 0.7], [-10.0, -20.0, 30.0]);
+    let localizer = phantom(
+        [2, 9, 4],
+        Geometry {
+            spacing_mm: [1.0, 2.0, 2.0],
+            origin_mm: [0.0, -50.0, 60.0],
+            direction: [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
+        },
+    );
+    let with_localizer = SeriesWriteOptions {
+        series_uid: Some("1.2.826.0.1.4".into()),
+        ..Default::default()
+    };
+    write_series(
+        &phantom([4, 6, 7], g),
+        &dir.path().join("a"),
+        &with_localizer,
+    )
+    .unwrap();
+    write_series(&localizer, &dir.path().join("a_loc"), &with_localizer).unwrap();
+    let five = phantom([5, 6, 7], g);
+    let opts = SeriesWriteOptions {
+        series_uid: Some("1.2.826.0.1.5".into()),
+        ..Default::default()
+    };
+    write_series(&five, &dir.path().join("b"), &opts).unwrap();
+    let back = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(back.info.series_uid.as_deref(), Some("1.2.826.0.1.5"));
+    assert_eq!(back.hu, five.hu);
+    assert_eq!(
+        back.info.warnings,
+        ["other series not loaded: 1.2.826.0.1.4 (6 slices, CT)"]
     );
 }
 

@@ -37,8 +37,9 @@ def coarse_phantom() -> lungcad.Phantom:
 
 @pytest.fixture(scope="session")
 def coarse_slab(coarse_phantom: lungcad.Phantom) -> lungcad.Volume:
-    """24 slices (57.5 mm) of the coarse phantom through its largest nodule: one layer of
-    the shipped model's tiles, so a detection takes an eighth of the whole phantom's time."""
+    """24 slices of 2.5 mm (60 mm) of the coarse phantom through its largest nodule: one
+    layer of the shipped model's tiles, so a detection takes an eighth of the whole
+    phantom's time."""
     vol = coarse_phantom.volume
     n = max(coarse_phantom.nodules, key=lambda n: n.diameter_mm)
     z0 = min(max(round(vol.world_to_voxel((n.coord_x, n.coord_y, n.coord_z))[0]) - 12, 0), vol.shape[0] - 24)

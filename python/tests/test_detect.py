@@ -72,7 +72,7 @@ def test_four_threads_detect_at_once_with_identical_results(
     assert all(r == reference for r in results)
     # A tick takes a millisecond or a little more: held by the GIL, the counter would
     # make none while the detections run.
-    assert ticks[0] > 0.1 * elapsed * 1000, (ticks[0], elapsed)
+    assert ticks[0] > max(20, 0.1 * elapsed * 1000), (ticks[0], elapsed)
 
 
 def test_test_time_flips_change_the_outputs_not_their_kind(

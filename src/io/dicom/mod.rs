@@ -141,7 +141,8 @@ pub fn scan(path: &Path, config: &LoadConfig) -> Result<Scan> {
     Ok(scan)
 }
 
-/// Picks the series to load: `config.series_uid`, or the CT series with the most planes.
+/// Picks the series to load: `config.series_uid`, or the CT series with the most planes in
+/// one stack ([`assemble::stacks`]: a localizer stored in a series does not count).
 fn select(
     scan: &mut Scan,
     path: &Path,
@@ -179,10 +180,21 @@ fn select(
             want.to_string()
         }
         None => {
-            // the most slices; ties go to the smallest UID, for determinism
+            // the most planes in one stack, then the most planes; ties go to the smallest
+            // UID, for determinism
+            let stack_planes: HashMap<&str, usize> = scan
+                .series
+                .iter()
+                .map(|(uid, s)| {
+                    let largest = assemble::stacks(s).map_or(s.len(), |st| st[0].len());
+                    (uid.as_str(), largest)
+                })
+                .collect();
             let larger = |a: &&SeriesSummary, b: &&SeriesSummary| {
-                a.slices
-                    .cmp(&b.slices)
+                let planes = |s: &SeriesSummary| stack_planes[s.series_uid.as_str()];
+                planes(a)
+                    .cmp(&planes(b))
+                    .then_with(|| a.slices.cmp(&b.slices))
                     .then_with(|| b.series_uid.cmp(&a.series_uid))
             };
             let allowed = |s: &&SeriesSummary| config.allow_modality || s.modality == "CT";
