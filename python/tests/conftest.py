@@ -42,7 +42,8 @@ def coarse_slab(coarse_phantom: lungcad.Phantom) -> lungcad.Volume:
     phantom's time."""
     vol = coarse_phantom.volume
     n = max(coarse_phantom.nodules, key=lambda n: n.diameter_mm)
-    z0 = min(max(round(vol.world_to_voxel((n.coord_x, n.coord_y, n.coord_z))[0]) - 12, 0), vol.shape[0] - 24)
+    centre = round(vol.world_to_voxel((n.coord_x, n.coord_y, n.coord_z))[0])
+    z0 = min(max(centre - 12, 0), vol.shape[0] - 24)
     assert z0 >= 0
     return lungcad.Volume.from_numpy(
         vol.array[z0 : z0 + 24],

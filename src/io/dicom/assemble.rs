@@ -122,13 +122,14 @@ impl SpacingCorrection {
 
 /// The in-plane resampling that undoes a gantry tilt, or places slices shifted in their
 /// plane: output plane `k`, voxel `(i, j)`, is slice `k` at row `i + offsets_vox[k][0]` and
-/// column `j + offsets_vox[k][1]` (fractional: bilinear). A slice reaches half a pixel past its edge pixels (their value);
-/// further out is [`OUTSIDE_HU`]. The output planes run along the slice normal and cover
-/// every slice whole.
+/// column `j + offsets_vox[k][1]` (fractional: bilinear). A slice reaches half a pixel past
+/// its edge pixels (their value); further out is [`OUTSIDE_HU`]. The output planes run
+/// along the slice normal and cover every slice whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TiltCorrection {
     /// The angle between the slice normal and the line from the first slice's position to
-    /// the last's, degrees (under 0.05 for slices shifted in their plane, the ends in line).
+    /// the last's, degrees (small or zero when only slices shifted in their plane called for
+    /// the resampling).
     pub angle_deg: f64,
     /// The slices' rows and columns.
     pub input_plane: [usize; 2],
@@ -455,7 +456,7 @@ fn largest_stack(slices: &[SliceHeader]) -> Option<(Vec<usize>, String)> {
             first.format.columns,
             first
                 .orientation
-                .map_or("none".to_string(), |o| { o.map(short).join(", ") }),
+                .map_or("none".to_string(), |o| o.map(short).join(", ")),
             first.pixel_spacing.map_or("none".to_string(), |p| format!(
                 "{} x {} mm",
                 short(p[0]),
