@@ -395,6 +395,18 @@ fn mixed_orientation_in_one_series_is_refused() {
     ));
 }
 
+/// `planes` sagittal planes of 9 x 4 pixels, 2 mm apart: a localizer.
+fn sagittal_localizer(planes: usize) -> Volume {
+    phantom(
+        [planes, 9, 4],
+        Geometry {
+            spacing_mm: [1.0, 2.0, 2.0],
+            origin_mm: [0.0, -50.0, 60.0],
+            direction: [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
+        },
+    )
+}
+
 /// A localizer (one sagittal plane of another size) stored in the axial CT series: the
 /// axial stack loads, as it was written, and a warning names the plane left out.
 #[test]
@@ -404,14 +416,7 @@ fn a_localizer_in_the_series_is_left_out() {
         [5, 6, 7],
         Geometry::new([1.5, 0.7, 0.7], [-10.0, -20.0, 30.0]),
     );
-    let localizer = phantom(
-        [1, 9, 4],
-        Geometry {
-            spacing_mm: [1.0, 2.0, 2.0],
-            origin_mm: [0.0, -50.0, 60.0],
-            direction: [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
-        },
-    );
+    let localizer = sagittal_localizer(1);
     let opts = SeriesWriteOptions {
         series_uid: Some("1.2.826.0.1.4".into()),
         ..Default::default()
@@ -438,14 +443,7 @@ fn a_localizer_in_the_series_is_left_out() {
 fn a_localizer_does_not_make_its_series_the_largest() {
     let dir = tempfile::tempdir().unwrap();
     let g = Geometry::new([1.5, 0.7, 0.7], [-10.0, -20.0, 30.0]);
-    let localizer = phantom(
-        [2, 9, 4],
-        Geometry {
-            spacing_mm: [1.0, 2.0, 2.0],
-            origin_mm: [0.0, -50.0, 60.0],
-            direction: [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
-        },
-    );
+    let localizer = sagittal_localizer(2);
     let with_localizer = SeriesWriteOptions {
         series_uid: Some("1.2.826.0.1.4".into()),
         ..Default::default()
