@@ -153,8 +153,9 @@ pub enum SeriesProblem {
         "gantry tilt of {angle_deg:.2} degrees, over the {max_deg} degrees allowed: slice positions do not lie along the slice normal"
     )]
     GantryTilt { angle_deg: f64, max_deg: f64 },
-    /// Slices shifted in their plane: positions up to `offset_mm` off the straight line
-    /// from the first slice's to the last's, more than `max_mm`. When tilts are refused
+    /// Slices shifted in their plane: positions up to `offset_mm` off the straight stack
+    /// (the line from the first slice's position to the last's when the stack is tilted,
+    /// else the normal through the first), more than `max_mm`. When tilts are refused
     /// (`LoadConfig::gantry_tilt`) that is the offset a 0.05-degree tilt makes over the
     /// stack, and at least half a pixel; else the stack's length (a 45-degree shift).
     #[error(

@@ -128,8 +128,8 @@ impl SpacingCorrection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TiltCorrection {
     /// The angle between the slice normal and the line from the first slice's position to
-    /// the last's, degrees (small or zero when only slices shifted in their plane called for
-    /// the resampling).
+    /// the last's, degrees (whatever that line makes when only slices shifted in their
+    /// plane called for the resampling).
     pub angle_deg: f64,
     /// The slices' rows and columns.
     pub input_plane: [usize; 2],
@@ -294,6 +294,9 @@ struct StackShape {
     /// How far the slices lie from that line (mm): zero for a regular stack or a gantry
     /// tilt, more when some slices are shifted in their plane and others not.
     off_line_mm: f64,
+    /// How far the slices lie from the normal through the first (mm): where an untilted
+    /// stack places them.
+    off_normal_mm: f64,
 }
 
 impl StackShape {
@@ -308,16 +311,19 @@ impl StackShape {
             (along, [0, 1, 2].map(|w| v[w] - along * normal[w]))
         };
         let (extent_mm, last) = split(&positions[positions.len() - 1]);
-        let off_line_mm = positions.iter().fold(0.0, |off, p| {
+        let (mut off_line_mm, mut off_normal_mm) = (0.0, 0.0);
+        for p in positions {
             let (along, perp) = split(p);
             let t = along / extent_mm;
-            f64_max_nan(off, norm([0, 1, 2].map(|w| perp[w] - t * last[w])))
-        });
+            off_line_mm = f64_max_nan(off_line_mm, norm([0, 1, 2].map(|w| perp[w] - t * last[w])));
+            off_normal_mm = f64_max_nan(off_normal_mm, norm(perp));
+        }
         StackShape {
             extent_mm,
             angle_deg: norm(last).atan2(extent_mm).to_degrees(),
             end_offset_mm: norm(last),
             off_line_mm,
+            off_normal_mm,
         }
     }
 
@@ -689,7 +695,10 @@ pub fn assemble(
         // line: every slice is measured, not only the last, so that a stack whose middle
         // slices alone are shifted in their plane is not read as a regular one.
         let stack = StackShape::new(&positions, normal);
-        if stack.angle_deg.is_nan() || stack.off_line_mm.is_nan() {
+        if [stack.angle_deg, stack.off_line_mm, stack.off_normal_mm]
+            .iter()
+            .any(|v| v.is_nan())
+        {
             return Err(problem(
                 series_uid,
                 SeriesProblem::Attribute(
@@ -699,39 +708,46 @@ pub fn assemble(
         }
         let tolerance = stack.in_line_tolerance_mm(pixel_spacing);
         let tilted = stack.end_offset_mm > tolerance;
-        if tilted {
-            let max_deg = match gantry_tilt {
-                GantryTilt::Refuse => MAX_TILT_DEG,
-                GantryTilt::Correct => MAX_CORRECTED_TILT_DEG,
-            };
-            if stack.angle_deg > max_deg {
-                return Err(problem(
-                    series_uid,
-                    SeriesProblem::GantryTilt {
-                        angle_deg: stack.angle_deg,
-                        max_deg,
-                    },
-                ));
-            }
+        // A stack over 45 degrees off its normal is refused even where its last slice lies
+        // under half a pixel off (slices closer than that).
+        let max_deg = match gantry_tilt {
+            GantryTilt::Refuse if tilted => MAX_TILT_DEG,
+            _ => MAX_CORRECTED_TILT_DEG,
+        };
+        if stack.angle_deg > max_deg {
+            return Err(problem(
+                series_uid,
+                SeriesProblem::GantryTilt {
+                    angle_deg: stack.angle_deg,
+                    max_deg,
+                },
+            ));
         }
-        let off_line = stack.off_line_mm > tolerance;
-        if off_line {
+        // Slices are shifted when they lie off where the stack would place them: on the
+        // line from the first slice to the last when it is tilted, else on the normal.
+        let shift_mm = if tilted {
+            stack.off_line_mm
+        } else {
+            stack.off_normal_mm
+        };
+        let shifted = shift_mm > tolerance;
+        if shifted {
             let max_mm = match gantry_tilt {
                 GantryTilt::Refuse => tolerance,
-                GantryTilt::Correct => stack.extent_mm.max(tolerance),
+                GantryTilt::Correct => stack.extent_mm,
             };
-            if stack.off_line_mm > max_mm {
+            if shift_mm > max_mm {
                 return Err(problem(
                     series_uid,
                     SeriesProblem::ShiftedSlices {
-                        offset_mm: stack.off_line_mm,
+                        offset_mm: shift_mm,
                         max_mm,
                     },
                 ));
             }
         }
-        if tilted || off_line {
-            shape = Some((stack, tilted, off_line));
+        if tilted || shifted {
+            shape = Some((stack, tilted, shifted.then_some(shift_mm)));
         }
         spacing.as_ref().map_or(mean, |c| c.spacing_mm)
     };
@@ -752,7 +768,7 @@ pub fn assemble(
             }
             (None, pos(&slices[0]))
         }
-        Some((stack, tilted, off_line)) => {
+        Some((stack, tilted, shift_mm)) => {
             let (t, origin) = TiltCorrection::new(
                 series_uid,
                 stack.angle_deg,
@@ -772,11 +788,11 @@ pub fn assemble(
                     stack.angle_deg
                 ));
             }
-            if off_line {
+            if let Some(shift_mm) = shift_mm {
                 warnings.push(format!(
                     "slice positions are up to {:.3} mm off a straight stack (slices shifted \
                      in their plane): {}",
-                    stack.off_line_mm,
+                    shift_mm,
                     if tilted {
                         "each slice placed at its own position".to_string()
                     } else {
@@ -1391,6 +1407,43 @@ mod tests {
                 problem: SeriesProblem::Attribute(m),
                 ..
             }) if m.starts_with("slice positions too far apart")
+        ));
+        // The half-pixel floor (0.3 mm here) at its edge: a tilt whose last slice lies
+        // 0.29 mm off the normal is read as untilted, 0.31 mm off is corrected.
+        let tilt_to = |end: f64| -> Vec<SliceHeader> {
+            (0..6)
+                .map(|i| slice(&i.to_string(), [end * i as f64 / 5.0, 0.0, i as f64], AXIAL))
+                .collect()
+        };
+        let a = assemble("t", tilt_to(0.29), GantryTilt::Correct).unwrap();
+        assert!(
+            a.tilt.is_none() && a.warnings.is_empty(),
+            "{:?}",
+            a.warnings
+        );
+        let a = assemble("t", tilt_to(0.31), GantryTilt::Correct).unwrap();
+        assert!(a.tilt.is_some());
+        assert!(a.warnings[0].starts_with("gantry tilt of 3.55 degrees corrected"));
+        // Untilted by that measure, a middle slice further off the normal than the floor
+        // is shifted: it would be placed 0.522 mm from where it lies.
+        let mut bent = tilt_to(0.29);
+        bent[4].position = Some([0.522, 0.0, 4.0]);
+        let a = assemble("t", bent, GantryTilt::Correct).unwrap();
+        assert_eq!(a.warnings.len(), 1, "{:?}", a.warnings);
+        assert!(
+            a.warnings[0].starts_with("slice positions are up to 0.522 mm off a straight stack")
+        );
+        // Slices closer than half a pixel but over 45 degrees off the normal: refused.
+        let steep = vec![
+            slice("0", [0.0; 3], AXIAL),
+            slice("1", [0.25, 0.0, 0.2], AXIAL),
+        ];
+        assert!(matches!(
+            assemble("t", steep, GantryTilt::Correct),
+            Err(Error::Series {
+                problem: SeriesProblem::GantryTilt { max_deg, .. },
+                ..
+            }) if max_deg == MAX_CORRECTED_TILT_DEG
         ));
         // A regular tilt is on a straight stack: no second warning.
         let tilted: Vec<_> = (0..6)

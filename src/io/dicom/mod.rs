@@ -186,7 +186,8 @@ fn select(
                 .series
                 .iter()
                 .map(|(uid, s)| {
-                    let largest = assemble::stacks(s).map_or(s.len(), |st| st[0].len());
+                    let largest =
+                        assemble::stacks(s).map_or(s.len(), |st| st.first().map_or(0, Vec::len));
                     (uid.as_str(), largest)
                 })
                 .collect();
