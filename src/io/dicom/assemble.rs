@@ -369,18 +369,6 @@ fn fmt_spacing(s: Option<[f64; 2]>) -> String {
     }
 }
 
-fn same_spacing(a: Option<[f64; 2]>, b: Option<[f64; 2]>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => (0..2).all(|i| (a[i] - b[i]).abs() <= 1e-4 * a[i].abs().max(1.0)),
-        (None, None) => true,
-        _ => false,
-    }
-}
-
-fn same_orientation(a: [f64; 6], b: [f64; 6]) -> bool {
-    (0..6).all(|i| (a[i] - b[i]).abs() <= ORIENTATION_TOL)
-}
-
 /// Planes whose ImageOrientationPatient components differ by more than this (about 1.1
 /// degrees) lie in different stacks, such as a localizer (90 degrees off) and the axial
 /// stack. Planes closer than this but further than [`ORIENTATION_TOL`] are one stack with
@@ -483,7 +471,7 @@ fn largest_stack(slices: &[SliceHeader]) -> Option<(Vec<usize>, String)> {
         describe(&stacks[0]),
         left_out.join("; ")
     );
-    Some((stacks[0].clone(), warning))
+    Some((stacks.into_iter().next()?, warning))
 }
 
 /// Orders the slices of one series and computes its geometry, refusing series that do not
@@ -522,7 +510,12 @@ pub fn assemble(
                 },
             ));
         }
-        if !same_spacing(first.pixel_spacing, s.pixel_spacing) {
+        let same_spacing = match (first.pixel_spacing, s.pixel_spacing) {
+            (Some(a), Some(b)) => (0..2).all(|i| (a[i] - b[i]).abs() <= 1e-4 * a[i].abs().max(1.0)),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_spacing {
             return Err(problem(
                 series_uid,
                 SeriesProblem::MixedDimensions {
@@ -534,7 +527,7 @@ pub fn assemble(
         }
         match (first.orientation, s.orientation) {
             (Some(a), Some(b)) => {
-                if !same_orientation(a, b) {
+                if (0..6).any(|i| (a[i] - b[i]).abs() > ORIENTATION_TOL) {
                     return Err(problem(
                         series_uid,
                         SeriesProblem::MixedOrientation { first: a, other: b },
