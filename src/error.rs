@@ -164,6 +164,30 @@ pub enum SeriesProblem {
     ShiftedSlices { offset_mm: f64, max_mm: f64 },
     #[error("slices share no distinct positions (all at one position)")]
     SinglePosition,
+    /// The series' planes form `stacks` stacks (they differ in orientation, rows and
+    /// columns, or pixel spacing: a localizer, two reconstructions), and no one of them is
+    /// the largest: the largest `tied` hold `planes` planes each. `LoadConfig::stack`
+    /// (`--stack N`) picks one; `described` names them in their order.
+    #[error(
+        "the series' planes form {stacks} stacks (they differ in orientation, size or pixel spacing), the largest {tied} with {planes} planes each: choose one with --stack N (Python: stack=N); {described}"
+    )]
+    SeveralStacks {
+        stacks: usize,
+        tied: usize,
+        planes: usize,
+        described: String,
+    },
+    /// `LoadConfig::stack` asks for a stack the series does not have.
+    #[error("stack {requested} asked for, but the series' planes form {stacks} stack(s)")]
+    NoSuchStack { requested: usize, stacks: usize },
+    /// The problem of one stack of a series whose planes form several: the one loaded, by
+    /// default the largest.
+    #[error("stack {stack} of the {stacks} the series' planes form (--stack N picks another): {problem}")]
+    InStack {
+        stack: usize,
+        stacks: usize,
+        problem: Box<SeriesProblem>,
+    },
     #[error("{0}")]
     Attribute(String),
 }

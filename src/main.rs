@@ -215,6 +215,12 @@ struct LoadArgs {
     /// onto a grid along the normal (up to 45 degrees, with a warning), or refused.
     #[arg(long, value_name = "correct|refuse", default_value = "correct")]
     gantry_tilt: lungcad::GantryTilt,
+    /// DICOM: when the series' planes form several stacks (a localizer stored in the
+    /// series, two reconstructions of different fields of view), load stack N, numbered as
+    /// the load warning names them: the largest first (default: the largest; two of the
+    /// same size are refused).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    stack: Option<u64>,
     /// Refuse volumes with more voxels than this: as read and, where the command resamples
     /// (detect), as resampled and padded for the network.
     #[arg(long, default_value_t = Limits::default().max_voxels)]
@@ -234,6 +240,7 @@ impl LoadArgs {
             series_uid: self.series.clone(),
             allow_modality: self.allow_modality,
             gantry_tilt: self.gantry_tilt,
+            stack: self.stack.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
             limits: self.limits(),
         };
         lungcad::load(ct, &config)

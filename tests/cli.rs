@@ -1111,3 +1111,37 @@ fn gantry_tilt_is_corrected_or_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown value");
 }
+
+/// `--stack N`: the series above is one stack, so stack 1 loads it and stack 2 is refused
+/// (exit 1, one line naming the stacks there are); stack 0 is refused by clap.
+#[test]
+fn stack_picks_a_stack_of_the_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let hu = ndarray::Array3::from_shape_fn((3, 4, 5), |(z, y, x)| (z * 100 + y * 10 + x) as i16);
+    let v = Volume::new(hu, Geometry::new([2.0, 0.8, 0.8], [-10.0, 5.0, 100.0])).unwrap();
+    write_series(&v, dir.path(), &SeriesWriteOptions::default()).unwrap();
+    let run = |k: &str| {
+        lungcad()
+            .args(["info", "--json", "--stack", k])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run("1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["shape_zyx"], serde_json::json!([3, 4, 5]));
+    let out = run("2");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stack 2 asked for, but the series' planes form 1 stack(s)")
+            && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(run("0").status.code(), Some(2), "clap refuses stack 0");
+}

@@ -368,8 +368,10 @@ fn series_selection_default_and_by_uid() {
     }
 }
 
+/// Two stacks of three planes each, axial and coronal, in one series: neither is the
+/// largest, so the series is refused (`--stack` would pick one).
 #[test]
-fn mixed_orientation_in_one_series_is_refused() {
+fn two_stacks_of_one_size_in_one_series_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let a = phantom([3, 4, 4], Geometry::new([1.0; 3], [0.0; 3]));
     let b = phantom(
@@ -389,7 +391,11 @@ fn mixed_orientation_in_one_series_is_refused() {
     assert!(matches!(
         load(dir.path(), &cfg()),
         Err(Error::Series {
-            problem: SeriesProblem::MixedOrientation { .. },
+            problem: SeriesProblem::SeveralStacks {
+                stacks: 2,
+                tied: 2,
+                ..
+            },
             ..
         })
     ));
@@ -430,11 +436,83 @@ fn a_localizer_in_the_series_is_left_out() {
         back.info.warnings,
         [
             "the series' planes form 2 stacks (they differ in orientation, size or pixel \
-             spacing): loaded the largest, 5 plane(s) of 6x7, orientation (1, 0, 0, 0, 1, 0), \
-             pixel spacing 0.7 x 0.7 mm; not loaded: 1 plane(s) of 9x4, orientation (0, 1, 0, \
-             0, 0, -1), pixel spacing 2 x 2 mm"
+             spacing): loaded the largest, stack 1, 5 plane(s) of 6x7, orientation (1, 0, 0, \
+             0, 1, 0), pixel spacing 0.7 x 0.7 mm; not loaded (--stack N loads another): \
+             stack 2, 1 plane(s) of 9x4, orientation (0, 1, 0, 0, 0, -1), pixel spacing 2 x \
+             2 mm"
         ]
     );
+}
+
+/// `LoadConfig::stack`: two stacks of five planes in one series (the axial stack and a
+/// sagittal one) are refused with both named; either loads, as it was written, when asked
+/// for by its number; a number past them is refused.
+#[test]
+fn a_stack_is_picked_by_its_number_and_a_tie_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let axial = phantom(
+        [5, 6, 7],
+        Geometry::new([1.5, 0.7, 0.7], [-10.0, -20.0, 30.0]),
+    );
+    let sagittal = sagittal_localizer(5);
+    let opts = SeriesWriteOptions {
+        series_uid: Some("1.2.826.0.1.4".into()),
+        ..Default::default()
+    };
+    write_series(&axial, &dir.path().join("axial"), &opts).unwrap();
+    write_series(&sagittal, &dir.path().join("sagittal"), &opts).unwrap();
+    let e = load(dir.path(), &cfg()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Series {
+                problem: SeriesProblem::SeveralStacks {
+                    stacks: 2,
+                    tied: 2,
+                    planes: 5,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("choose one with --stack N"), "{e}");
+    // Equals are numbered in the order of their first files: axial/ before sagittal/.
+    // (The sagittal stack was written with a left-handed direction: it loads along its
+    // slice normal, -x, so its planes come back in reverse.)
+    let mut sagittal_back = sagittal.clone();
+    sagittal_back.hu.invert_axis(ndarray::Axis(0));
+    sagittal_back.geometry.origin_mm[0] += 4.0;
+    sagittal_back.geometry.direction[0] = [-1.0, 0.0, 0.0];
+    for (k, want) in [(1, &axial), (2, &sagittal_back)] {
+        let config = LoadConfig {
+            stack: Some(k),
+            ..cfg()
+        };
+        let back = load(dir.path(), &config).unwrap();
+        assert_eq!(back.hu, want.hu, "stack {k}");
+        geometry_close(&back.geometry, &want.geometry, 1e-6);
+        assert!(
+            back.info.warnings[0].contains(&format!("loaded the one asked for, stack {k}, 5")),
+            "{:?}",
+            back.info.warnings
+        );
+    }
+    let config = LoadConfig {
+        stack: Some(3),
+        ..cfg()
+    };
+    assert!(matches!(
+        load(dir.path(), &config),
+        Err(Error::Series {
+            problem: SeriesProblem::NoSuchStack {
+                requested: 3,
+                stacks: 2
+            },
+            ..
+        })
+    ));
 }
 
 /// Choosing among series counts the planes of each one's largest stack: a series of four

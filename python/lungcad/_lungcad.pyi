@@ -206,6 +206,7 @@ def load(
     *,
     allow_modality: bool = False,
     gantry_tilt: Literal["correct", "refuse"] = "correct",
+    stack: int | None = None,
     max_voxels: int | None = None,
 ) -> Volume: ...
 def preprocess(volume: Volume, *, max_voxels: int | None = None, **config: Any) -> Preprocessed: ...

@@ -191,19 +191,21 @@ impl PyVolume {
 /// Loads a CT: a DICOM folder (searched recursively) or file, a MetaImage (`.mhd`/`.mha`)
 /// or a NIfTI (`.nii`/`.nii.gz`) file.
 #[pyfunction]
-#[pyo3(signature = (path, series_uid = None, *, allow_modality = false, gantry_tilt = "correct", max_voxels = None))]
+#[pyo3(signature = (path, series_uid = None, *, allow_modality = false, gantry_tilt = "correct", stack = None, max_voxels = None))]
 pub fn load(
     py: Python<'_>,
     path: PathBuf,
     series_uid: Option<String>,
     allow_modality: bool,
     gantry_tilt: &str,
+    stack: Option<usize>,
     max_voxels: Option<u64>,
 ) -> PyResult<PyVolume> {
     let config = LoadConfig {
         series_uid,
         allow_modality,
         gantry_tilt: gantry_tilt.parse().map_err(crate::errors::to_py)?,
+        stack,
         limits: limits(max_voxels),
     };
     let inner = run(py, || lungcad::load(&path, &config))?;

@@ -226,6 +226,39 @@ def test_gantry_tilt_is_corrected_or_refused(tmp_path: Path) -> None:
     assert any(w.startswith("GantryDetectorTilt is 15 degrees") for w in vol.warnings), vol.warnings
 
 
+def test_stack_picks_one_of_several_stacks_in_a_series(tmp_path: Path) -> None:
+    """Two reconstructions of four slices each, of different pixel spacing, under one
+    SeriesInstanceUID: refused with both numbered; `stack=` loads either."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    series = generate_uid()
+    pixels = {}
+    for name, spacing in [("a", 0.8), ("b", 0.5)]:
+        pixels[name] = (np.arange(4 * 6 * 5).reshape(4, 6, 5) * spacing * 10).astype(np.int16)
+        for k in range(4):
+            ds = ct_dataset(CTImageStorage, ExplicitVRLittleEndian, series)
+            ds.Rows, ds.Columns = 6, 5
+            ds.PixelSpacing = [spacing, spacing]
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+            ds.PixelData = pixels[name][k].tobytes()
+            pydicom.dcmwrite(tmp_path / f"{name}{k}.dcm", ds, enforce_file_format=True)
+    with pytest.raises(lungcad.DicomError, match=r"form 2 stacks .* choose one with --stack N"):
+        lungcad.load(tmp_path)
+    for k, name, spacing in [(1, "a", 0.8), (2, "b", 0.5)]:
+        vol = lungcad.load(tmp_path, stack=k)
+        np.testing.assert_array_equal(vol.array, pixels[name])
+        assert vol.spacing_mm == pytest.approx((2.0, spacing, spacing))
+        assert f"loaded the one asked for, stack {k}, 4 plane(s)" in vol.warnings[0]
+    with pytest.raises(lungcad.DicomError, match="stack 3 asked for, but the series' planes form 2"):
+        lungcad.load(tmp_path, stack=3)
+
+
 def test_acr_nema_files_without_the_dicom_header_load(tmp_path: Path) -> None:
     """Bare implicit VR data sets, as ACR-NEMA stored them: no preamble, "DICM" or file meta
     group, no SeriesInstanceUID, the retired Image Position and Image Orientation."""

@@ -20,6 +20,13 @@ pub struct LoadConfig {
     pub allow_modality: bool,
     /// DICOM only: what to do with a gantry-tilted series (default: correct it).
     pub gantry_tilt: GantryTilt,
+    /// DICOM only: which stack to load when the series' planes form several (they differ
+    /// in orientation, rows and columns, or pixel spacing: a localizer stored in the CT
+    /// series, two reconstructions under one UID), numbered from 1 as the load warning
+    /// names them: the largest first, equals in the order of their first files. Default:
+    /// the largest; two largest of the same size are refused
+    /// ([`SeriesProblem::SeveralStacks`](crate::SeriesProblem)).
+    pub stack: Option<usize>,
     /// Bounds on untrusted sizes.
     pub limits: Limits,
 }

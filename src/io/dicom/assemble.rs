@@ -153,9 +153,11 @@ impl TiltCorrection {
     /// through the first, with rows along `col_dir` (`pixel_spacing[0]` apart) and columns
     /// along `row_dir` (`pixel_spacing[1]` apart), the rows and columns of the output
     /// grown to cover every slice. Returns it and the output's origin; a shift that is not
-    /// finite, or grows the plane by over 2^31 pixels, is an error.
+    /// finite, or grows the plane by over 2^31 pixels, is an error that begins with `what`
+    /// (the gantry tilt, or shifted slices).
     fn new(
         series_uid: &str,
+        what: &str,
         angle_deg: f64,
         positions: &[[f64; 3]],
         [col_dir, row_dir]: [[f64; 3]; 2],
@@ -191,7 +193,7 @@ impl TiltCorrection {
                     return Err(problem(
                         series_uid,
                         SeriesProblem::Attribute(format!(
-                            "gantry tilt: a slice's in-plane shift is {} pixels",
+                            "{what}: a slice's in-plane shift is {} pixels",
                             s[a]
                         )),
                     ));
@@ -204,7 +206,7 @@ impl TiltCorrection {
                 return Err(problem(
                     series_uid,
                     SeriesProblem::Attribute(format!(
-                        "gantry tilt: the slices' in-plane shifts span {growth} pixels"
+                        "{what}: the slices' in-plane shifts span {growth} pixels"
                     )),
                 ));
             }
@@ -431,20 +433,46 @@ fn short(v: f64) -> String {
     }
 }
 
-/// A series whose planes form several stacks ([`stacks`]; a localizer stored in the CT
-/// series, or two reconstructions of different fields of view): the indices of the planes
-/// of the stack that holds the most, and a warning naming the others. `None` when the
-/// planes form one stack, or when no stack holds more than every other (or there are over
-/// [`MAX_STACKS`]): then the series is assembled whole, and refused as mixed.
-fn largest_stack(slices: &[SliceHeader]) -> Option<(Vec<usize>, String)> {
-    let stacks = stacks(slices)?;
-    if stacks.len() < 2 || stacks[0].len() == stacks[1].len() {
-        return None;
+/// One stack of a series whose planes form several ([`stacks`]): the indices of its planes,
+/// which it is (from 1), how many there are, and a warning naming the others.
+struct ChosenStack {
+    planes: Vec<usize>,
+    number: usize,
+    stacks: usize,
+    warning: String,
+}
+
+/// The stack `stack` asks for (from 1, in the order of [`stacks`]), or the one that holds
+/// the most. `None` when the planes form one stack (and `stack` is none or 1), or over
+/// [`MAX_STACKS`] with no stack asked for: then the series is assembled whole (and the
+/// latter refused as mixed).
+fn choose_stack(
+    series_uid: &str,
+    slices: &[SliceHeader],
+    stack: Option<usize>,
+) -> Result<Option<ChosenStack>> {
+    if slices.is_empty() {
+        return Ok(None);
     }
-    let describe = |st: &Vec<usize>| {
+    let Some(stacks) = stacks(slices) else {
+        return match stack {
+            None => Ok(None),
+            Some(_) => Err(problem(
+                series_uid,
+                SeriesProblem::Attribute(format!(
+                    "the series' planes form over {MAX_STACKS} stacks: a stack is chosen \
+                     among at most {MAX_STACKS}"
+                )),
+            )),
+        };
+    };
+    let n = stacks.len();
+    let describe = |k: usize| {
+        let st = &stacks[k];
         let first = &slices[st[0]];
         format!(
-            "{} plane(s) of {}x{}, orientation ({}), pixel spacing {}",
+            "stack {}, {} plane(s) of {}x{}, orientation ({}), pixel spacing {}",
+            k + 1,
             st.len(),
             first.format.rows,
             first.format.columns,
@@ -458,41 +486,122 @@ fn largest_stack(slices: &[SliceHeader]) -> Option<(Vec<usize>, String)> {
             ))
         )
     };
-    // The first few left out, the rest counted.
-    const NAMED: usize = 4;
-    let mut left_out: Vec<String> = stacks[1..].iter().take(NAMED).map(describe).collect();
-    if stacks.len() - 1 > NAMED {
-        left_out.push(format!("and {} more stacks", stacks.len() - 1 - NAMED));
+    // The stacks but `except`: the first few named, the rest counted.
+    let others = |except: Option<usize>| {
+        const NAMED: usize = 4;
+        let rest: Vec<usize> = (0..n).filter(|&k| Some(k) != except).collect();
+        let mut named: Vec<String> = rest.iter().take(NAMED).map(|&k| describe(k)).collect();
+        if rest.len() > NAMED {
+            named.push(format!("and {} more stacks", rest.len() - NAMED));
+        }
+        named.join("; ")
+    };
+    let k = match stack {
+        Some(k) if k == 0 || k > n => {
+            return Err(problem(
+                series_uid,
+                SeriesProblem::NoSuchStack {
+                    requested: k,
+                    stacks: n,
+                },
+            ))
+        }
+        Some(k) => k - 1,
+        None if n == 1 => return Ok(None),
+        None => {
+            let planes = stacks[0].len();
+            let tied = stacks.iter().take_while(|st| st.len() == planes).count();
+            if tied > 1 {
+                return Err(problem(
+                    series_uid,
+                    SeriesProblem::SeveralStacks {
+                        stacks: n,
+                        tied,
+                        planes,
+                        described: others(None),
+                    },
+                ));
+            }
+            0
+        }
+    };
+    if n == 1 {
+        return Ok(None);
     }
     let warning = format!(
-        "the series' planes form {} stacks (they differ in orientation, size or pixel \
-         spacing): loaded the largest, {}; not loaded: {}",
-        stacks.len(),
-        describe(&stacks[0]),
-        left_out.join("; ")
+        "the series' planes form {n} stacks (they differ in orientation, size or pixel \
+         spacing): loaded {}, {}; not loaded (--stack N loads another): {}",
+        if stack.is_some() {
+            "the one asked for"
+        } else {
+            "the largest"
+        },
+        describe(k),
+        others(Some(k))
     );
-    Some((stacks.into_iter().next()?, warning))
+    let planes = stacks.into_iter().nth(k).unwrap_or_default();
+    Ok(Some(ChosenStack {
+        planes,
+        number: k + 1,
+        stacks: n,
+        warning,
+    }))
 }
 
 /// Orders the slices of one series and computes its geometry, refusing series that do not
 /// form a regular stack (see [`SeriesProblem`]). A series whose planes form several stacks
-/// is cut to the one that holds the most ([`largest_stack`]). A gantry-tilted stack is
-/// refused or corrected as `gantry_tilt` says ([`Assembly::tilt`]).
+/// is cut to the one that holds the most ([`assemble_stack`] picks another). A
+/// gantry-tilted stack is refused or corrected as `gantry_tilt` says ([`Assembly::tilt`]).
 pub fn assemble(
+    series_uid: &str,
+    slices: Vec<SliceHeader>,
+    gantry_tilt: GantryTilt,
+) -> Result<Assembly> {
+    assemble_stack(series_uid, slices, gantry_tilt, None)
+}
+
+/// [`assemble`], with the stack to load when the series' planes form several: `stack`
+/// from 1, in the order of [`stacks`] (`None`: the largest; a tie is refused).
+/// A stack's problem names the stack ([`SeriesProblem::InStack`]).
+pub fn assemble_stack(
     series_uid: &str,
     mut slices: Vec<SliceHeader>,
     gantry_tilt: GantryTilt,
+    stack: Option<usize>,
 ) -> Result<Assembly> {
-    let mut warnings = Vec::new();
-    if let Some((keep, warning)) = largest_stack(&slices) {
-        let mut keep = keep.into_iter().peekable();
-        slices = slices
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, s)| keep.next_if_eq(&i).map(|_| s))
-            .collect();
-        warnings.push(warning);
-    }
+    let Some(chosen) = choose_stack(series_uid, &slices, stack)? else {
+        return assemble_planes(series_uid, slices, gantry_tilt, Vec::new());
+    };
+    let mut keep = chosen.planes.into_iter().peekable();
+    slices = slices
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| keep.next_if_eq(&i).map(|_| s))
+        .collect();
+    assemble_planes(series_uid, slices, gantry_tilt, vec![chosen.warning]).map_err(|e| match e {
+        Error::Series {
+            series_uid,
+            problem,
+        } => Error::Series {
+            series_uid,
+            problem: SeriesProblem::InStack {
+                stack: chosen.number,
+                stacks: chosen.stacks,
+                problem: Box::new(problem),
+            },
+        },
+        e => e,
+    })
+}
+
+/// [`assemble`] of planes that form one stack (or are refused as mixed), `warnings` the
+/// ones so far.
+fn assemble_planes(
+    series_uid: &str,
+    mut slices: Vec<SliceHeader>,
+    gantry_tilt: GantryTilt,
+    mut warnings: Vec<String>,
+) -> Result<Assembly> {
     let Some(first) = slices.first().cloned() else {
         return Err(problem(
             series_uid,
@@ -764,6 +873,11 @@ pub fn assemble(
         Some((stack, tilted, shift_mm)) => {
             let (t, origin) = TiltCorrection::new(
                 series_uid,
+                if tilted {
+                    "gantry tilt"
+                } else {
+                    "shifted slices"
+                },
                 stack.angle_deg,
                 &positions,
                 [col_dir, row_dir],
@@ -961,11 +1075,15 @@ mod tests {
         assert_eq!(a.warnings.len(), 1);
     }
 
+    /// Planes that differ in orientation or pixel spacing by less than splits them into
+    /// stacks (jitter) are refused as mixed; planes that differ more, in stacks of one
+    /// size, are refused as several stacks.
     #[test]
     fn mixed_orientation_and_dimensions_refused() {
+        let jitter = [1.0, 0.001, 0.0, 0.0, 1.0, 0.0];
         let s = vec![
             slice("a", [0.0, 0.0, 0.0], AXIAL),
-            slice("b", [0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
+            slice("b", [0.0, 0.0, 1.0], jitter),
         ];
         assert!(matches!(
             assemble("x", s, GantryTilt::Refuse),
@@ -975,23 +1093,7 @@ mod tests {
             })
         ));
         let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
-        b.format.rows = 8;
-        assert!(matches!(
-            assemble(
-                "x",
-                vec![slice("a", [0.0; 3], AXIAL), b],
-                GantryTilt::Refuse
-            ),
-            Err(Error::Series {
-                problem: SeriesProblem::MixedDimensions {
-                    what: "rows/columns",
-                    ..
-                },
-                ..
-            })
-        ));
-        let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
-        b.pixel_spacing = Some([0.8, 0.6]);
+        b.pixel_spacing = Some([0.702, 0.6]);
         assert!(matches!(
             assemble(
                 "x",
@@ -1006,11 +1108,42 @@ mod tests {
                 ..
             })
         ));
+        for other in [
+            {
+                let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
+                b.format.rows = 8;
+                b
+            },
+            {
+                let mut b = slice("b", [0.0, 0.0, 1.0], AXIAL);
+                b.pixel_spacing = Some([0.8, 0.6]);
+                b
+            },
+            slice("b", [0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
+        ] {
+            assert!(matches!(
+                assemble(
+                    "x",
+                    vec![slice("a", [0.0; 3], AXIAL), other],
+                    GantryTilt::Refuse
+                ),
+                Err(Error::Series {
+                    problem: SeriesProblem::SeveralStacks {
+                        stacks: 2,
+                        tied: 2,
+                        planes: 1,
+                        ..
+                    },
+                    ..
+                })
+            ));
+        }
     }
 
     /// A localizer (one sagittal plane of another size) stored in an axial series, and a
     /// second reconstruction of another field of view: the largest stack is loaded, the
-    /// others named in a warning. Stacks of equal size are still refused as mixed.
+    /// others named in a warning; another is loaded when asked for. Stacks of equal size
+    /// are refused, and each can be asked for.
     #[test]
     fn a_series_of_several_stacks_loads_the_largest() {
         const SAGITTAL: [f64; 6] = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0];
@@ -1033,13 +1166,115 @@ mod tests {
             a.warnings,
             [
                 "the series' planes form 3 stacks (they differ in orientation, size or pixel \
-                 spacing): loaded the largest, 4 plane(s) of 4x5, orientation (1, 0, 0, 0, 1, \
-                 0), pixel spacing 0.7 x 0.6 mm; not loaded: 2 plane(s) of 4x5, orientation \
-                 (1, 0, 0, 0, 1, 0), pixel spacing 0.9 x 0.9 mm; 1 plane(s) of 8x5, \
-                 orientation (0, 1, 0, 0, 0, -1), pixel spacing 0.7 x 0.6 mm"
+                 spacing): loaded the largest, stack 1, 4 plane(s) of 4x5, orientation (1, 0, \
+                 0, 0, 1, 0), pixel spacing 0.7 x 0.6 mm; not loaded (--stack N loads \
+                 another): stack 2, 2 plane(s) of 4x5, orientation (1, 0, 0, 0, 1, 0), pixel \
+                 spacing 0.9 x 0.9 mm; stack 3, 1 plane(s) of 8x5, orientation (0, 1, 0, 0, \
+                 0, -1), pixel spacing 0.7 x 0.6 mm"
             ]
         );
-        // Two stacks of four: no largest, refused as before (the first difference named).
+        // Another stack, asked for: the wider reconstruction.
+        let a = assemble_stack("x", s.clone(), GantryTilt::Refuse, Some(2)).unwrap();
+        let names: Vec<_> = a.slices.iter().map(|h| h.path.to_str().unwrap()).collect();
+        assert_eq!(names, ["b0", "b1"]);
+        assert_eq!(a.geometry.spacing_mm, [2.0, 0.9, 0.9]);
+        assert!(
+            a.warnings[0].contains("loaded the one asked for, stack 2, 2 plane(s)")
+                && a.warnings[0].contains("another): stack 1, 4 plane(s)"),
+            "{}",
+            a.warnings[0]
+        );
+        // Stack 1 asked for is the default's; a stack past the last is refused, as is 0.
+        assert_eq!(
+            assemble_stack("x", s.clone(), GantryTilt::Refuse, Some(1))
+                .unwrap()
+                .slices
+                .len(),
+            4
+        );
+        for k in [0, 4] {
+            assert!(matches!(
+                assemble_stack("x", s.clone(), GantryTilt::Refuse, Some(k)),
+                Err(Error::Series {
+                    problem: SeriesProblem::NoSuchStack { requested, stacks: 3 },
+                    ..
+                }) if requested == k
+            ));
+        }
+        // A series of one stack: stack 1 is it, stack 2 is not there.
+        let one: Vec<_> = s
+            .iter()
+            .filter(|h| h.path.to_str().is_some_and(|p| p.starts_with('a')))
+            .cloned()
+            .collect();
+        assert_eq!(
+            assemble_stack("x", one.clone(), GantryTilt::Refuse, Some(1))
+                .unwrap()
+                .warnings,
+            Vec::<String>::new()
+        );
+        assert!(matches!(
+            assemble_stack("x", one, GantryTilt::Refuse, Some(2)),
+            Err(Error::Series {
+                problem: SeriesProblem::NoSuchStack {
+                    requested: 2,
+                    stacks: 1
+                },
+                ..
+            })
+        ));
+        // The stack asked for has its own problem, which names the stack: two planes at
+        // one position along the normal.
+        let mut twin = s.clone();
+        let b1 = twin
+            .iter()
+            .position(|h| h.path.to_str() == Some("b1"))
+            .unwrap();
+        twin[b1].position = Some([-5.0, -10.0, 0.0]);
+        let e = assemble_stack("x", twin, GantryTilt::Refuse, Some(2)).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::Series {
+                    problem: SeriesProblem::InStack {
+                        stack: 2,
+                        stacks: 3,
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The largest stack's slices leave a gap: the gap is named, and so is the stack.
+        let mut gap = s.clone();
+        gap.retain(|h| h.path.to_str() != Some("a2"));
+        gap.push(slice("a4", [0.0, 0.0, 4.0], AXIAL));
+        gap.push(slice("a5", [0.0, 0.0, 5.0], AXIAL));
+        let e = assemble("x", gap, GantryTilt::Refuse).unwrap_err();
+        match &e {
+            Error::Series {
+                problem:
+                    SeriesProblem::InStack {
+                        stack: 1,
+                        stacks: 3,
+                        problem,
+                    },
+                ..
+            } => assert!(
+                matches!(**problem, SeriesProblem::MissingSlices { .. }),
+                "{problem}"
+            ),
+            e => panic!("{e}"),
+        }
+        assert!(
+            e.to_string().starts_with(
+                "series x: stack 1 of the 3 the series' planes form (--stack N picks another): \
+                 missing slices: a gap of 2.000 mm"
+            ),
+            "{e}"
+        );
+        // Two stacks of four: no largest, refused, both named; either can be asked for.
         let mut tie = s.clone();
         tie.retain(|h| !h.path.starts_with("0"));
         tie.extend((2..4).map(|i| {
@@ -1047,16 +1282,35 @@ mod tests {
             h.pixel_spacing = Some([0.9, 0.9]);
             h
         }));
-        assert!(matches!(
-            assemble("x", tie, GantryTilt::Refuse),
-            Err(Error::Series {
-                problem: SeriesProblem::MixedDimensions {
-                    what: "pixel spacing",
+        let e = assemble("x", tie.clone(), GantryTilt::Refuse).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::Series {
+                    problem: SeriesProblem::SeveralStacks {
+                        stacks: 2,
+                        tied: 2,
+                        planes: 4,
+                        ..
+                    },
                     ..
-                },
-                ..
-            })
-        ));
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().ends_with(
+                "choose one with --stack N (Python: stack=N); stack 1, 4 plane(s) of 4x5, \
+                 orientation (1, 0, 0, 0, 1, 0), pixel spacing 0.7 x 0.6 mm; stack 2, 4 \
+                 plane(s) of 4x5, orientation (1, 0, 0, 0, 1, 0), pixel spacing 0.9 x 0.9 mm"
+            ),
+            "{e}"
+        );
+        for (k, first) in [(1, "a0"), (2, "b0")] {
+            let a = assemble_stack("x", tie.clone(), GantryTilt::Refuse, Some(k)).unwrap();
+            assert_eq!(a.slices.len(), 4);
+            assert_eq!(&*a.slices[0].path, Path::new(first));
+        }
         // Orientations within the tolerance are one stack; off by more, but by less than
         // a degree, still one stack (jitter, not a localizer), refused as mixed rather than
         // loaded without the plane.
@@ -1064,16 +1318,19 @@ mod tests {
         near[4].orientation = Some([1.0, 0.00005, 0.0, 0.0, 1.0, 0.0]);
         let a = assemble("x", near, GantryTilt::Refuse).unwrap();
         assert_eq!(a.slices.len(), 4);
-        assert!(a.warnings[0].contains("loaded the largest, 4 plane(s)"));
+        assert!(a.warnings[0].contains("loaded the largest, stack 1, 4 plane(s)"));
         near = s.clone();
         near[4].orientation = Some([1.0, 0.0002, 0.0, 0.0, 1.0, 0.0]);
-        assert!(matches!(
-            assemble("x", near.clone(), GantryTilt::Refuse),
+        match assemble("x", near.clone(), GantryTilt::Refuse) {
             Err(Error::Series {
-                problem: SeriesProblem::MixedOrientation { .. },
+                problem:
+                    SeriesProblem::InStack {
+                        stack: 1, problem, ..
+                    },
                 ..
-            })
-        ));
+            }) => assert!(matches!(*problem, SeriesProblem::MixedOrientation { .. })),
+            other => panic!("{other:?}"),
+        }
         // Two degrees off: another stack.
         near[4].orientation = Some([1.0, 0.035, 0.0, 0.0, 1.0, 0.0]);
         assert_eq!(
@@ -1098,6 +1355,13 @@ mod tests {
                 problem: SeriesProblem::MixedDimensions { .. },
                 ..
             })
+        ));
+        assert!(matches!(
+            assemble_stack("x", many.clone(), GantryTilt::Refuse, Some(1)),
+            Err(Error::Series {
+                problem: SeriesProblem::Attribute(m),
+                ..
+            }) if m.starts_with("the series' planes form over 64 stacks")
         ));
         // 64 stacks, the largest of two planes: loaded, five stacks named and 59 counted.
         let a = assemble("x", many[1..].to_vec(), GantryTilt::Refuse).unwrap();
@@ -1387,6 +1651,22 @@ mod tests {
         near[2].position = Some([0.0, 0.29, 2.0]);
         near[3].position = Some([0.0, 0.29, 3.0]);
         assert!(assemble("t", near, GantryTilt::Refuse).is_ok());
+        // A hostile PixelSpacing makes the shifts absurd: an error, named for the shift.
+        let hostile: Vec<_> = s
+            .iter()
+            .cloned()
+            .map(|mut h| {
+                h.pixel_spacing = Some([1e-300, 1e-300]);
+                h
+            })
+            .collect();
+        assert!(matches!(
+            assemble("t", hostile, GantryTilt::Correct),
+            Err(Error::Series {
+                problem: SeriesProblem::Attribute(m),
+                ..
+            }) if m.starts_with("shifted slices: the slices' in-plane shifts span")
+        ));
         // Positions so far apart in-plane that their offsets overflow: refused, not read
         // as untilted.
         let far: Vec<_> = [-1e308, 0.0, 1e308]

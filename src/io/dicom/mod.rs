@@ -19,7 +19,7 @@ pub mod header;
 pub mod jpeg;
 pub mod write;
 
-pub use assemble::{assemble, display_uid, Assembly};
+pub use assemble::{assemble, assemble_stack, display_uid, Assembly};
 pub use header::{read_slice_headers, SliceHeader};
 pub use write::{write_series, SeriesWriteOptions, StoredFormat};
 
@@ -49,7 +49,8 @@ pub struct SeriesSummary {
     pub slices: usize,
 }
 
-/// The image planes found under a path, grouped by series.
+/// The image planes found under a path, grouped by series (each series' planes in the
+/// order of their files' paths, then frames).
 #[derive(Debug, Default)]
 pub struct Scan {
     pub series: BTreeMap<String, Vec<SliceHeader>>,
@@ -244,7 +245,7 @@ pub fn load_series(path: &Path, config: &LoadConfig) -> Result<Volume> {
     let t_scan = t0.elapsed();
     let (uid, slices, mut warnings) = select(&mut scan, path, config)?;
     config.limits.check_slices(slices.len() as u64)?;
-    let assembly = assemble(&uid, slices, config.gantry_tilt)?;
+    let assembly = assemble::assemble_stack(&uid, slices, config.gantry_tilt, config.stack)?;
     warnings.extend(assembly.warnings.iter().cloned());
     let first = &assembly.slices[0];
     let (rows, cols) = (first.format.rows as usize, first.format.columns as usize);
@@ -400,7 +401,9 @@ pub fn assemble_fuzz(data: &[u8]) {
             gantry_detector_tilt_deg: None,
         })
         .collect();
-    if let Ok(a) = assemble("fuzz", slices, crate::io::GantryTilt::Correct) {
+    // The bytes past the last whole slice ask for a stack (none: the largest).
+    let stack = Some(data.len() % 24).filter(|&r| r > 0).map(|r| r - 1);
+    if let Ok(a) = assemble::assemble_stack("fuzz", slices, crate::io::GantryTilt::Correct, stack) {
         let _ = a.geometry.world_to_voxel([0.0; 3]);
         // Resample tilted stacks of small planes (the fuzzer's rows and columns are 1 to
         // 4; the shifts, and so the output, can be large).
