@@ -34,6 +34,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the DICOM series under a folder from their headers alone (no pixel data is
+    /// decoded): each series' UID, modality, planes, files and stacks (numbered as --stack
+    /// takes them), and the one the other commands load when no --series is given.
+    Series {
+        /// A DICOM folder (searched recursively) or file.
+        path: PathBuf,
+        /// Pick the default among series of any modality, as --allow-modality does.
+        #[arg(long)]
+        allow_modality: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a CT as int16 HU with its geometry (.mhd, .mha, .nii or .nii.gz).
     Convert {
         #[command(flatten)]
@@ -311,6 +324,26 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 println!("{:#}", info_json(&v));
             } else {
                 print!("{}", info_text(&v));
+            }
+        }
+        Command::Series {
+            path,
+            allow_modality,
+            json,
+        } => {
+            let config = LoadConfig {
+                allow_modality,
+                ..LoadConfig::default()
+            };
+            let list = lungcad::io::dicom::list_series(&path, &config)?;
+            if json {
+                println!(
+                    "{:#}",
+                    serde_json::to_value(&list)
+                        .map_err(|e| Error::InvalidArgument(e.to_string()))?
+                );
+            } else {
+                print!("{list}");
             }
         }
         Command::Convert { input, output } => {

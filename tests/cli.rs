@@ -1112,6 +1112,50 @@ fn gantry_tilt_is_corrected_or_refused() {
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown value");
 }
 
+/// `lungcad series`: the series found, from headers alone, as JSON and as text; a path
+/// that is not there is an error.
+#[test]
+fn series_lists_the_series_of_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    small_series(&dir.path().join("a"));
+    let out = lungcad()
+        .args(["series", "--json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["files_seen"], 4);
+    let s = &j["series"][0];
+    assert_eq!(s["series_uid"], "1.2.826.0.1.77");
+    assert_eq!(
+        (s["planes"].as_u64(), s["default"].as_bool()),
+        (Some(4), Some(true))
+    );
+    assert_eq!(s["stacks"][0]["extent_mm"], 6.0);
+    assert_eq!(
+        s["stacks"][0]["pixel_spacing_mm"],
+        serde_json::json!([0.8, 0.8])
+    );
+    let out = lungcad().arg("series").arg(dir.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1.2.826.0.1.77  CT  4 plane(s) in 4 file(s)  (loaded when no --series")
+            && text.contains("  stack 1: 4 plane(s) of 6x5, pixel spacing 0.8 x 0.8 mm"),
+        "{text}"
+    );
+    let out = lungcad()
+        .arg("series")
+        .arg(dir.path().join("none"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
 /// `--stack N`: the series above is one stack, so stack 1 loads it and stack 2 is refused
 /// (exit 1, one line naming the stacks there are); stack 0 is refused by clap.
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use lungcad::io::dicom::{write_series, SeriesWriteOptions, StoredFormat};
+use lungcad::io::dicom::{list_series, write_series, SeriesWriteOptions, StoredFormat};
 use lungcad::{load, Error, Geometry, LoadConfig, SeriesProblem, Volume};
 use ndarray::Array3;
 use std::path::Path;
@@ -442,6 +442,97 @@ fn a_localizer_in_the_series_is_left_out() {
              2 mm"
         ]
     );
+}
+
+/// `list_series`: two series, one with a localizer stored in it; each stack numbered and
+/// measured, and the default the series `load` picks (the most planes in one stack, then
+/// the most planes).
+#[test]
+fn series_are_listed_with_their_stacks_and_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new([1.5, 0.7, 0.7], [-10.0, -20.0, 30.0]);
+    let with_localizer = SeriesWriteOptions {
+        series_uid: Some("1.2.826.0.1.4".into()),
+        ..Default::default()
+    };
+    write_series(
+        &phantom([5, 6, 7], g),
+        &dir.path().join("a"),
+        &with_localizer,
+    )
+    .unwrap();
+    write_series(
+        &sagittal_localizer(1),
+        &dir.path().join("a_loc"),
+        &with_localizer,
+    )
+    .unwrap();
+    let opts = SeriesWriteOptions {
+        series_uid: Some("1.2.826.0.1.5".into()),
+        ..Default::default()
+    };
+    write_series(&phantom([5, 6, 7], g), &dir.path().join("b"), &opts).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not DICOM").unwrap();
+    let list = list_series(dir.path(), &cfg()).unwrap();
+    assert_eq!((list.files_seen, list.skipped), (12, 1));
+    let [a, b] = &list.series[..] else {
+        panic!("{list:?}")
+    };
+    assert_eq!(a.series_uid.as_deref(), Some("1.2.826.0.1.4"));
+    assert_eq!((a.modality.as_str(), a.planes, a.files), ("CT", 6, 6));
+    assert!(a.default && !b.default);
+    assert_eq!(a.stacks.len(), 2);
+    assert_eq!(
+        (a.stacks[0].stack, a.stacks[0].planes, a.stacks[0].rows),
+        (1, 5, 6)
+    );
+    assert!((a.stacks[0].extent_mm.unwrap() - 6.0).abs() < 1e-9);
+    assert_eq!(a.stacks[0].pixel_spacing_mm, Some([0.7, 0.7]));
+    assert_eq!(
+        (a.stacks[1].stack, a.stacks[1].planes, a.stacks[1].rows),
+        (2, 1, 9)
+    );
+    assert_eq!(
+        a.stacks[1].orientation,
+        Some([0.0, 1.0, 0.0, 0.0, 0.0, -1.0])
+    );
+    assert_eq!((b.planes, b.stacks.len()), (5, 1));
+    assert_eq!(b.transfer_syntaxes, ["1.2.840.10008.1.2.1"]);
+    let loaded = load(dir.path(), &cfg()).unwrap();
+    assert_eq!(loaded.info.series_uid.as_deref(), Some("1.2.826.0.1.4"));
+    let text = list.to_string();
+    assert!(
+        text.starts_with(
+            "1.2.826.0.1.4  CT  6 plane(s) in 6 file(s)  (loaded when no --series is given)\n  \
+             stack 1: 5 plane(s) of 6x7, pixel spacing 0.7 x 0.7 mm, orientation (1, 0, 0, 0, \
+             1, 0), 6 mm long\n  stack 2: 1 plane(s) of 9x4, pixel spacing 2 x 2 mm, \
+             orientation (0, 1, 0, 0, 0, -1)\n"
+        ) && text.ends_with("2 series in 12 file(s) looked at; 1 not DICOM images\n"),
+        "{text}"
+    );
+    // A folder of no DICOM: an empty list.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("notes.txt"), "not DICOM").unwrap();
+    let list = list_series(empty.path(), &cfg()).unwrap();
+    assert_eq!(
+        (list.files_seen, list.skipped, list.series.len()),
+        (1, 1, 0)
+    );
+}
+
+/// `list_series` on the Lung-PET-CT-Dx folder: its two series, the default the one `load`
+/// picks.
+#[test]
+fn lung_pet_ct_dx_series_are_listed() {
+    let Some(dir) = common::data_dir("lung-pet-ct-dx") else {
+        return;
+    };
+    let list = list_series(&dir, &cfg()).unwrap();
+    let planes: Vec<_> = list.series.iter().map(|s| (s.planes, s.default)).collect();
+    assert_eq!(planes, [(30, false), (64, true)]);
+    let loaded = load(&dir, &cfg()).unwrap();
+    assert_eq!(loaded.info.series_uid, list.series[1].series_uid);
+    assert!((list.series[1].stacks[0].extent_mm.unwrap() - 63.0 * 5.0).abs() < 0.01);
 }
 
 /// `LoadConfig::stack`: two stacks of five planes in one series (the axial stack and a

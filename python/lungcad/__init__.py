@@ -4,7 +4,8 @@ The same API as the Rust library, on numpy arrays:
 
 - :func:`load` reads a CT (DICOM folder or file, MetaImage ``.mhd``/``.mha``, NIfTI
   ``.nii``/``.nii.gz``) into a :class:`Volume`; :meth:`Volume.from_numpy` builds one from an
-  array; :func:`to_sitk` / :func:`from_sitk` convert to and from SimpleITK images.
+  array; :func:`to_sitk` / :func:`from_sitk` convert to and from SimpleITK images;
+  :func:`list_series` lists the DICOM series under a folder and their stacks.
 - :func:`preprocess` resamples, masks the lungs and crops, as the detector does.
 - :class:`Detector` finds nodules (:class:`Nodule`, world millimetres) with a model file or
   the shipped model; :func:`to_luna_csv` and :func:`to_dataframe` write them out.
@@ -38,6 +39,7 @@ from ._lungcad import (
     _evaluate,
     default_config,
     import_monai,
+    list_series,
     load,
     preprocess,
     synth,
@@ -86,6 +88,7 @@ __all__ = [
     "evaluate",
     "from_sitk",
     "import_monai",
+    "list_series",
     "load",
     "preprocess",
     "synth",

@@ -49,6 +49,7 @@ fn _lungcad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<eval::PyFrocResult>()?;
     m.add_class::<train::PyTrainResult>()?;
     m.add_function(wrap_pyfunction!(volume::load, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::list_series, m)?)?;
     m.add_function(wrap_pyfunction!(volume::preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(detector::synth, m)?)?;
     m.add_function(wrap_pyfunction!(detector::import_monai, m)?)?;

@@ -212,6 +212,26 @@ pub fn load(
     Ok(PyVolume { inner })
 }
 
+/// Lists the DICOM series at a path (a file, or a folder searched recursively) from the
+/// files' headers alone, as `lungcad series --json` does: a dict of `files_seen`,
+/// `skipped` and `series` (each with its stacks, numbered as `load(..., stack=N)` takes
+/// them, and `default`: the one `load` picks when no series is named).
+#[pyfunction]
+#[pyo3(signature = (path, *, allow_modality = false))]
+pub fn list_series<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    allow_modality: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let config = LoadConfig {
+        allow_modality,
+        ..LoadConfig::default()
+    };
+    let list = run(py, || lungcad::io::dicom::list_series(&path, &config))?;
+    let text = serde_json::to_string(&list).map_err(|e| invalid(e.to_string()))?;
+    json_to_py(py, &text)
+}
+
 pub fn limits(max_voxels: Option<u64>) -> Limits {
     let mut l = Limits::default();
     if let Some(v) = max_voxels {

@@ -257,6 +257,19 @@ def test_stack_picks_one_of_several_stacks_in_a_series(tmp_path: Path) -> None:
         assert f"loaded the one asked for, stack {k}, 4 plane(s)" in vol.warnings[0]
     with pytest.raises(lungcad.DicomError, match="stack 3 asked for, but the series' planes form 2"):
         lungcad.load(tmp_path, stack=3)
+    listed = lungcad.list_series(tmp_path)
+    assert (listed["files_seen"], listed["skipped"]) == (8, 0)
+    [entry] = listed["series"]
+    assert entry["series_uid"] == series and entry["planes"] == 8 and entry["files"] == 8
+    assert [(st["stack"], st["planes"], st["pixel_spacing_mm"]) for st in entry["stacks"]] == [
+        (1, 4, [0.8, 0.8]),
+        (2, 4, [0.5, 0.5]),
+    ]
+    assert entry["stacks"][0]["extent_mm"] == pytest.approx(6.0)
+    # The only series, CT: the default, though loading it needs a stack named.
+    assert entry["default"] is True
+    with pytest.raises(lungcad.DicomError):
+        lungcad.list_series(tmp_path / "none")
 
 
 def test_acr_nema_files_without_the_dicom_header_load(tmp_path: Path) -> None:

@@ -423,7 +423,7 @@ pub fn stacks(slices: &[SliceHeader]) -> Option<Vec<Vec<usize>>> {
 }
 
 /// A number as a short decimal: at most 4 places, no trailing zeros.
-fn short(v: f64) -> String {
+pub(crate) fn short(v: f64) -> String {
     let s = format!("{v:.4}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     if s == "-0" {
@@ -926,7 +926,7 @@ fn assemble_planes(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::io::dicom::header::{PixelFormat, Rescale};
     use std::path::Path;

@@ -17,10 +17,12 @@ pub mod decode;
 pub mod guard;
 pub mod header;
 pub mod jpeg;
+pub mod list;
 pub mod write;
 
 pub use assemble::{assemble, assemble_stack, display_uid, Assembly};
 pub use header::{read_slice_headers, SliceHeader};
+pub use list::{list_series, SeriesList, SeriesListing, StackListing};
 pub use write::{write_series, SeriesWriteOptions, StoredFormat};
 
 use crate::error::{Error, Result, SeriesProblem};
@@ -47,6 +49,9 @@ pub struct SeriesSummary {
     pub modality: String,
     /// Image planes (frames) in the series.
     pub slices: usize,
+    /// Image planes in its largest stack ([`assemble::stacks`]); all of them when it has
+    /// over [`assemble::MAX_STACKS`].
+    pub largest_stack: usize,
 }
 
 /// The image planes found under a path, grouped by series (each series' planes in the
@@ -67,6 +72,8 @@ impl Scan {
                 series_uid: uid.clone(),
                 modality: s.first().map(|h| h.modality.clone()).unwrap_or_default(),
                 slices: s.len(),
+                largest_stack: assemble::stacks(s)
+                    .map_or(s.len(), |st| st.first().map_or(0, Vec::len)),
             })
             .collect()
     }
@@ -142,8 +149,23 @@ pub fn scan(path: &Path, config: &LoadConfig) -> Result<Scan> {
     Ok(scan)
 }
 
-/// Picks the series to load: `config.series_uid`, or the CT series with the most planes in
-/// one stack ([`assemble::stacks`]: a localizer stored in a series does not count).
+/// The series loaded when none is named: the CT series (any series with
+/// `allow_modality`) with the most planes in one stack ([`assemble::stacks`]: a localizer
+/// stored in a series does not count), then the most planes; ties go to the smallest UID,
+/// for determinism.
+fn default_series(summaries: &[SeriesSummary], allow_modality: bool) -> Option<&SeriesSummary> {
+    summaries
+        .iter()
+        .filter(|s| allow_modality || s.modality == "CT")
+        .max_by(|a, b| {
+            a.largest_stack
+                .cmp(&b.largest_stack)
+                .then_with(|| a.slices.cmp(&b.slices))
+                .then_with(|| b.series_uid.cmp(&a.series_uid))
+        })
+}
+
+/// Picks the series to load: `config.series_uid`, or [`default_series`].
 fn select(
     scan: &mut Scan,
     path: &Path,
@@ -180,40 +202,19 @@ fn select(
             }
             want.to_string()
         }
-        None => {
-            // the most planes in one stack, then the most planes; ties go to the smallest
-            // UID, for determinism
-            let stack_planes: HashMap<&str, usize> = scan
-                .series
-                .iter()
-                .map(|(uid, s)| {
-                    let largest =
-                        assemble::stacks(s).map_or(s.len(), |st| st.first().map_or(0, Vec::len));
-                    (uid.as_str(), largest)
-                })
-                .collect();
-            let larger = |a: &&SeriesSummary, b: &&SeriesSummary| {
-                let planes = |s: &SeriesSummary| stack_planes[s.series_uid.as_str()];
-                planes(a)
-                    .cmp(&planes(b))
-                    .then_with(|| a.slices.cmp(&b.slices))
-                    .then_with(|| b.series_uid.cmp(&a.series_uid))
-            };
-            let allowed = |s: &&SeriesSummary| config.allow_modality || s.modality == "CT";
-            match summaries.iter().filter(allowed).max_by(larger) {
-                Some(s) => s.series_uid.clone(),
-                None => {
-                    // no CT series: name the largest one in the refusal
-                    let s = summaries.iter().max_by(larger);
-                    return Err(Error::Series {
-                        series_uid: display_uid(s.map(|s| s.series_uid.as_str()).unwrap_or("")),
-                        problem: SeriesProblem::Modality {
-                            modality: s.map(|s| s.modality.clone()).unwrap_or_default(),
-                        },
-                    });
-                }
+        None => match default_series(&summaries, config.allow_modality) {
+            Some(s) => s.series_uid.clone(),
+            None => {
+                // no CT series: name the largest one in the refusal
+                let s = default_series(&summaries, true);
+                return Err(Error::Series {
+                    series_uid: display_uid(s.map(|s| s.series_uid.as_str()).unwrap_or("")),
+                    problem: SeriesProblem::Modality {
+                        modality: s.map(|s| s.modality.clone()).unwrap_or_default(),
+                    },
+                });
             }
-        }
+        },
     };
     let slices = scan.series.remove(&uid).unwrap_or_default();
     let modality = slices
