@@ -177,6 +177,10 @@ pub enum SeriesProblem {
         planes: usize,
         described: String,
     },
+    /// `LoadConfig::stack` asks for a stack of a series whose planes form over `max`
+    /// stacks, which are not told apart (such a series is refused as mixed).
+    #[error("the series' planes form over {max} stacks: a stack is chosen among at most {max}")]
+    TooManyStacks { max: usize },
     /// `LoadConfig::stack` asks for a stack the series does not have.
     #[error("stack {requested} asked for, but the series' planes form {stacks} stack(s)")]
     NoSuchStack { requested: usize, stacks: usize },

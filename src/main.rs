@@ -230,8 +230,8 @@ struct LoadArgs {
     gantry_tilt: lungcad::GantryTilt,
     /// DICOM: when the series' planes form several stacks (a localizer stored in the
     /// series, two reconstructions of different fields of view), load stack N, numbered as
-    /// the load warning names them: the largest first (default: the largest; two of the
-    /// same size are refused).
+    /// the load warning and `lungcad series` name them: the largest first (default: the
+    /// largest; refused when the two largest are of the same size). One CT only.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     stack: Option<u64>,
     /// Refuse volumes with more voxels than this: as read and, where the command resamples

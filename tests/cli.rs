@@ -26,15 +26,20 @@ fn small_series(dir: &std::path::Path) -> Volume {
     v
 }
 
-/// `lungcad info --json <ct>`, which must succeed.
-fn info_json(ct: &std::path::Path) -> serde_json::Value {
-    let out = lungcad().args(["info", "--json"]).arg(ct).output().unwrap();
+/// `lungcad <args> <path>`, which must succeed, its output read as JSON.
+fn json_of(args: &[&str], path: &std::path::Path) -> serde_json::Value {
+    let out = lungcad().args(args).arg(path).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `lungcad info --json <ct>`, which must succeed.
+fn info_json(ct: &std::path::Path) -> serde_json::Value {
+    json_of(&["info", "--json"], ct)
 }
 
 #[test]
@@ -691,7 +696,7 @@ fn detect_runs_several_cts_into_one_submission_and_skips_unreadable_ones() {
         .filter(|n| n.ends_with(".partial"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // Refused before any work: one-scan outputs and --series with several CTs, an output
+    // Refused before any work: one-scan outputs, --series and --stack with several CTs, an output
     // given twice or that is also an input.
     let twice_csv = dir.path().join("t.csv");
     let twice_csv = twice_csv.to_str().unwrap();
@@ -699,6 +704,7 @@ fn detect_runs_several_cts_into_one_submission_and_skips_unreadable_ones() {
         (vec!["--out", "x.json"], ".jsonl"),
         (vec!["--overlay", "x.png"], "--overlay-dir"),
         (vec!["--series", "1.2"], "--series"),
+        (vec!["--stack", "2"], "--stack picks a stack of one"),
         (vec!["--out", "x.txt"], ".csv, .json or .jsonl"),
         (vec!["--out", twice_csv, "--out", twice_csv], "given twice"),
     ] {
@@ -1118,17 +1124,7 @@ fn gantry_tilt_is_corrected_or_refused() {
 fn series_lists_the_series_of_a_folder() {
     let dir = tempfile::tempdir().unwrap();
     small_series(&dir.path().join("a"));
-    let out = lungcad()
-        .args(["series", "--json"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = json_of(&["series", "--json"], dir.path());
     assert_eq!(j["files_seen"], 4);
     let s = &j["series"][0];
     assert_eq!(s["series_uid"], "1.2.826.0.1.77");
@@ -1171,13 +1167,7 @@ fn stack_picks_a_stack_of_the_series() {
             .output()
             .unwrap()
     };
-    let out = run("1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = json_of(&["info", "--json", "--stack", "1"], dir.path());
     assert_eq!(j["shape_zyx"], serde_json::json!([3, 4, 5]));
     let out = run("2");
     assert_eq!(out.status.code(), Some(1));

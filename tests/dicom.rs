@@ -481,6 +481,7 @@ fn series_are_listed_with_their_stacks_and_the_default() {
     assert_eq!(a.series_uid.as_deref(), Some("1.2.826.0.1.4"));
     assert_eq!((a.modality.as_str(), a.planes, a.files), ("CT", 6, 6));
     assert!(a.default && !b.default);
+    assert_eq!((a.default_stack, b.default_stack), (Some(1), Some(1)));
     assert_eq!(a.stacks.len(), 2);
     assert_eq!(
         (a.stacks[0].stack, a.stacks[0].planes, a.stacks[0].rows),
@@ -510,6 +511,29 @@ fn series_are_listed_with_their_stacks_and_the_default() {
         ) && text.ends_with("2 series in 12 file(s) looked at; 1 not DICOM images\n"),
         "{text}"
     );
+    // Stack 2 as listed is what --stack 2 loads: the localizer.
+    let config = LoadConfig {
+        series_uid: Some("1.2.826.0.1.4".into()),
+        stack: Some(2),
+        ..cfg()
+    };
+    let localizer = load(dir.path(), &config).unwrap();
+    assert_eq!(localizer.shape(), [1, 9, 4]);
+    assert_eq!(localizer.hu, sagittal_localizer(1).hu);
+    // Only a series of another modality: no default, unless any modality is allowed.
+    let mr = tempfile::tempdir().unwrap();
+    let opts = SeriesWriteOptions {
+        modality: "MR".into(),
+        ..Default::default()
+    };
+    write_series(&phantom([3, 6, 7], g), mr.path(), &opts).unwrap();
+    let list = list_series(mr.path(), &cfg()).unwrap();
+    assert!(!list.series[0].default);
+    let any = LoadConfig {
+        allow_modality: true,
+        ..cfg()
+    };
+    assert!(list_series(mr.path(), &any).unwrap().series[0].default);
     // A folder of no DICOM: an empty list.
     let empty = tempfile::tempdir().unwrap();
     std::fs::write(empty.path().join("notes.txt"), "not DICOM").unwrap();
@@ -569,6 +593,16 @@ fn a_stack_is_picked_by_its_number_and_a_tie_is_refused() {
         "{e}"
     );
     assert!(e.to_string().contains("choose one with --stack N"), "{e}");
+    let list = list_series(dir.path(), &cfg()).unwrap();
+    assert!(list.series[0].default && list.series[0].default_stack.is_none());
+    let text = list.to_string();
+    assert!(
+        text.contains(
+            "(picked when no --series is given; its two largest stacks are of one size: name \
+             one with --stack N)"
+        ),
+        "{text}"
+    );
     // Equals are numbered in the order of their first files: axial/ before sagittal/.
     // (The sagittal stack was written with a left-handed direction: it loads along its
     // slice normal, -x, so its planes come back in reverse.)

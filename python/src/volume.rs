@@ -215,7 +215,7 @@ pub fn load(
 /// Lists the DICOM series at a path (a file, or a folder searched recursively) from the
 /// files' headers alone, as `lungcad series --json` does: a dict of `files_seen`,
 /// `skipped` and `series` (each with its stacks, numbered as `load(..., stack=N)` takes
-/// them, and `default`: the one `load` picks when no series is named).
+/// them, `default`: the one `load` picks when no series is named, and `default_stack`).
 #[pyfunction]
 #[pyo3(signature = (path, *, allow_modality = false))]
 pub fn list_series<'py>(

@@ -267,7 +267,7 @@ def test_stack_picks_one_of_several_stacks_in_a_series(tmp_path: Path) -> None:
     ]
     assert entry["stacks"][0]["extent_mm"] == pytest.approx(6.0)
     # The only series, CT: the default, though loading it needs a stack named.
-    assert entry["default"] is True
+    assert entry["default"] is True and entry["default_stack"] is None
     with pytest.raises(lungcad.DicomError):
         lungcad.list_series(tmp_path / "none")
 

@@ -460,6 +460,11 @@ pub fn detect_command(args: DetectArgs) -> Result<ExitCode, Error> {
                 "--series picks a series of one DICOM input; with several CTs, each DICOM folder gives its CT series with the most slices".into(),
             ));
         }
+        if args.load.stack.is_some() {
+            return Err(Error::InvalidArgument(
+                "--stack picks a stack of one DICOM series; with several CTs, each series loads its largest stack".into(),
+            ));
+        }
         if args.overlay.is_some() {
             return Err(Error::InvalidArgument(format!(
                 "--overlay writes one scan's PNG; with {n} CTs use --overlay-dir"

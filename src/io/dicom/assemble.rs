@@ -459,10 +459,7 @@ fn choose_stack(
             None => Ok(None),
             Some(_) => Err(problem(
                 series_uid,
-                SeriesProblem::Attribute(format!(
-                    "the series' planes form over {MAX_STACKS} stacks: a stack is chosen \
-                     among at most {MAX_STACKS}"
-                )),
+                SeriesProblem::TooManyStacks { max: MAX_STACKS },
             )),
         };
     };
@@ -550,8 +547,9 @@ fn choose_stack(
 
 /// Orders the slices of one series and computes its geometry, refusing series that do not
 /// form a regular stack (see [`SeriesProblem`]). A series whose planes form several stacks
-/// is cut to the one that holds the most ([`assemble_stack`] picks another). A
-/// gantry-tilted stack is refused or corrected as `gantry_tilt` says ([`Assembly::tilt`]).
+/// is cut to the one that holds the most, and refused when the two largest are of one size
+/// ([`SeriesProblem::SeveralStacks`]; [`assemble_stack`] picks any). A gantry-tilted stack
+/// is refused or corrected as `gantry_tilt` says ([`Assembly::tilt`]).
 pub fn assemble(
     series_uid: &str,
     slices: Vec<SliceHeader>,
@@ -1359,9 +1357,9 @@ pub(crate) mod tests {
         assert!(matches!(
             assemble_stack("x", many.clone(), GantryTilt::Refuse, Some(1)),
             Err(Error::Series {
-                problem: SeriesProblem::Attribute(m),
+                problem: SeriesProblem::TooManyStacks { max: 64 },
                 ..
-            }) if m.starts_with("the series' planes form over 64 stacks")
+            })
         ));
         // 64 stacks, the largest of two planes: loaded, five stacks named and 59 counted.
         let a = assemble("x", many[1..].to_vec(), GantryTilt::Refuse).unwrap();

@@ -6,7 +6,7 @@ use super::assemble::{self, display_uid};
 use super::{scan, SliceHeader};
 use crate::error::Result;
 use crate::io::LoadConfig;
-use crate::volume::{cross, dot};
+use crate::volume::{cross, dot, norm};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -41,6 +41,10 @@ pub struct SeriesListing {
     /// Whether loading picks this series when none is named: the CT series (any series
     /// with `LoadConfig::allow_modality`) with the most planes in one stack.
     pub default: bool,
+    /// The stack loading takes when none is named: 1, the largest; none when the two
+    /// largest are of one size (refused unless `LoadConfig::stack` names one) or there
+    /// are over [`MAX_STACKS`](assemble::MAX_STACKS).
+    pub default_stack: Option<usize>,
 }
 
 /// One stack of a [`SeriesListing`]: planes of one size, pixel spacing and orientation.
@@ -61,10 +65,18 @@ pub struct StackListing {
 }
 
 impl StackListing {
-    fn new(stack: usize, planes: &[&SliceHeader]) -> StackListing {
-        let first = planes[0];
+    /// `None` for no planes.
+    fn new(stack: usize, planes: &[&SliceHeader]) -> Option<StackListing> {
+        let first = *planes.first()?;
         let extent_mm = first.orientation.and_then(|o| {
             let normal = cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
+            let length = norm(normal);
+            // Orientations that are not two orthogonal directions have no normal (such a
+            // stack is refused when loaded).
+            if !(length > 0.5) {
+                return None;
+            }
+            let normal = normal.map(|v| v / length);
             let along: Option<Vec<f64>> = planes
                 .iter()
                 .map(|s| s.position.map(|p| dot(p, normal)))
@@ -77,7 +89,7 @@ impl StackListing {
                 });
             Some(hi - lo).filter(|e| e.is_finite())
         });
-        StackListing {
+        Some(StackListing {
             stack,
             planes: planes.len(),
             rows: first.format.rows,
@@ -85,7 +97,7 @@ impl StackListing {
             pixel_spacing_mm: first.pixel_spacing,
             orientation: first.orientation,
             extent_mm,
-        }
+        })
     }
 }
 
@@ -100,7 +112,20 @@ pub fn list_series(path: &Path, config: &LoadConfig) -> Result<SeriesList> {
         .series
         .iter()
         .map(|(uid, planes)| {
-            let stacks = assemble::stacks(planes).unwrap_or_default();
+            let stacks: Vec<StackListing> = assemble::stacks(planes)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .filter_map(|(k, st)| {
+                    let planes: Vec<&SliceHeader> = st.iter().map(|&i| &planes[i]).collect();
+                    StackListing::new(k + 1, &planes)
+                })
+                .collect();
+            let default_stack = match &stacks[..] {
+                [] => None,
+                [a, b, ..] if a.planes == b.planes => None,
+                _ => Some(1),
+            };
             SeriesListing {
                 series_uid: Some(uid.clone()).filter(|u| !u.is_empty()),
                 modality: planes
@@ -119,15 +144,9 @@ pub fn list_series(path: &Path, config: &LoadConfig) -> Result<SeriesList> {
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect(),
-                stacks: stacks
-                    .iter()
-                    .enumerate()
-                    .map(|(k, st)| {
-                        let planes: Vec<&SliceHeader> = st.iter().map(|&i| &planes[i]).collect();
-                        StackListing::new(k + 1, &planes)
-                    })
-                    .collect(),
+                stacks,
                 default: default.as_ref() == Some(uid),
+                default_stack,
             }
         })
         .collect();
@@ -155,10 +174,14 @@ impl std::fmt::Display for SeriesList {
                 },
                 s.planes,
                 s.files,
-                if s.default {
-                    "  (loaded when no --series is given)"
-                } else {
-                    ""
+                match (s.default, s.default_stack, s.stacks.len()) {
+                    (false, ..) => "",
+                    (true, Some(_), _) => "  (loaded when no --series is given)",
+                    (true, None, 0) => "  (picked when no --series is given, and refused)",
+                    (true, None, _) => {
+                        "  (picked when no --series is given; its two largest stacks are of one \
+                         size: name one with --stack N)"
+                    }
                 }
             )?;
             if s.stacks.is_empty() {
@@ -186,7 +209,7 @@ impl std::fmt::Display for SeriesList {
                     match st.extent_mm {
                         _ if st.planes < 2 => String::new(),
                         Some(e) => format!(", {} mm long", short(e)),
-                        None => ", no positions to measure its length".to_string(),
+                        None => ", length not measured (no orientation or positions)".to_string(),
                     }
                 )?;
             }
@@ -215,13 +238,27 @@ mod tests {
             .map(|&z| slice(&z.to_string(), [5.0, 7.0, z], AXIAL))
             .collect();
         let refs: Vec<&SliceHeader> = s.iter().collect();
-        let st = StackListing::new(2, &refs);
+        let st = StackListing::new(2, &refs).unwrap();
         assert_eq!((st.stack, st.planes, st.rows, st.columns), (2, 3, 4, 5));
         assert_eq!(st.extent_mm, Some(5.0));
         assert_eq!(st.pixel_spacing_mm, Some([0.7, 0.6]));
         let mut lost = s.clone();
         lost[1].position = None;
         let refs: Vec<&SliceHeader> = lost.iter().collect();
-        assert_eq!(StackListing::new(1, &refs).extent_mm, None);
+        assert_eq!(StackListing::new(1, &refs).unwrap().extent_mm, None);
+        // Direction cosines of twice unit length: the length is still along the normal's
+        // unit; orientations that do not make a normal are not measured.
+        let mut long = s.clone();
+        for h in &mut long {
+            h.orientation = Some([2.0, 0.0, 0.0, 0.0, 2.0, 0.0]);
+        }
+        let refs: Vec<&SliceHeader> = long.iter().collect();
+        assert_eq!(StackListing::new(1, &refs).unwrap().extent_mm, Some(5.0));
+        for h in &mut long {
+            h.orientation = Some([1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+        }
+        let refs: Vec<&SliceHeader> = long.iter().collect();
+        assert_eq!(StackListing::new(1, &refs).unwrap().extent_mm, None);
+        assert_eq!(StackListing::new(1, &[]), None);
     }
 }
