@@ -73,10 +73,7 @@ impl StackListing {
             let length = norm(normal);
             // Orientations that are not two orthogonal directions have no normal (such a
             // stack is refused when loaded).
-            if !(length > 0.5) {
-                return None;
-            }
-            let normal = normal.map(|v| v / length);
+            let normal = Some(normal.map(|v| v / length)).filter(|_| length > 0.5)?;
             let along: Option<Vec<f64>> = planes
                 .iter()
                 .map(|s| s.position.map(|p| dot(p, normal)))
