@@ -88,6 +88,11 @@ pub enum Error {
         message: String,
     },
 
+    /// An LIDC-IDRI reader annotation file (XML) that cannot be read, or whose marks do
+    /// not fall on its series' slices.
+    #[error("{}: LIDC XML: {message}", path.display())]
+    Lidc { path: PathBuf, message: String },
+
     /// Evaluation inputs are inconsistent (e.g. a NaN probability).
     #[error("evaluation: {0}")]
     Eval(String),
@@ -217,7 +222,7 @@ impl Error {
             Error::MetaImage { .. } | Error::Nifti { .. } | Error::UnknownFormat { .. } => "format",
             Error::Limit { .. } => "limit",
             Error::Geometry(_) => "geometry",
-            Error::Csv { .. } | Error::Eval(_) => "evaluation",
+            Error::Csv { .. } | Error::Lidc { .. } | Error::Eval(_) => "evaluation",
             Error::Preprocess { .. } => "preprocess",
             Error::Model { .. } => "model",
             Error::Checkpoint { .. } => "checkpoint",

@@ -47,6 +47,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make LUNA16-style annotation CSVs from LIDC-IDRI's reader XML files, as LUNA16 made
+    /// its reference standard: each reader's nodule of 3 mm or more measured on its
+    /// contours (centre, and the diameter of the sphere of its volume), readers' nodules
+    /// within the sum of their radii merged, and those of at least 3 readers kept (centre
+    /// and diameter averaged); the rest are excluded findings.
+    Lidc(cli::lidc::LidcArgs),
     /// Write a CT as int16 HU with its geometry (.mhd, .mha, .nii or .nii.gz).
     Convert {
         #[command(flatten)]
@@ -376,6 +382,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         )?,
         Command::Demo(args) => cli::demo::demo_command(args)?,
         Command::Detect(args) => return cli::detect::detect_command(args),
+        Command::Lidc(args) => return cli::lidc::lidc_command(args),
         Command::Train(args) => cli::train::train_command(args)?,
         Command::Synth(args) => cli::synth::synth_command(args)?,
         Command::ImportMonai {

@@ -9,7 +9,8 @@ The same API as the Rust library, on numpy arrays:
 - :func:`preprocess` resamples, masks the lungs and crops, as the detector does.
 - :class:`Detector` finds nodules (:class:`Nodule`, world millimetres) with a model file or
   the shipped model; :func:`to_luna_csv` and :func:`to_dataframe` write them out.
-- :func:`evaluate` scores a submission with the LUNA16 FROC/CPM; :func:`train` trains a
+- :func:`evaluate` scores a submission with the LUNA16 FROC/CPM (:func:`read_lidc_file`
+  makes LUNA16-style reference rows from an LIDC-IDRI reader XML); :func:`train` trains a
   model as ``lungcad train`` does; :func:`synth` makes a phantom with known nodules.
 
 Conventions: voxel arrays are ``(z, y, x)``; world coordinates are ``(x, y, z)`` in LPS
@@ -42,6 +43,7 @@ from ._lungcad import (
     list_series,
     load,
     preprocess,
+    read_lidc_file,
     synth,
     train,
 )
@@ -91,6 +93,7 @@ __all__ = [
     "list_series",
     "load",
     "preprocess",
+    "read_lidc_file",
     "synth",
     "to_dataframe",
     "to_luna_csv",

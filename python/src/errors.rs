@@ -40,7 +40,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Preprocess { .. } => PreprocessError::new_err(msg),
         Error::Model { .. } => ModelError::new_err(msg),
         Error::Device(_) => DeviceError::new_err(msg),
-        Error::Csv { .. } | Error::Eval(_) => EvaluationError::new_err(msg),
+        Error::Csv { .. } | Error::Lidc { .. } | Error::Eval(_) => EvaluationError::new_err(msg),
         Error::Checkpoint { .. } | Error::Cache { .. } => TrainingError::new_err(msg),
         Error::InvalidArgument(_) => InvalidArgumentError::new_err(msg),
         _ => LungcadError::new_err(msg),

@@ -184,3 +184,43 @@ pub fn _evaluate(
     })?;
     Ok(PyFrocResult { inner })
 }
+
+/// Reads one LIDC-IDRI reader XML with the DICOM series in its folder, as `lungcad lidc`
+/// does: a dict of `series_uid`, `nodules` (each with `centre_world`, `diameter_mm`,
+/// `readers` and the readers' `annotations`), and `annotations` and `excluded` as LUNA16
+/// rows `(seriesuid, coordX, coordY, coordZ, diameter_mm)` (`None` for no diameter), the
+/// rows `evaluate` takes.
+#[pyfunction]
+#[pyo3(signature = (xml, *, min_readers = 3, min_diameter_mm = 3.0))]
+pub fn read_lidc_file<'py>(
+    py: Python<'py>,
+    xml: PathBuf,
+    min_readers: usize,
+    min_diameter_mm: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let config = lungcad::eval::lidc::LidcConfig {
+        min_readers,
+        min_diameter_mm,
+    };
+    let found = run(py, || lungcad::eval::lidc::read_lidc_file(&xml, &config))?;
+    let rows = |f: &[Finding]| -> Vec<(String, f64, f64, f64, Option<f64>)> {
+        f.iter()
+            .map(|f| {
+                (
+                    f.seriesuid.clone(),
+                    f.coord_x,
+                    f.coord_y,
+                    f.coord_z,
+                    f.diameter_mm,
+                )
+            })
+            .collect()
+    };
+    let nodules = serde_json::to_string(&found.nodules).map_err(|e| invalid(e.to_string()))?;
+    let dict = PyDict::new(py);
+    dict.set_item("series_uid", &found.series_uid)?;
+    dict.set_item("nodules", json_to_py(py, &nodules)?)?;
+    dict.set_item("annotations", rows(&found.nodule_findings()))?;
+    dict.set_item("excluded", rows(&found.excluded))?;
+    Ok(dict.into_any())
+}

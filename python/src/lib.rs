@@ -54,6 +54,7 @@ fn _lungcad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(detector::synth, m)?)?;
     m.add_function(wrap_pyfunction!(detector::import_monai, m)?)?;
     m.add_function(wrap_pyfunction!(eval::_evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::read_lidc_file, m)?)?;
     m.add_function(wrap_pyfunction!(train::train, m)?)?;
     m.add_function(wrap_pyfunction!(default_config, m)?)?;
     Ok(())

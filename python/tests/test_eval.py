@@ -90,3 +90,29 @@ def test_evaluation_errors_are_typed(tmp_path: Path) -> None:
         lungcad.evaluate(ANNOTATIONS, None, SCANS, bad)
     with pytest.raises(FileNotFoundError):
         lungcad.evaluate(tmp_path / "none.csv", None, SCANS, PREDICTIONS)
+
+
+def test_lidc_reads_give_rows_evaluate_takes(lidc_0001: Path, tmp_path: Path) -> None:
+    [xml] = sorted(lidc_0001.rglob("*.xml"))
+    read = lungcad.read_lidc_file(xml)
+    [nodule] = read["nodules"]
+    assert nodule["readers"] == 4 and len(nodule["annotations"]) == 4
+    assert nodule["diameter_mm"] == pytest.approx(23.35, abs=0.25)
+    [row] = read["annotations"]
+    assert row[0] == read["series_uid"] and row[1:4] == tuple(nodule["centre_world"])
+    assert len(read["excluded"]) == 22 and all(r[4] is None for r in read["excluded"])
+    # A candidate at the nodule's centre and one on an excluded finding: every operating
+    # point found, no false positive.
+    hit = (read["series_uid"], *row[1:4], 0.9)
+    ignored = (read["series_uid"], *read["excluded"][0][1:4], 0.8)
+    result = lungcad.evaluate(
+        read["annotations"], read["excluded"], [read["series_uid"]], [hit, ignored]
+    )
+    assert result.cpm == 1.0
+    assert lungcad.read_lidc_file(xml, min_readers=5)["nodules"] == []
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<LidcReadMessage><a></b></LidcReadMessage>")
+    with pytest.raises(lungcad.EvaluationError, match="LIDC XML"):
+        lungcad.read_lidc_file(bad)
+    with pytest.raises(FileNotFoundError):
+        lungcad.read_lidc_file(tmp_path / "none.xml")

@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod detect;
+pub mod lidc;
 pub mod synth;
 pub mod train;
 

@@ -272,6 +272,35 @@ pub fn write_predictions_csv(candidates: &[Candidate], path: impl AsRef<Path>) -
     w.flush().map_err(io)
 }
 
+/// The header line of a LUNA16 annotations CSV (`annotations.csv`,
+/// `annotations_excluded.csv`).
+pub const ANNOTATIONS_CSV_HEADER: &str = "seriesuid,coordX,coordY,coordZ,diameter_mm";
+
+/// Writes findings as a LUNA16 annotations CSV ([`ANNOTATIONS_CSV_HEADER`]), numbers in
+/// their shortest exact decimal form, a finding without a diameter as `-1` (as LUNA16's
+/// `annotations_excluded.csv` does).
+pub fn write_annotations_csv(findings: &[Finding], path: impl AsRef<Path>) -> Result<()> {
+    use std::io::Write;
+    let path = path.as_ref();
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    let io = |e| Error::io(path, e);
+    writeln!(w, "{ANNOTATIONS_CSV_HEADER}").map_err(io)?;
+    for f in findings {
+        writeln!(
+            w,
+            "{},{},{},{},{}",
+            f.seriesuid,
+            f.coord_x,
+            f.coord_y,
+            f.coord_z,
+            f.diameter_mm.unwrap_or(-1.0)
+        )
+        .map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
 /// The header line of a LUNA16 predictions (submission) CSV.
 pub const PREDICTIONS_CSV_HEADER: &str = "seriesuid,coordX,coordY,coordZ,probability";
 

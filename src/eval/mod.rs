@@ -68,13 +68,15 @@
 mod bootstrap;
 mod csv;
 mod froc;
+pub mod lidc;
 mod matching;
 mod plot;
 mod report;
 pub mod synthetic;
 
 pub use csv::{
-    read_seriesuids, write_prediction_rows, write_predictions_csv, PREDICTIONS_CSV_HEADER,
+    read_seriesuids, write_annotations_csv, write_prediction_rows, write_predictions_csv,
+    ANNOTATIONS_CSV_HEADER, PREDICTIONS_CSV_HEADER,
 };
 pub use plot::{plot_froc_png, render_froc, PlotOptions, RgbImage};
 pub use report::{report_json, report_text};

@@ -1,0 +1,118 @@
+//! `lungcad lidc`: LUNA16-style annotation CSVs from LIDC-IDRI's reader XML files.
+
+use clap::Args;
+use lungcad::eval::lidc::{find_lidc_xml, read_lidc_file, LidcConfig};
+use lungcad::eval::{write_annotations_csv, Finding};
+use lungcad::Error;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct LidcArgs {
+    /// LIDC-IDRI folders (searched recursively for the readers' XML files, each read with
+    /// the DICOM series in its folder) or XML files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The nodules: a LUNA16 annotations CSV (seriesuid,coordX,coordY,coordZ,diameter_mm;
+    /// world mm, LPS).
+    #[arg(long)]
+    out: PathBuf,
+    /// The excluded findings, as LUNA16's annotations_excluded.csv: nodules of fewer
+    /// readers, nodules under 3 mm and non-nodules (diameter -1 for the last two).
+    #[arg(long)]
+    excluded_out: Option<PathBuf>,
+    /// The fewest readers who marked a nodule for it to be one (LUNA16: 3 of 4).
+    #[arg(long, default_value_t = LidcConfig::default().min_readers)]
+    min_readers: usize,
+    /// The smallest averaged diameter of a nodule, mm (LUNA16: 3).
+    #[arg(long, default_value_t = LidcConfig::default().min_diameter_mm)]
+    min_diameter_mm: f64,
+}
+
+/// The XML files' largest size read: LIDC's are under 2 MB.
+const MAX_XML_BYTES: u64 = 64 << 20;
+
+pub fn lidc_command(args: LidcArgs) -> Result<ExitCode, Error> {
+    if !(args.min_diameter_mm.is_finite() && args.min_diameter_mm >= 0.0) {
+        return Err(Error::InvalidArgument(format!(
+            "--min-diameter-mm {}: a diameter of 0 mm or more",
+            args.min_diameter_mm
+        )));
+    }
+    let config = LidcConfig {
+        min_readers: args.min_readers,
+        min_diameter_mm: args.min_diameter_mm,
+    };
+    let mut xml = Vec::new();
+    for p in &args.paths {
+        if p.is_file() {
+            xml.push(p.clone());
+        } else {
+            xml.extend(find_lidc_xml(p, MAX_XML_BYTES)?);
+        }
+    }
+    if xml.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no LIDC XML read (LidcReadMessage) under {}",
+            args.paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let (mut nodules, mut excluded): (Vec<Finding>, Vec<Finding>) = (Vec::new(), Vec::new());
+    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut failed = 0usize;
+    for path in &xml {
+        let found = read_lidc_file(path, &config).and_then(|f| match seen.get(&f.series_uid) {
+            Some(first) => Err(Error::InvalidArgument(format!(
+                "{}: series {} was read already, from {}",
+                path.display(),
+                f.series_uid,
+                first.display()
+            ))),
+            None => Ok(f),
+        });
+        match found {
+            Ok(f) => {
+                tracing::info!(
+                    "series {}: {} nodule(s), {} excluded finding(s)",
+                    f.series_uid,
+                    f.nodules.len(),
+                    f.excluded.len()
+                );
+                seen.insert(f.series_uid.clone(), path.clone());
+                nodules.extend(f.nodule_findings());
+                excluded.extend(f.excluded);
+            }
+            Err(e) => {
+                eprintln!("skipping {}: {e}", path.display());
+                failed += 1;
+            }
+        }
+    }
+    write_annotations_csv(&nodules, &args.out)?;
+    if let Some(p) = &args.excluded_out {
+        write_annotations_csv(&excluded, p)?;
+    }
+    eprintln!(
+        "{} read(s) of {} series: {} nodule(s) of {} or more readers, {} excluded finding(s); \
+         wrote {}{}",
+        xml.len(),
+        seen.len(),
+        nodules.len(),
+        config.min_readers,
+        excluded.len(),
+        args.out.display(),
+        args.excluded_out
+            .as_ref()
+            .map_or(String::new(), |p| format!(" and {}", p.display()))
+    );
+    if failed > 0 {
+        eprintln!("{failed} read(s) skipped");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
