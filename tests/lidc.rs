@@ -84,6 +84,23 @@ fn lidc_0001_gives_luna16s_findings() {
         "{nodule:?}"
     );
     assert!((nodule.diameter_mm - luna_nodule.diameter_mm.unwrap()).abs() < 0.25);
+    // The rows make LIDC-IDRI's folder a training dataset: its one scan, with its nodule.
+    let lidc = common::data_dir("lidc").unwrap();
+    let annotations = Annotations::from_findings(found.nodule_findings());
+    let excluded = Annotations::from_findings(found.excluded.clone());
+    let (scans, missing) = lungcad::train::dataset::find_scans(
+        &lidc,
+        &annotations,
+        Some(&excluded),
+        &LoadConfig::default(),
+    )
+    .unwrap();
+    assert!(missing.is_empty());
+    let [scan] = &scans[..] else {
+        panic!("{scans:?}")
+    };
+    assert!(scan.dicom && scan.series_uid == *uid);
+    assert_eq!((scan.nodules.len(), scan.excluded.len()), (1, 22));
 }
 
 /// The boundary of the square of pixels from `lo` to `hi` (columns and rows), in order.

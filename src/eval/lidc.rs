@@ -679,6 +679,48 @@ pub fn find_lidc_xml(root: &Path, max_bytes: u64) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Fuzzing entry point: `data` read as an LIDC XML and, when it parses, its findings made
+/// against a synthetic axial series (slices at z = 0 to 7 mm, 0.7 mm pixels) within a
+/// bound of 4 M contour pixels. Never panics on any input.
+pub fn lidc_fuzz(data: &[u8]) {
+    use crate::io::dicom::header::{PixelFormat, Rescale};
+    let path = Path::new("fuzz.xml");
+    let Ok(read) = parse_lidc_xml(&String::from_utf8_lossy(data), path) else {
+        return;
+    };
+    let slices: Vec<SliceHeader> = (0..8)
+        .map(|z| SliceHeader {
+            path: std::sync::Arc::from(Path::new("fuzz")),
+            frame: z,
+            number_of_frames: 8,
+            series_uid: read.series_uid.clone(),
+            modality: "CT".into(),
+            transfer_syntax: String::new(),
+            position: Some([-100.0, -100.0, z as f64]),
+            orientation: Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            pixel_spacing: Some([0.7, 0.7]),
+            slice_thickness: Some(1.0),
+            spacing_between_slices: None,
+            format: PixelFormat {
+                rows: 512,
+                columns: 512,
+                bits_allocated: 16,
+                bits_stored: 16,
+                signed: true,
+                samples_per_pixel: 1,
+            },
+            photometric: String::new(),
+            rescale: Rescale::default(),
+            padding: None,
+            instance_number: None,
+            gantry_detector_tilt_deg: None,
+        })
+        .collect();
+    if let Ok(found) = lidc_findings(&read, &slices, &LidcConfig::default(), 1 << 22, path) {
+        let _ = found.nodule_findings();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,6 +749,28 @@ mod tests {
         assert!(want.len() > 50);
         assert_eq!(interior(&contour), want);
         assert!(interior(&contour[..2]).is_empty());
+    }
+
+    /// The fuzz entry on a read that parses and measures, and on cut and corrupted copies.
+    #[test]
+    fn fuzz_entry_survives_cut_reads() {
+        let read = "<LidcReadMessage><ResponseHeader><SeriesInstanceUid>1.2</SeriesInstanceUid>\
+            </ResponseHeader><readingSession><unblindedReadNodule><roi><imageZposition>3\
+            </imageZposition><edgeMap><xCoord>1</xCoord><yCoord>1</yCoord></edgeMap>\
+            <edgeMap><xCoord>9</xCoord><yCoord>1</yCoord></edgeMap><edgeMap><xCoord>9\
+            </xCoord><yCoord>9</yCoord></edgeMap></roi></unblindedReadNodule><nonNodule>\
+            <imageZposition>2</imageZposition><locus><xCoord>5</xCoord><yCoord>5</yCoord>\
+            </locus></nonNodule></readingSession></LidcReadMessage>";
+        let parsed = parse_lidc_xml(read, Path::new("r")).unwrap();
+        assert_eq!(parsed.sessions[0].nodules[0].rois[0].points.len(), 3);
+        for end in 0..=read.len() {
+            lidc_fuzz(&read.as_bytes()[..end]);
+        }
+        let mut bytes = read.as_bytes().to_vec();
+        for i in (0..bytes.len()).step_by(7) {
+            bytes[i] ^= 0x55;
+            lidc_fuzz(&bytes);
+        }
     }
 
     #[test]
