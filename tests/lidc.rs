@@ -22,7 +22,7 @@ fn lidc_0001_gives_luna16s_findings() {
     let Some(luna) = common::data_dir("luna16") else {
         return;
     };
-    let xml = find_lidc_xml(&series, 64 << 20).unwrap();
+    let xml = find_lidc_xml(&series).unwrap();
     assert_eq!(xml.len(), 1, "{xml:?}");
     let text = std::fs::read_to_string(&xml[0]).unwrap();
     let read = parse_lidc_xml(&text, &xml[0]).unwrap();
@@ -133,8 +133,8 @@ fn roi(z: f64, inclusion: bool, points: &[[i64; 2]]) -> String {
     )
 }
 
-/// Writes a synthetic series (slices 2 mm apart from z = 30, pixels 0.5 mm from x = -10,
-/// y = -20) to `dir` with an LIDC XML of four readers: three mark one nodule (a 7 x 7 pixel
+/// Writes a synthetic series (slices 2 mm apart from z = 30; columns 0.7 mm apart from
+/// x = -10, rows 0.5 mm apart from y = -20) to `dir` with an LIDC XML of four readers: three mark one nodule (a 7 x 7 pixel
 /// boundary on two slices, one reader a pixel to the right, one with a hole of one pixel),
 /// the fourth a nodule elsewhere, a nodule under 3 mm and a non-nodule. Returns the XML's
 /// path and text.
@@ -143,7 +143,7 @@ fn synthetic_read(dir: &std::path::Path, uid: &str) -> (std::path::PathBuf, Stri
     use lungcad::{Geometry, Volume};
     let v = Volume::new(
         ndarray::Array3::zeros((6, 32, 32)),
-        Geometry::new([2.0, 0.5, 0.5], [-10.0, -20.0, 30.0]),
+        Geometry::new([2.0, 0.5, 0.7], [-10.0, -20.0, 30.0]),
     )
     .unwrap();
     let opts = SeriesWriteOptions {
@@ -188,8 +188,10 @@ fn readers_marks_become_nodules_and_excluded_findings() {
     let uid = "1.2.826.0.1.3680043.99";
     let (path, xml) = synthetic_read(dir.path(), uid);
     std::fs::write(dir.path().join("other.xml"), "<IdriReadMessage/>").unwrap();
+    // A link back to the folder is not followed.
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
     assert_eq!(
-        find_lidc_xml(dir.path(), 1 << 20).unwrap(),
+        find_lidc_xml(dir.path()).unwrap(),
         std::slice::from_ref(&path)
     );
     let read = parse_lidc_xml(&xml, &path).unwrap();
@@ -204,45 +206,66 @@ fn readers_marks_become_nodules_and_excluded_findings() {
         panic!("{:?}", found.nodules)
     };
     assert_eq!(n.readers, 3);
-    // Pixels 11 to 15 (or 12 to 16) inside, centred on pixel 13 (14): x = -10 + 0.5 * 13.
+    let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    // Columns and rows 11 to 15 (columns 12 to 16) inside, centred on pixel 13 (14):
+    // x = -10 + 0.7 x 13, y = -20 + 0.5 x 13.
     let pixels: Vec<usize> = n.annotations.iter().map(|m| m.pixels).collect();
     assert_eq!(pixels, [50, 49, 50]);
     let xs: Vec<f64> = n.annotations.iter().map(|m| m.centre_world[0]).collect();
-    assert_eq!(xs, [-3.5, -3.5, -3.0]);
-    let d = |pixels: f64| (6.0 * pixels * 0.25 * 2.0 / std::f64::consts::PI).cbrt();
-    assert!((n.annotations[1].diameter_mm - d(49.0)).abs() < 1e-12);
-    assert!((n.centre_world[0] + 10.0 / 3.0).abs() < 1e-12);
-    assert!((n.centre_world[1] + 13.5).abs() < 1e-12);
+    assert!(
+        near(xs[0], -0.9) && near(xs[1], -0.9) && near(xs[2], -0.2),
+        "{xs:?}"
+    );
+    let d = |pixels: f64| (6.0 * pixels * 0.35 * 2.0 / std::f64::consts::PI).cbrt();
+    assert!(near(n.annotations[1].diameter_mm, d(49.0)));
+    assert!(near(n.centre_world[0], -2.0 / 3.0));
+    assert!(near(n.centre_world[1], -13.5));
     // The hole takes a pixel of the upper slice from reader 2's nodule.
     let z2 = (25.0 * 34.0 + 24.0 * 36.0) / 49.0;
-    assert!((n.annotations[1].centre_world[2] - z2).abs() < 1e-12);
-    assert!((n.centre_world[2] - (70.0 + z2) / 3.0).abs() < 1e-12);
-    assert!((n.diameter_mm - (2.0 * d(50.0) + d(49.0)) / 3.0).abs() < 1e-12);
-    // Excluded: the far nodule (one reader; 7 x 7 pixels on one slice), the small one and
-    // the non-nodule, at their pixels.
-    let rows: Vec<_> = found
-        .excluded
-        .iter()
-        .map(|f| ([f.coord_x, f.coord_y, f.coord_z], f.diameter_mm))
-        .collect();
-    assert_eq!(
-        rows,
-        [
-            ([5.0, -4.5, 40.0], None),
-            ([-8.5, -18.0, 38.0], None),
-            ([2.0, -8.0, 32.0], Some(d(49.0))),
-        ]
-    );
+    assert!(near(n.annotations[1].centre_world[2], z2));
+    assert!(near(n.centre_world[2], (70.0 + z2) / 3.0));
+    assert!(near(n.diameter_mm, (2.0 * d(50.0) + d(49.0)) / 3.0));
+    // Excluded: the small nodule, the non-nodule and the far nodule (one reader; 7 x 7
+    // pixels on one slice), at their pixels.
+    let want = [
+        ([11.0, -4.5, 40.0], None),
+        ([-7.9, -18.0, 38.0], None),
+        ([6.8, -8.0, 32.0], Some(d(49.0))),
+    ];
+    assert_eq!(found.excluded.len(), 3);
+    for (f, (c, diameter)) in found.excluded.iter().zip(want) {
+        assert!(
+            near(f.coord_x, c[0]) && near(f.coord_y, c[1]) && near(f.coord_z, c[2]),
+            "{f:?}"
+        );
+        assert_eq!(f.diameter_mm.is_some(), diameter.is_some());
+        assert!(near(f.diameter_mm.unwrap_or(0.0), diameter.unwrap_or(0.0)));
+    }
     assert_eq!(found.nodule_findings()[0].seriesuid, uid);
     // With four readers asked for, no nodule: its three readers' marks are excluded.
-    let two = LidcConfig {
+    let four = LidcConfig {
         min_readers: 4,
         ..LidcConfig::default()
     };
-    let found = lidc_findings(&read, &slices, &two, 1 << 20, &path).unwrap();
+    let found = lidc_findings(&read, &slices, &four, 1 << 20, &path).unwrap();
     assert!(found.nodules.is_empty());
     assert_eq!(found.excluded.len(), 6);
-    // A contour on a slice the series does not have, and contours past the pixel bound.
+    // A small nodule marked by one point on each of two slices: one point, their mean.
+    let small = roi(40.0, true, &[[30, 31]]);
+    let twice = xml.replace(&small, &(small.clone() + &roi(38.0, true, &[[28, 31]])));
+    assert_ne!(twice, xml);
+    let found = lidc_findings(
+        &parse_lidc_xml(&twice, &path).unwrap(),
+        &slices,
+        &LidcConfig::default(),
+        1 << 20,
+        &path,
+    )
+    .unwrap();
+    let f = &found.excluded[0];
+    assert!(near(f.coord_x, 10.3) && near(f.coord_z, 39.0) && f.diameter_mm.is_none());
+    // Refused: a contour on a slice the series does not have, a point past the slice's 32
+    // columns, contours past the fill bound, a minimum diameter that is not a number.
     let off = parse_lidc_xml(&xml.replace("34.000000", "35.000000"), &path).unwrap();
     let e = lidc_findings(&off, &slices, &LidcConfig::default(), 1 << 20, &path).unwrap_err();
     assert!(
@@ -250,8 +273,26 @@ fn readers_marks_become_nodules_and_excluded_findings() {
             .contains("no slice of the series at imageZposition 35 mm"),
         "{e}"
     );
+    let wide = parse_lidc_xml(
+        &xml.replace("<xCoord>30</xCoord>", "<xCoord>32</xCoord>"),
+        &path,
+    )
+    .unwrap();
+    let e = lidc_findings(&wide, &slices, &LidcConfig::default(), 1 << 20, &path).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "pixel (x 32, y 31) at imageZposition 40 mm lies outside the slice's 32 columns"
+        ),
+        "{e}"
+    );
     let e = lidc_findings(&read, &slices, &LidcConfig::default(), 100, &path).unwrap_err();
     assert!(matches!(e, lungcad::Error::Limit { .. }), "{e}");
+    let nan = LidcConfig {
+        min_diameter_mm: f64::NAN,
+        ..LidcConfig::default()
+    };
+    let e = lidc_findings(&read, &slices, &nan, 1 << 20, &path).unwrap_err();
+    assert!(matches!(e, lungcad::Error::InvalidArgument(_)), "{e}");
 }
 
 /// `lungcad lidc`: the synthetic read's CSVs, read back as LUNA16 annotations; a folder
@@ -291,10 +332,21 @@ fn lidc_command_writes_luna16_csvs() {
     );
     let nodules = Annotations::from_csv(&a).unwrap().findings;
     assert_eq!(nodules.len(), 1);
-    assert!((nodules[0].coord_x + 10.0 / 3.0).abs() < 1e-12);
+    assert!((nodules[0].coord_x + 2.0 / 3.0).abs() < 1e-9);
     let excluded = Annotations::from_csv(&e).unwrap().findings;
     let diameters: Vec<_> = excluded.iter().map(|f| f.diameter_mm.is_some()).collect();
     assert_eq!(diameters, [false, false, true]);
+    // The same folder twice, and a file in it: each read once.
+    let out = run(&[&good, &good, &good.join("001.xml")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A path that is not there is refused.
+    let out = run(&[&good, &dir.path().join("typo")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("typo"));
     let out = run(&[dir.path()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

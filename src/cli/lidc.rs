@@ -11,15 +11,17 @@ use std::process::ExitCode;
 #[derive(Args)]
 pub struct LidcArgs {
     /// LIDC-IDRI folders (searched recursively for the readers' XML files, each read with
-    /// the DICOM series in its folder) or XML files.
+    /// the DICOM series in its folder; symbolic links to folders are not followed) or XML
+    /// files.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// The nodules: a LUNA16 annotations CSV (seriesuid,coordX,coordY,coordZ,diameter_mm;
     /// world mm, LPS).
     #[arg(long)]
     out: PathBuf,
-    /// The excluded findings, as LUNA16's annotations_excluded.csv: nodules of fewer
-    /// readers, nodules under 3 mm and non-nodules (diameter -1 for the last two).
+    /// The excluded findings, as LUNA16's annotations_excluded.csv: the readers' nodules
+    /// of nodules not kept (too few readers, or too small), nodules under 3 mm and
+    /// non-nodules (diameter -1 for the last two).
     #[arg(long)]
     excluded_out: Option<PathBuf>,
     /// The fewest readers who marked a nodule for it to be one (LUNA16: 3 of 4).
@@ -30,28 +32,23 @@ pub struct LidcArgs {
     min_diameter_mm: f64,
 }
 
-/// The XML files' largest size read: LIDC's are under 2 MB.
-const MAX_XML_BYTES: u64 = 64 << 20;
-
 pub fn lidc_command(args: LidcArgs) -> Result<ExitCode, Error> {
-    if !(args.min_diameter_mm.is_finite() && args.min_diameter_mm >= 0.0) {
-        return Err(Error::InvalidArgument(format!(
-            "--min-diameter-mm {}: a diameter of 0 mm or more",
-            args.min_diameter_mm
-        )));
-    }
     let config = LidcConfig {
         min_readers: args.min_readers,
         min_diameter_mm: args.min_diameter_mm,
     };
+    config.validate()?;
     let mut xml = Vec::new();
     for p in &args.paths {
-        if p.is_file() {
-            xml.push(p.clone());
-        } else {
-            xml.extend(find_lidc_xml(p, MAX_XML_BYTES)?);
+        for found in find_lidc_xml(p)? {
+            // A folder given twice, or a file and its folder: each read once.
+            let key = std::fs::canonicalize(&found).unwrap_or_else(|_| found.clone());
+            if !xml.iter().any(|(k, _)| *k == key) {
+                xml.push((key, found));
+            }
         }
     }
+    let xml: Vec<PathBuf> = xml.into_iter().map(|(_, p)| p).collect();
     if xml.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "no LIDC XML read (LidcReadMessage) under {}",

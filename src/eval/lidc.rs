@@ -31,6 +31,20 @@ pub struct LidcConfig {
     pub min_diameter_mm: f64,
 }
 
+impl LidcConfig {
+    /// Refuses a minimum diameter that is not a finite number of 0 mm or more.
+    pub fn validate(&self) -> Result<()> {
+        if self.min_diameter_mm.is_finite() && self.min_diameter_mm >= 0.0 {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "min_diameter_mm {}: a diameter of 0 mm or more",
+                self.min_diameter_mm
+            )))
+        }
+    }
+}
+
 impl Default for LidcConfig {
     fn default() -> Self {
         LidcConfig {
@@ -297,6 +311,25 @@ pub fn parse_lidc_xml(text: &str, path: &Path) -> Result<LidcRead> {
                     _ => {}
                 }
             }
+            Event::GeneralRef(r) => {
+                // LIDC writes its numbers and UIDs plainly; one spelled with an entity
+                // reference would be read without it.
+                if let Some(top) = stack.last().filter(|t| {
+                    [
+                        "SeriesInstanceUid",
+                        "imageZposition",
+                        "inclusion",
+                        "xCoord",
+                        "yCoord",
+                    ]
+                    .contains(&t.as_str())
+                }) {
+                    return Err(err(format!(
+                        "an entity reference (&{};) in {top}",
+                        r.as_ref() as &str
+                    )));
+                }
+            }
             Event::Eof => break,
             _ => {}
         }
@@ -310,13 +343,15 @@ pub fn parse_lidc_xml(text: &str, path: &Path) -> Result<LidcRead> {
     Ok(read)
 }
 
-/// Where one slice lies: its ImagePositionPatient, ImageOrientationPatient and
-/// PixelSpacing.
+/// Where one slice lies: its ImagePositionPatient, ImageOrientationPatient (unit row and
+/// column directions) and PixelSpacing (positive), and its rows and columns.
 #[derive(Debug, Clone, Copy)]
 struct Placed {
     position: [f64; 3],
     orientation: [f64; 6],
     pixel_spacing: [f64; 2],
+    rows: i64,
+    columns: i64,
 }
 
 impl Placed {
@@ -352,6 +387,18 @@ impl SliceIndex {
                     read.series_uid
                 )));
             };
+            let unit = |v: &[f64]| (v.iter().map(|c| c * c).sum::<f64>().sqrt() - 1.0).abs() < 1e-3;
+            if !(unit(&orientation[..3])
+                && unit(&orientation[3..])
+                && pixel_spacing.iter().all(|v| v.is_finite() && *v > 0.0)
+                && position.iter().all(|v| v.is_finite()))
+            {
+                return Err(err(format!(
+                    "series {}: a slice whose position {position:?}, orientation \
+                     {orientation:?} or pixel spacing {pixel_spacing:?} places no pixel",
+                    read.series_uid
+                )));
+            }
             thickness = thickness.or(s.spacing_between_slices.or(s.slice_thickness));
             placed.push((
                 position[2],
@@ -359,6 +406,8 @@ impl SliceIndex {
                     position,
                     orientation,
                     pixel_spacing,
+                    rows: i64::from(s.format.rows),
+                    columns: i64::from(s.format.columns),
                 },
             ));
         }
@@ -400,9 +449,24 @@ impl SliceIndex {
         }
     }
 
-    /// The world position of pixel `[column, row]` of the slice at `z_mm`.
-    fn world(&self, z_mm: f64, pixel: [f64; 2], path: &Path) -> Result<[f64; 3]> {
-        Ok(self.at(z_mm, path)?.world(pixel))
+    /// The slice at `z_mm` and, checked to lie on it, the world position of each of
+    /// `points` (`[column, row]`).
+    fn place(&self, z_mm: f64, points: &[[i64; 2]], path: &Path) -> Result<&Placed> {
+        let slice = self.at(z_mm, path)?;
+        if let Some(p) = points
+            .iter()
+            .find(|p| !(0..slice.columns).contains(&p[0]) || !(0..slice.rows).contains(&p[1]))
+        {
+            return Err(Error::Lidc {
+                path: path.to_path_buf(),
+                message: format!(
+                    "pixel (x {}, y {}) at imageZposition {z_mm} mm lies outside the slice's \
+                     {} columns and {} rows",
+                    p[0], p[1], slice.columns, slice.rows
+                ),
+            });
+        }
+        Ok(slice)
     }
 }
 
@@ -410,35 +474,71 @@ impl SliceIndex {
 /// `imageZposition` to a micrometre.
 const SAME_Z_MM: f64 = 0.01;
 
-/// The pixels strictly inside a closed contour (even-odd rule on pixel centres; the
-/// contour's own points left out), row by row.
-fn interior(points: &[[i64; 2]]) -> BTreeSet<[i64; 2]> {
+/// The largest LIDC XML read (bytes): LIDC-IDRI's are under 2 MB.
+pub const MAX_XML_BYTES: u64 = 64 << 20;
+/// The most marks (nodules and non-nodules, all readers together) in one read: LIDC-IDRI's
+/// have under a hundred. Merging compares every two contoured nodules.
+pub const MAX_MARKS: usize = 10_000;
+/// The most work filling one read's contours may take ([`fill_work`], all contours
+/// together): LIDC-IDRI-0001's 41 contours take 43,211. It bounds the pixels held too.
+pub const MAX_FILL_WORK: u64 = 1 << 24;
+
+/// What filling a contour costs: the pixels of its bounding box, and a step for each row
+/// each of its edges crosses. Points are pixel indices under [`MAX_COORD`], so none of it
+/// overflows.
+fn fill_work(points: &[[i64; 2]]) -> u64 {
+    let Some(first) = points.first() else {
+        return 0;
+    };
+    let (mut lo, mut hi) = (*first, *first);
+    let mut rows = 0u64;
+    for (k, p) in points.iter().enumerate() {
+        for a in 0..2 {
+            lo[a] = lo[a].min(p[a]);
+            hi[a] = hi[a].max(p[a]);
+        }
+        let q = points[(k + 1) % points.len()];
+        rows += (p[1] - q[1]).unsigned_abs();
+    }
+    let area = ((hi[0] - lo[0] + 1) * (hi[1] - lo[1] + 1)) as u64;
+    area + rows + points.len() as u64
+}
+
+/// A pixel `[column, row]` (both under [`MAX_COORD`]) as one number, row-major.
+fn pixel_key([x, y]: [i64; 2]) -> u32 {
+    ((y as u32) << 16) | x as u32
+}
+
+/// The pixels strictly inside a closed contour (even-odd rule on pixel centres: from a
+/// crossing of a row by an edge, included, to the next, not; the contour's own points
+/// left out), as [`pixel_key`]s. The work is [`fill_work`].
+fn interior(points: &[[i64; 2]]) -> BTreeSet<u32> {
     let mut inside = BTreeSet::new();
     if points.len() < 3 {
         return inside;
     }
-    let boundary: BTreeSet<[i64; 2]> = points.iter().copied().collect();
-    let (y_lo, y_hi) = points.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
-        (lo.min(p[1]), hi.max(p[1]))
-    });
-    let mut crossings: Vec<f64> = Vec::new();
-    for y in y_lo..=y_hi {
-        crossings.clear();
-        let yf = y as f64;
-        for (k, a) in points.iter().enumerate() {
-            let b = points[(k + 1) % points.len()];
-            let (x1, y1, x2, y2) = (a[0] as f64, a[1] as f64, b[0] as f64, b[1] as f64);
-            if (y1 > yf) != (y2 > yf) {
-                crossings.push(x1 + (yf - y1) * (x2 - x1) / (y2 - y1));
-            }
+    let boundary: BTreeSet<u32> = points.iter().map(|&p| pixel_key(p)).collect();
+    let y_lo = points.iter().map(|p| p[1]).min().unwrap_or(0);
+    let y_hi = points.iter().map(|p| p[1]).max().unwrap_or(0);
+    // The crossings of each row, edge by edge: an edge crosses row y when its ends lie on
+    // either side of it, one at or below y and one above.
+    let mut rows: Vec<Vec<f64>> = vec![Vec::new(); (y_hi - y_lo + 1) as usize];
+    for (k, a) in points.iter().enumerate() {
+        let b = points[(k + 1) % points.len()];
+        let (x1, y1, x2, y2) = (a[0] as f64, a[1] as f64, b[0] as f64, b[1] as f64);
+        for y in a[1].min(b[1])..a[1].max(b[1]) {
+            let yf = y as f64;
+            rows[(y - y_lo) as usize].push(x1 + (yf - y1) * (x2 - x1) / (y2 - y1));
         }
+    }
+    for (i, crossings) in rows.iter_mut().enumerate() {
+        let y = y_lo + i as i64;
         crossings.sort_by(f64::total_cmp);
-        // A pixel is inside when an odd number of crossings lie strictly to its right:
-        // from the first of a pair (included) to the second (not).
         for pair in crossings.chunks_exact(2) {
             for x in pair[0].ceil() as i64..pair[1].ceil() as i64 {
-                if !boundary.contains(&[x, y]) {
-                    inside.insert([x, y]);
+                let key = pixel_key([x, y]);
+                if !boundary.contains(&key) {
+                    inside.insert(key);
                 }
             }
         }
@@ -447,36 +547,50 @@ fn interior(points: &[[i64; 2]]) -> BTreeSet<[i64; 2]> {
 }
 
 /// Makes the findings of one LIDC read, placing its pixels by the series' `slices` (their
-/// headers: those of other series are ignored). `path` names the XML in errors.
-/// `max_pixels` bounds the contours' bounding boxes together (untrusted input).
+/// headers: those of other series are ignored). `path` names the XML in errors. The read's
+/// marks are held to [`MAX_MARKS`], its contours' [`fill_work`] to `max_fill_work`
+/// (untrusted input), and every mark must lie on a slice of the series.
 pub fn lidc_findings(
     read: &LidcRead,
     slices: &[SliceHeader],
     config: &LidcConfig,
-    max_pixels: u64,
+    max_fill_work: u64,
     path: &Path,
 ) -> Result<LidcFindings> {
+    config.validate()?;
     let index = SliceIndex::new(read, slices, path)?;
-    let area: u64 = read
+    let marks: usize = read
+        .sessions
+        .iter()
+        .map(|s| s.nodules.len() + s.non_nodules.len())
+        .sum();
+    if marks > MAX_MARKS {
+        return Err(Error::Limit {
+            what: "marks in an LIDC read",
+            value: marks as u64,
+            limit: MAX_MARKS as u64,
+        });
+    }
+    // Every contour on a slice, within it, and the work of filling them bounded, before
+    // any is filled.
+    let mut work = 0u64;
+    for r in read
         .sessions
         .iter()
         .flat_map(|s| &s.nodules)
         .flat_map(|n| &n.rois)
-        .map(|r| {
-            let span = |a: usize| {
-                let (lo, hi) = r.points.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| {
-                    (lo.min(p[a]), hi.max(p[a]))
-                });
-                (hi - lo + 1) as u64
-            };
-            span(0).saturating_mul(span(1))
-        })
-        .fold(0u64, u64::saturating_add);
-    if area > max_pixels {
+    {
+        index.place(r.z_position_mm, &r.points, path)?;
+        work = work.saturating_add(fill_work(&r.points));
+    }
+    for m in read.sessions.iter().flat_map(|s| &s.non_nodules) {
+        index.place(m.z_position_mm, &[m.point], path)?;
+    }
+    if work > max_fill_work {
         return Err(Error::Limit {
-            what: "LIDC contours' bounding boxes, in pixels",
-            value: area,
-            limit: max_pixels,
+            what: "the work of filling an LIDC read's contours",
+            value: work,
+            limit: max_fill_work,
         });
     }
     let uid = read.series_uid.as_str();
@@ -484,12 +598,24 @@ pub fn lidc_findings(
     let mut excluded: Vec<Finding> = Vec::new();
     for (reader, session) in read.sessions.iter().enumerate() {
         for nodule in &session.nodules {
-            let points: usize = nodule.rois.iter().map(|r| r.points.len()).sum();
-            if points == 1 {
-                // A nodule under 3 mm: its one point.
-                let r = &nodule.rois[0];
-                let p = r.points[0];
-                let c = index.world(r.z_position_mm, [p[0] as f64, p[1] as f64], path)?;
+            if nodule.rois.iter().all(|r| r.points.len() <= 1) {
+                // A nodule under 3 mm: its point (the mean, if it has several).
+                let points: Vec<[f64; 3]> = nodule
+                    .rois
+                    .iter()
+                    .flat_map(|r| {
+                        r.points.iter().map(|p| {
+                            index
+                                .at(r.z_position_mm, path)
+                                .map(|s| s.world([p[0] as f64, p[1] as f64]))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                if points.is_empty() {
+                    continue;
+                }
+                let k = points.len() as f64;
+                let c = std::array::from_fn(|w| points.iter().map(|p| p[w]).sum::<f64>() / k);
                 excluded.push(finding(uid, c, None));
                 continue;
             }
@@ -497,7 +623,9 @@ pub fn lidc_findings(
         }
         for m in &session.non_nodules {
             let p = m.point;
-            let c = index.world(m.z_position_mm, [p[0] as f64, p[1] as f64], path)?;
+            let c = index
+                .at(m.z_position_mm, path)?
+                .world([p[0] as f64, p[1] as f64]);
             excluded.push(finding(uid, c, None));
         }
     }
@@ -572,9 +700,9 @@ fn measure(
     path: &Path,
 ) -> Result<ReaderMeasurement> {
     // Per slice (by its z, in micrometres), the pixels inside, and those of its contours.
-    let mut inside: BTreeMap<i64, BTreeSet<[i64; 2]>> = BTreeMap::new();
-    let mut holes: BTreeMap<i64, BTreeSet<[i64; 2]>> = BTreeMap::new();
-    let mut edges: BTreeMap<i64, BTreeSet<[i64; 2]>> = BTreeMap::new();
+    let mut inside: BTreeMap<i64, BTreeSet<u32>> = BTreeMap::new();
+    let mut holes: BTreeMap<i64, BTreeSet<u32>> = BTreeMap::new();
+    let mut edges: BTreeMap<i64, BTreeSet<u32>> = BTreeMap::new();
     let key = |z: f64| (z * 1000.0).round() as i64;
     for r in &nodule.rois {
         let target = if r.inclusion { &mut inside } else { &mut holes };
@@ -586,7 +714,7 @@ fn measure(
             edges
                 .entry(key(r.z_position_mm))
                 .or_default()
-                .extend(r.points.iter().copied());
+                .extend(r.points.iter().map(|&p| pixel_key(p)));
         }
     }
     for (z, h) in &holes {
@@ -607,8 +735,8 @@ fn measure(
         // The mean pixel of the slice, placed once: the placement is linear.
         let k = set.len() as f64;
         let mean = [
-            set.iter().map(|p| p[0] as f64).sum::<f64>() / k,
-            set.iter().map(|p| p[1] as f64).sum::<f64>() / k,
+            set.iter().map(|&p| f64::from(p & 0xffff)).sum::<f64>() / k,
+            set.iter().map(|&p| f64::from(p >> 16)).sum::<f64>() / k,
         ];
         let slice = index.at(z_mm, path)?;
         let c = slice.world(mean);
@@ -626,14 +754,18 @@ fn measure(
     })
 }
 
-/// Reads one LIDC XML file and makes its findings, its series found among the DICOM files
-/// in the XML's folder (where LIDC-IDRI keeps it), from their headers. The file is held
-/// to [`Limits::max_file_bytes`](crate::Limits), its contours' pixels to
-/// [`Limits::max_voxels`](crate::Limits).
+/// Reads one LIDC XML file (at most [`MAX_XML_BYTES`]) and makes its findings, its series
+/// found among the DICOM files in the XML's folder (where LIDC-IDRI keeps it), from their
+/// headers.
 pub fn read_lidc_file(xml: &Path, config: &LidcConfig) -> Result<LidcFindings> {
-    let limits = crate::Limits::default();
     let meta = std::fs::metadata(xml).map_err(|e| Error::io(xml, e))?;
-    limits.check_file_bytes(meta.len())?;
+    if meta.len() > MAX_XML_BYTES {
+        return Err(Error::Limit {
+            what: "an LIDC XML file's bytes",
+            value: meta.len(),
+            limit: MAX_XML_BYTES,
+        });
+    }
     let bytes = std::fs::read(xml).map_err(|e| Error::io(xml, e))?;
     let text = String::from_utf8(bytes).map_err(|e| Error::Lidc {
         path: xml.to_path_buf(),
@@ -649,24 +781,44 @@ pub fn read_lidc_file(xml: &Path, config: &LidcConfig) -> Result<LidcFindings> {
         .series
         .get(&read.series_uid)
         .map_or(&[][..], Vec::as_slice);
-    lidc_findings(&read, slices, config, limits.max_voxels, xml)
+    lidc_findings(&read, slices, config, MAX_FILL_WORK, xml)
 }
 
-/// The LIDC reads found under `root` (a folder searched recursively, or one XML file):
-/// `.xml` files of at most `max_bytes` that are `LidcReadMessage`s, in path order. Other
-/// XML files (and larger ones) are left out.
-pub fn find_lidc_xml(root: &Path, max_bytes: u64) -> Result<Vec<PathBuf>> {
+/// The LIDC reads at `root`: the file itself, or, for a folder (searched recursively,
+/// symbolic links to folders not followed), its `.xml` files of at most [`MAX_XML_BYTES`]
+/// that are `LidcReadMessage`s, in path order. Other XML files (and larger ones) are left
+/// out. A `root` that is not there is an error.
+pub fn find_lidc_xml(root: &Path) -> Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
+    if !meta.is_dir() {
+        return Ok(vec![root.to_path_buf()]);
+    }
     let mut found = Vec::new();
     let mut todo = vec![root.to_path_buf()];
-    while let Some(p) = todo.pop() {
-        if p.is_dir() {
-            for e in std::fs::read_dir(&p).map_err(|e| Error::io(&p, e))? {
-                todo.push(e.map_err(|e| Error::io(&p, e))?.path());
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let e = e.map_err(|e| Error::io(&dir, e))?;
+            let p = e.path();
+            let kind = e.file_type().map_err(|e| Error::io(&p, e))?;
+            if kind.is_dir() {
+                todo.push(p);
+                continue;
             }
-        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("xml")) {
-            let len = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
-            if len > max_bytes {
-                tracing::warn!("{}: {len} bytes, over {max_bytes}: left out", p.display());
+            if !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("xml")) {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&p) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            if meta.len() > MAX_XML_BYTES {
+                tracing::warn!(
+                    "{}: {} bytes, over {MAX_XML_BYTES}: left out",
+                    p.display(),
+                    meta.len()
+                );
                 continue;
             }
             let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
@@ -680,8 +832,8 @@ pub fn find_lidc_xml(root: &Path, max_bytes: u64) -> Result<Vec<PathBuf>> {
 }
 
 /// Fuzzing entry point: `data` read as an LIDC XML and, when it parses, its findings made
-/// against a synthetic axial series (slices at z = 0 to 7 mm, 0.7 mm pixels) within a
-/// bound of 4 M contour pixels. Never panics on any input.
+/// against a synthetic axial series (slices at z = 0 to 7 mm of 512 x 512 pixels of 0.7
+/// mm) within a fill work of 4 M. Never panics on any input.
 pub fn lidc_fuzz(data: &[u8]) {
     use crate::io::dicom::header::{PixelFormat, Rescale};
     let path = Path::new("fuzz.xml");
@@ -731,7 +883,7 @@ mod tests {
     fn interior_is_the_even_odd_rule_without_the_contour() {
         let contour: Vec<[i64; 2]> =
             vec![[2, 2], [12, 3], [13, 14], [8, 8], [7, 15], [2, 12], [5, 7]];
-        let want: BTreeSet<[i64; 2]> = (0..20)
+        let want: BTreeSet<u32> = (0..20)
             .flat_map(|y| (0..20).map(move |x| [x, y]))
             .filter(|&[x, y]| {
                 let (xf, yf) = (x as f64, y as f64);
@@ -745,10 +897,17 @@ mod tests {
                 }
                 odd && !contour.contains(&[x, y])
             })
+            .map(pixel_key)
             .collect();
         assert!(want.len() > 50);
         assert_eq!(interior(&contour), want);
         assert!(interior(&contour[..2]).is_empty());
+        // The work bound counts the rows edges cross, not only the bounding box: a thin
+        // zigzag has a small box and much to fill.
+        let square = [[0, 0], [9, 0], [9, 9], [0, 9]];
+        assert_eq!(fill_work(&square), 100 + 18 + 4);
+        let zigzag: Vec<[i64; 2]> = (0..100).map(|k| [k % 2, 60_000 * (k % 2)]).collect();
+        assert_eq!(fill_work(&zigzag), 2 * 60_001 + 100 * 60_000 + 100);
     }
 
     /// The fuzz entry on a read that parses and measures, and on cut and corrupted copies.
@@ -805,6 +964,7 @@ mod tests {
             ("<IdriReadMessage></IdriReadMessage>".into(), "the root element is IdriReadMessage"),
             ("<LidcReadMessage></LidcReadMessage>".into(), "no SeriesInstanceUid"),
             ("<LidcReadMessage><a></b></LidcReadMessage>".into(), "at byte"),
+            (roi("1", "&#51;"), "an entity reference (&#51;) in xCoord"),
         ] {
             let e = parse_lidc_xml(&text, p).unwrap_err().to_string();
             assert!(e.starts_with("r.xml: LIDC XML: ") && e.contains(says), "{e}");
