@@ -258,18 +258,27 @@ pub fn read_seriesuids(path: impl AsRef<Path>) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Writes a CSV file: `header`, then what `rows` writes.
+fn write_csv(
+    path: &Path,
+    header: &str,
+    rows: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
+    use std::io::Write;
+    let io = |e| Error::io(path, e);
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    writeln!(w, "{header}").map_err(io)?;
+    rows(&mut w).map_err(io)?;
+    w.flush().map_err(io)
+}
+
 /// Writes candidates as a LUNA16 submission CSV (`seriesuid,coordX,coordY,coordZ,probability`),
 /// numbers in their shortest exact decimal form so that reading the file back gives the
 /// same values.
 pub fn write_predictions_csv(candidates: &[Candidate], path: impl AsRef<Path>) -> Result<()> {
-    use std::io::Write;
-    let path = path.as_ref();
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = std::io::BufWriter::new(file);
-    let io = |e| Error::io(path, e);
-    writeln!(w, "{PREDICTIONS_CSV_HEADER}").map_err(io)?;
-    write_prediction_rows(&mut w, candidates).map_err(io)?;
-    w.flush().map_err(io)
+    write_csv(path.as_ref(), PREDICTIONS_CSV_HEADER, |w| {
+        write_prediction_rows(w, candidates)
+    })
 }
 
 /// The header line of a LUNA16 annotations CSV (`annotations.csv`,
@@ -281,24 +290,20 @@ pub const ANNOTATIONS_CSV_HEADER: &str = "seriesuid,coordX,coordY,coordZ,diamete
 /// `annotations_excluded.csv` does).
 pub fn write_annotations_csv(findings: &[Finding], path: impl AsRef<Path>) -> Result<()> {
     use std::io::Write;
-    let path = path.as_ref();
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = std::io::BufWriter::new(file);
-    let io = |e| Error::io(path, e);
-    writeln!(w, "{ANNOTATIONS_CSV_HEADER}").map_err(io)?;
-    for f in findings {
-        writeln!(
-            w,
-            "{},{},{},{},{}",
-            f.seriesuid,
-            f.coord_x,
-            f.coord_y,
-            f.coord_z,
-            f.diameter_mm.unwrap_or(-1.0)
-        )
-        .map_err(io)?;
-    }
-    w.flush().map_err(io)
+    write_csv(path.as_ref(), ANNOTATIONS_CSV_HEADER, |w| {
+        for f in findings {
+            writeln!(
+                w,
+                "{},{},{},{},{}",
+                f.seriesuid,
+                f.coord_x,
+                f.coord_y,
+                f.coord_z,
+                f.diameter_mm.unwrap_or(-1.0)
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// The header line of a LUNA16 predictions (submission) CSV.
