@@ -270,8 +270,35 @@ fn readers_marks_become_nodules_and_excluded_findings() {
     let e = lidc_findings(&off, &slices, &LidcConfig::default(), 1 << 20, &path).unwrap_err();
     assert!(
         e.to_string()
-            .contains("no slice of the series at imageZposition 35 mm"),
+            .contains("no slice of the series is SOP instance \"1.2\" or at imageZposition 35 mm"),
         "{e}"
+    );
+    // The same contours naming their slice by its SOPInstanceUID are placed on it, whatever
+    // their imageZposition says.
+    let sop34 = &slices
+        .iter()
+        .find(|h| h.position.is_some_and(|p| p[2] == 34.0))
+        .unwrap()
+        .sop_instance_uid;
+    assert!(!sop34.is_empty());
+    let named = xml.replace(
+        "<imageZposition>34.000000 </imageZposition><imageSOP_UID>1.2</imageSOP_UID>",
+        &format!("<imageZposition>35.000000 </imageZposition><imageSOP_UID>{sop34}</imageSOP_UID>"),
+    );
+    assert_ne!(named, xml);
+    let by_sop = lidc_findings(
+        &parse_lidc_xml(&named, &path).unwrap(),
+        &slices,
+        &LidcConfig::default(),
+        1 << 20,
+        &path,
+    )
+    .unwrap();
+    assert_eq!(
+        by_sop.nodules,
+        lidc_findings(&read, &slices, &LidcConfig::default(), 1 << 20, &path)
+            .unwrap()
+            .nodules
     );
     let wide = parse_lidc_xml(
         &xml.replace("<xCoord>30</xCoord>", "<xCoord>32</xCoord>"),

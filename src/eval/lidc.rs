@@ -11,8 +11,8 @@
 //! boundary pixels left out), less those inside its exclusion contours (`inclusion`
 //! FALSE). Its centre is the mean world position of those pixels, and its diameter that
 //! of the sphere of their volume (pixels x pixel area x slice spacing). Pixels are placed
-//! in the world by the slice each contour names by its `imageZposition`: its
-//! ImagePositionPatient, ImageOrientationPatient and PixelSpacing.
+//! in the world by the slice each mark names (by its `imageSOP_UID`, else its
+//! `imageZposition`): its ImagePositionPatient, ImageOrientationPatient and PixelSpacing.
 
 use super::Finding;
 use crate::error::{Error, Result};
@@ -81,6 +81,8 @@ pub struct ReaderNodule {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Roi {
     pub z_position_mm: f64,
+    /// The SOPInstanceUID of its slice (`imageSOP_UID`).
+    pub sop_uid: String,
     pub inclusion: bool,
     pub points: Vec<[i64; 2]>,
 }
@@ -90,6 +92,8 @@ pub struct Roi {
 pub struct PointMark {
     pub id: String,
     pub z_position_mm: f64,
+    /// The SOPInstanceUID of its slice (`imageSOP_UID`).
+    pub sop_uid: String,
     pub point: [i64; 2],
 }
 
@@ -240,6 +244,16 @@ pub fn parse_lidc_xml(text: &str, path: &Path) -> Result<LidcRead> {
                             m.z_position_mm = number("imageZposition")?
                         }
                     }
+                    ("imageSOP_UID", Some("roi")) => {
+                        if let Some(r) = &mut roi {
+                            r.sop_uid = value.to_string()
+                        }
+                    }
+                    ("imageSOP_UID", Some("nonNodule")) => {
+                        if let Some(m) = &mut mark {
+                            m.sop_uid = value.to_string()
+                        }
+                    }
                     ("inclusion", Some("roi")) => {
                         if let Some(r) = &mut roi {
                             r.inclusion = match value.to_ascii_uppercase().as_str() {
@@ -366,6 +380,8 @@ impl Placed {
 /// z axis (LIDC's `imageZposition`), and the series' slice spacing.
 struct SliceIndex {
     slices: Vec<(f64, Placed)>,
+    /// Each slice's index in `slices` by its SOPInstanceUID.
+    by_sop: std::collections::HashMap<String, usize>,
     spacing_mm: f64,
 }
 
@@ -375,7 +391,7 @@ impl SliceIndex {
             path: path.to_path_buf(),
             message,
         };
-        let mut placed: Vec<(f64, Placed)> = Vec::new();
+        let mut placed: Vec<(f64, Placed, &str)> = Vec::new();
         let mut thickness = None;
         for s in slices.iter().filter(|s| s.series_uid == read.series_uid) {
             let (Some(position), Some(orientation), Some(pixel_spacing)) =
@@ -409,6 +425,7 @@ impl SliceIndex {
                     rows: i64::from(s.format.rows),
                     columns: i64::from(s.format.columns),
                 },
+                s.sop_instance_uid.as_str(),
             ));
         }
         if placed.is_empty() {
@@ -431,28 +448,48 @@ impl SliceIndex {
             .or(thickness)
             .filter(|s| s.is_finite() && *s > 0.0)
             .unwrap_or(1.0);
+        let by_sop = placed
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, sop))| !sop.is_empty())
+            .map(|(i, (_, _, sop))| (sop.to_string(), i))
+            .collect();
         Ok(SliceIndex {
-            slices: placed,
+            slices: placed.into_iter().map(|(z, p, _)| (z, p)).collect(),
+            by_sop,
             spacing_mm,
         })
     }
 
-    /// The slice at `z_mm` along the world z axis.
-    fn at(&self, z_mm: f64, path: &Path) -> Result<&Placed> {
+    /// The index of the slice a mark names: by its `imageSOP_UID` when the series has that
+    /// slice (it names the slice whatever the positions say), else by `imageZposition`
+    /// along the world z axis.
+    fn find(&self, sop_uid: &str, z_mm: f64, path: &Path) -> Result<usize> {
+        if let Some(&i) = self.by_sop.get(sop_uid) {
+            return Ok(i);
+        }
         let i = self.slices.partition_point(|(z, _)| *z < z_mm - SAME_Z_MM);
         match self.slices.get(i) {
-            Some((z, s)) if (z - z_mm).abs() <= SAME_Z_MM => Ok(s),
+            Some((z, _)) if (z - z_mm).abs() <= SAME_Z_MM => Ok(i),
             _ => Err(Error::Lidc {
                 path: path.to_path_buf(),
-                message: format!("no slice of the series at imageZposition {z_mm} mm"),
+                message: format!(
+                    "no slice of the series is SOP instance {sop_uid:?} or at \
+                     imageZposition {z_mm} mm"
+                ),
             }),
         }
     }
 
-    /// The slice at `z_mm` and, checked to lie on it, the world position of each of
-    /// `points` (`[column, row]`).
-    fn place(&self, z_mm: f64, points: &[[i64; 2]], path: &Path) -> Result<&Placed> {
-        let slice = self.at(z_mm, path)?;
+    /// Slice `i`.
+    fn slice(&self, i: usize) -> &Placed {
+        &self.slices[i].1
+    }
+
+    /// The slice a mark names ([`SliceIndex::find`]), its `points` (`[column, row]`)
+    /// checked to lie on it.
+    fn place(&self, sop_uid: &str, z_mm: f64, points: &[[i64; 2]], path: &Path) -> Result<&Placed> {
+        let slice = self.slice(self.find(sop_uid, z_mm, path)?);
         if let Some(p) = points
             .iter()
             .find(|p| !(0..slice.columns).contains(&p[0]) || !(0..slice.rows).contains(&p[1]))
@@ -580,11 +617,11 @@ pub fn lidc_findings(
         .flat_map(|s| &s.nodules)
         .flat_map(|n| &n.rois)
     {
-        index.place(r.z_position_mm, &r.points, path)?;
+        index.place(&r.sop_uid, r.z_position_mm, &r.points, path)?;
         work = work.saturating_add(fill_work(&r.points));
     }
     for m in read.sessions.iter().flat_map(|s| &s.non_nodules) {
-        index.place(m.z_position_mm, &[m.point], path)?;
+        index.place(&m.sop_uid, m.z_position_mm, &[m.point], path)?;
     }
     if work > max_fill_work {
         return Err(Error::Limit {
@@ -606,7 +643,7 @@ pub fn lidc_findings(
                     .flat_map(|r| {
                         r.points.iter().map(|p| {
                             index
-                                .at(r.z_position_mm, path)
+                                .place(&r.sop_uid, r.z_position_mm, &[*p], path)
                                 .map(|s| s.world([p[0] as f64, p[1] as f64]))
                         })
                     })
@@ -624,7 +661,7 @@ pub fn lidc_findings(
         for m in &session.non_nodules {
             let p = m.point;
             let c = index
-                .at(m.z_position_mm, path)?
+                .place(&m.sop_uid, m.z_position_mm, &[p], path)?
                 .world([p[0] as f64, p[1] as f64]);
             excluded.push(finding(uid, c, None));
         }
@@ -699,20 +736,17 @@ fn measure(
     index: &SliceIndex,
     path: &Path,
 ) -> Result<ReaderMeasurement> {
-    // Per slice (by its z, in micrometres), the pixels inside, and those of its contours.
-    let mut inside: BTreeMap<i64, BTreeSet<u32>> = BTreeMap::new();
-    let mut holes: BTreeMap<i64, BTreeSet<u32>> = BTreeMap::new();
-    let mut edges: BTreeMap<i64, BTreeSet<u32>> = BTreeMap::new();
-    let key = |z: f64| (z * 1000.0).round() as i64;
+    // Per slice (by its index), the pixels inside, and those of its contours.
+    let mut inside: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
+    let mut holes: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
+    let mut edges: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
     for r in &nodule.rois {
+        let slice = index.find(&r.sop_uid, r.z_position_mm, path)?;
         let target = if r.inclusion { &mut inside } else { &mut holes };
-        target
-            .entry(key(r.z_position_mm))
-            .or_default()
-            .extend(interior(&r.points));
+        target.entry(slice).or_default().extend(interior(&r.points));
         if r.inclusion {
             edges
-                .entry(key(r.z_position_mm))
+                .entry(slice)
                 .or_default()
                 .extend(r.points.iter().map(|&p| pixel_key(p)));
         }
@@ -727,18 +761,17 @@ fn measure(
         region = edges;
     }
     let (mut sum, mut pixels, mut volume) = ([0.0; 3], 0usize, 0.0);
-    for (z, set) in &region {
+    for (&i, set) in &region {
         if set.is_empty() {
             continue;
         }
-        let z_mm = *z as f64 / 1000.0;
         // The mean pixel of the slice, placed once: the placement is linear.
         let k = set.len() as f64;
         let mean = [
             set.iter().map(|&p| f64::from(p & 0xffff)).sum::<f64>() / k,
             set.iter().map(|&p| f64::from(p >> 16)).sum::<f64>() / k,
         ];
-        let slice = index.at(z_mm, path)?;
+        let slice = index.slice(i);
         let c = slice.world(mean);
         for w in 0..3 {
             sum[w] += c[w] * k;
@@ -846,6 +879,7 @@ pub fn lidc_fuzz(data: &[u8]) {
             frame: z,
             number_of_frames: 8,
             series_uid: read.series_uid.clone(),
+            sop_instance_uid: format!("1.2.{z}"),
             modality: "CT".into(),
             transfer_syntax: String::new(),
             position: Some([-100.0, -100.0, z as f64]),

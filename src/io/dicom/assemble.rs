@@ -936,6 +936,7 @@ pub(crate) mod tests {
             frame: 0,
             number_of_frames: 1,
             series_uid: "1.2.3".into(),
+            sop_instance_uid: String::new(),
             modality: "CT".into(),
             transfer_syntax: "1.2.840.10008.1.2.1".into(),
             position: Some(pos),

@@ -52,6 +52,8 @@ pub struct SliceHeader {
     pub frame: u32,
     pub number_of_frames: u32,
     pub series_uid: String,
+    /// SOPInstanceUID (the file's; frames of a multi-frame file share it).
+    pub sop_instance_uid: String,
     pub modality: String,
     pub transfer_syntax: String,
     pub position: Option<[f64; 3]>,
@@ -261,6 +263,7 @@ pub(crate) fn headers_of_object(
 
     let padding = padding_of(&top, &format)?;
     let series_uid = str_of(&top, tags::SERIES_INSTANCE_UID).unwrap_or_default();
+    let sop_instance_uid = str_of(&top, tags::SOP_INSTANCE_UID).unwrap_or_default();
     let modality = str_of(&top, tags::MODALITY).unwrap_or_default();
     let photometric = str_of(&top, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
     let instance_number = int_of(&top, tags::INSTANCE_NUMBER).ok().flatten();
@@ -337,6 +340,7 @@ pub(crate) fn headers_of_object(
             frame,
             number_of_frames,
             series_uid: series_uid.clone(),
+            sop_instance_uid: sop_instance_uid.clone(),
             modality: modality.clone(),
             transfer_syntax: transfer_syntax.clone(),
             position,

@@ -379,6 +379,7 @@ pub fn assemble_fuzz(data: &[u8]) {
             frame: c[20] as u32,
             number_of_frames: 1 + c[20] as u32,
             series_uid: "fuzz".into(),
+            sop_instance_uid: String::new(),
             modality: "CT".into(),
             transfer_syntax: String::new(),
             position: (c[21] & 1 == 0).then(|| [f(c, 0), f(c, 2), f(c, 4)]),
