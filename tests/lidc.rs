@@ -66,6 +66,13 @@ fn lidc_0001_gives_luna16s_findings() {
         panic!("{:?}", found.nodules)
     };
     assert_eq!(nodule.readers, 4);
+    // Each reader's ratings come with their measurement.
+    let malignancy: Vec<_> = nodule
+        .annotations
+        .iter()
+        .map(|m| m.characteristics.as_ref().and_then(|c| c.malignancy))
+        .collect();
+    assert_eq!(malignancy, [Some(5), Some(5), Some(5), Some(4)]);
     let reader4 = &nodule.annotations[3];
     let luna_reader4 = of_series("annotations_excluded.csv")
         .into_iter()
@@ -339,7 +346,11 @@ fn lidc_command_writes_luna16_csvs() {
          </ResponseHeader></LidcReadMessage>",
     )
     .unwrap();
-    let (a, e) = (dir.path().join("a.csv"), dir.path().join("e.csv"));
+    let (a, e, j) = (
+        dir.path().join("a.csv"),
+        dir.path().join("e.csv"),
+        dir.path().join("reads.json"),
+    );
     let run = |paths: &[&std::path::Path]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_lungcad"))
             .arg("lidc")
@@ -348,6 +359,8 @@ fn lidc_command_writes_luna16_csvs() {
             .arg(&a)
             .arg("--excluded-out")
             .arg(&e)
+            .arg("--json")
+            .arg(&j)
             .output()
             .unwrap()
     };
@@ -360,6 +373,14 @@ fn lidc_command_writes_luna16_csvs() {
     let nodules = Annotations::from_csv(&a).unwrap().findings;
     assert_eq!(nodules.len(), 1);
     assert!((nodules[0].coord_x + 2.0 / 3.0).abs() < 1e-9);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert_eq!(json["config"]["min_readers"], 3);
+    let read = &json["reads"][0];
+    assert_eq!(read["series_uid"], "1.2.826.0.1.3680043.99");
+    assert_eq!(read["nodules"][0]["readers"], 3);
+    assert_eq!(read["nodules"][0]["annotations"][2]["pixels"], 50);
+    assert_eq!(read["excluded"].as_array().unwrap().len(), 3);
     let excluded = Annotations::from_csv(&e).unwrap().findings;
     let diameters: Vec<_> = excluded.iter().map(|f| f.diameter_mm.is_some()).collect();
     assert_eq!(diameters, [false, false, true]);

@@ -97,6 +97,7 @@ def test_lidc_reads_give_rows_evaluate_takes(lidc_0001: Path, tmp_path: Path) ->
     read = lungcad.read_lidc_file(xml)
     [nodule] = read["nodules"]
     assert nodule["readers"] == 4 and len(nodule["annotations"]) == 4
+    assert [a["characteristics"]["malignancy"] for a in nodule["annotations"]] == [5, 5, 5, 4]
     assert nodule["diameter_mm"] == pytest.approx(23.35, abs=0.25)
     [row] = read["annotations"]
     assert row[0] == read["series_uid"] and row[1:4] == tuple(nodule["centre_world"])

@@ -24,6 +24,11 @@ pub struct LidcArgs {
     /// non-nodules (diameter -1 for the last two).
     #[arg(long)]
     excluded_out: Option<PathBuf>,
+    /// Also write every read's findings as JSON: its nodules with each reader's centre,
+    /// diameter and ratings (`characteristics`: malignancy, subtlety, ...), and its
+    /// excluded findings.
+    #[arg(long)]
+    json: Option<PathBuf>,
     /// The fewest readers who marked a nodule for it to be one (LUNA16: 3 of 4).
     #[arg(long, default_value_t = LidcConfig::default().min_readers)]
     min_readers: usize,
@@ -62,6 +67,7 @@ pub fn lidc_command(args: LidcArgs) -> Result<ExitCode, Error> {
     let (mut nodules, mut excluded): (Vec<Finding>, Vec<Finding>) = (Vec::new(), Vec::new());
     let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut failed = 0usize;
+    let mut reads = Vec::new();
     for path in &xml {
         let found = read_lidc_file(path, &config).and_then(|f| match seen.get(&f.series_uid) {
             Some(first) => Err(Error::InvalidArgument(format!(
@@ -82,7 +88,10 @@ pub fn lidc_command(args: LidcArgs) -> Result<ExitCode, Error> {
                 );
                 seen.insert(f.series_uid.clone(), path.clone());
                 nodules.extend(f.nodule_findings());
-                excluded.extend(f.excluded);
+                excluded.extend(f.excluded.iter().cloned());
+                if args.json.is_some() {
+                    reads.push(f);
+                }
             }
             Err(e) => {
                 eprintln!("skipping {}: {e}", path.display());
@@ -93,6 +102,10 @@ pub fn lidc_command(args: LidcArgs) -> Result<ExitCode, Error> {
     write_annotations_csv(&nodules, &args.out)?;
     if let Some(p) = &args.excluded_out {
         write_annotations_csv(&excluded, p)?;
+    }
+    if let Some(p) = &args.json {
+        let json = serde_json::json!({ "config": config, "reads": reads });
+        std::fs::write(p, format!("{json:#}\n")).map_err(|e| Error::io(p, e))?;
     }
     eprintln!(
         "{} read(s) of {} series: {} nodule(s) of {} or more readers, {} excluded finding(s); \

@@ -73,7 +73,43 @@ pub struct ReadingSession {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReaderNodule {
     pub id: String,
+    /// The reader's ratings of a nodule of 3 mm or more.
+    pub characteristics: Option<Characteristics>,
     pub rois: Vec<Roi>,
+}
+
+/// A reader's ratings of a nodule (LIDC's `characteristics`, each on its own scale: 1 to
+/// 5, `internal_structure` 1 to 4, `calcification` 1 to 6; `malignancy` 1, highly
+/// unlikely, to 5, highly suspicious). A rating the file leaves empty is none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Characteristics {
+    pub subtlety: Option<u8>,
+    pub internal_structure: Option<u8>,
+    pub calcification: Option<u8>,
+    pub sphericity: Option<u8>,
+    pub margin: Option<u8>,
+    pub lobulation: Option<u8>,
+    pub spiculation: Option<u8>,
+    pub texture: Option<u8>,
+    pub malignancy: Option<u8>,
+}
+
+impl Characteristics {
+    /// The rating named by its LIDC element.
+    fn rating(&mut self, element: &str) -> Option<&mut Option<u8>> {
+        Some(match element {
+            "subtlety" => &mut self.subtlety,
+            "internalStructure" => &mut self.internal_structure,
+            "calcification" => &mut self.calcification,
+            "sphericity" => &mut self.sphericity,
+            "margin" => &mut self.margin,
+            "lobulation" => &mut self.lobulation,
+            "spiculation" => &mut self.spiculation,
+            "texture" => &mut self.texture,
+            "malignancy" => &mut self.malignancy,
+            _ => return None,
+        })
+    }
 }
 
 /// One contour on one slice: pixel `[column, row]` points of the nodule's boundary, or of a
@@ -106,6 +142,8 @@ pub struct ReaderMeasurement {
     pub diameter_mm: f64,
     /// The nodule's pixels (inside its contours, not on them), all slices.
     pub pixels: usize,
+    /// The reader's ratings of it.
+    pub characteristics: Option<Characteristics>,
 }
 
 /// A nodule as the readers' merged annotations give it.
@@ -123,7 +161,7 @@ pub struct LidcNodule {
 /// What one XML read gives: nodules, and the excluded findings (LUNA16's
 /// `annotations_excluded.csv`): each reader's nodules not in a kept nodule (with their
 /// diameters), their nodules under 3 mm and their non-nodules (without).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LidcFindings {
     pub series_uid: String,
     pub nodules: Vec<LidcNodule>,
@@ -190,6 +228,11 @@ pub fn parse_lidc_xml(text: &str, path: &Path) -> Result<LidcRead> {
                 match name.as_str() {
                     "readingSession" => session = Some(ReadingSession::default()),
                     "unblindedReadNodule" => nodule = Some(ReaderNodule::default()),
+                    "characteristics" => {
+                        if let Some(n) = &mut nodule {
+                            n.characteristics = Some(Characteristics::default())
+                        }
+                    }
                     "roi" => {
                         roi = Some(Roi {
                             inclusion: true,
@@ -242,6 +285,25 @@ pub fn parse_lidc_xml(text: &str, path: &Path) -> Result<LidcRead> {
                     ("imageZposition", Some("nonNodule")) => {
                         if let Some(m) = &mut mark {
                             m.z_position_mm = number("imageZposition")?
+                        }
+                    }
+                    (rating, Some("characteristics")) if !value.is_empty() => {
+                        let slot = nodule
+                            .as_mut()
+                            .and_then(|n| n.characteristics.as_mut())
+                            .and_then(|c| c.rating(rating));
+                        if let Some(slot) = slot {
+                            *slot = Some(
+                                value
+                                    .parse::<u8>()
+                                    .ok()
+                                    .filter(|v| (1..=6).contains(v))
+                                    .ok_or_else(|| {
+                                        err(format!(
+                                            "{rating} {value:?} is not a rating from 1 to 6"
+                                        ))
+                                    })?,
+                            );
                         }
                     }
                     ("imageSOP_UID", Some("roi")) => {
@@ -784,6 +846,7 @@ fn measure(
         centre_world: sum.map(|v| v / pixels.max(1) as f64),
         diameter_mm: (6.0 * volume / std::f64::consts::PI).cbrt(),
         pixels,
+        characteristics: nodule.characteristics.clone(),
     })
 }
 
@@ -982,6 +1045,20 @@ mod tests {
                  </unblindedReadNodule>"
             ))
         };
+        let rated = wrap(
+            "<unblindedReadNodule><characteristics><subtlety>4</subtlety><margin></margin>\
+             <malignancy> 2 </malignancy></characteristics><roi><imageZposition>1\
+             </imageZposition><edgeMap><xCoord>1</xCoord><yCoord>1</yCoord></edgeMap></roi>\
+             </unblindedReadNodule>",
+        );
+        let c = parse_lidc_xml(&rated, p).unwrap().sessions[0].nodules[0]
+            .characteristics
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (c.subtlety, c.margin, c.malignancy),
+            (Some(4), None, Some(2))
+        );
         let ok = parse_lidc_xml(&roi("-1.5", "3"), p).unwrap();
         assert_eq!(ok.series_uid, "1.2");
         assert_eq!(ok.sessions[0].nodules[0].rois[0].points, [[3, 1]]);
@@ -998,6 +1075,11 @@ mod tests {
             ("<IdriReadMessage></IdriReadMessage>".into(), "the root element is IdriReadMessage"),
             ("<LidcReadMessage></LidcReadMessage>".into(), "no SeriesInstanceUid"),
             ("<LidcReadMessage><a></b></LidcReadMessage>".into(), "at byte"),
+            (
+                wrap("<unblindedReadNodule><characteristics><malignancy>7</malignancy>\
+                      </characteristics></unblindedReadNodule>"),
+                "malignancy \"7\" is not a rating from 1 to 6",
+            ),
             (roi("1", "&#51;"), "an entity reference (&#51;) in xCoord"),
         ] {
             let e = parse_lidc_xml(&text, p).unwrap_err().to_string();
