@@ -188,9 +188,8 @@ pub fn _evaluate(
 /// Reads one LIDC-IDRI reader XML with the DICOM series in its folder, as `lungcad lidc`
 /// does: a dict of `series_uid`, `nodules` (each with `centre_world`, `diameter_mm`,
 /// `readers` and the readers' `annotations` with their ratings), and `annotations` and
-/// `excluded` as LUNA16
-/// rows `(seriesuid, coordX, coordY, coordZ, diameter_mm)` (`None` for no diameter), the
-/// rows `evaluate` takes.
+/// `excluded` as LUNA16 rows `(seriesuid, coordX, coordY, coordZ, diameter_mm)` (`None`
+/// for no diameter), the rows `evaluate` takes.
 #[pyfunction]
 #[pyo3(signature = (xml, *, min_readers = 3, min_diameter_mm = 3.0))]
 pub fn read_lidc_file<'py>(
