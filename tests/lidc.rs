@@ -257,6 +257,9 @@ fn readers_marks_become_nodules_and_excluded_findings() {
     let found = lidc_findings(&read, &slices, &four, 1 << 20, &path).unwrap();
     assert!(found.nodules.is_empty());
     assert_eq!(found.excluded.len(), 6);
+    // The nodules not kept, with their readers: the three readers' one and the far one.
+    let readers: Vec<usize> = found.other_nodules.iter().map(|n| n.readers).collect();
+    assert_eq!(readers, [3, 1]);
     // A small nodule marked by one point on each of two slices: one point, their mean.
     let small = roi(40.0, true, &[[30, 31]]);
     let twice = xml.replace(&small, &(small.clone() + &roi(38.0, true, &[[28, 31]])));
@@ -301,12 +304,35 @@ fn readers_marks_become_nodules_and_excluded_findings() {
         &path,
     )
     .unwrap();
-    assert_eq!(
-        by_sop.nodules,
-        lidc_findings(&read, &slices, &LidcConfig::default(), 1 << 20, &path)
-            .unwrap()
-            .nodules
+    let plain = lidc_findings(&read, &slices, &LidcConfig::default(), 1 << 20, &path).unwrap();
+    assert_eq!(by_sop.nodules, plain.nodules);
+    // Two slices sharing a SOPInstanceUID (as frames of one file do): marks naming it are
+    // found by their imageZposition.
+    let sop36 = slices
+        .iter()
+        .find(|h| h.position.is_some_and(|p| p[2] == 36.0))
+        .unwrap()
+        .sop_instance_uid
+        .clone();
+    let mut shared = slices.clone();
+    for h in &mut shared {
+        if h.position.is_some_and(|p| p[2] == 34.0) {
+            h.sop_instance_uid = sop36.clone();
+        }
+    }
+    let naming36 = xml.replace(
+        "<imageZposition>34.000000 </imageZposition><imageSOP_UID>1.2</imageSOP_UID>",
+        &format!("<imageZposition>34.000000 </imageZposition><imageSOP_UID>{sop36}</imageSOP_UID>"),
     );
+    let by_z = lidc_findings(
+        &parse_lidc_xml(&naming36, &path).unwrap(),
+        &shared,
+        &LidcConfig::default(),
+        1 << 20,
+        &path,
+    )
+    .unwrap();
+    assert_eq!(by_z.nodules, plain.nodules);
     let wide = parse_lidc_xml(
         &xml.replace("<xCoord>30</xCoord>", "<xCoord>32</xCoord>"),
         &path,
@@ -315,7 +341,7 @@ fn readers_marks_become_nodules_and_excluded_findings() {
     let e = lidc_findings(&wide, &slices, &LidcConfig::default(), 1 << 20, &path).unwrap_err();
     assert!(
         e.to_string().contains(
-            "pixel (x 32, y 31) at imageZposition 40 mm lies outside the slice's 32 columns"
+            "pixel (x 32, y 31) marked on SOP instance \"1.2\" at imageZposition 40 mm lies outside the slice's 32 columns"
         ),
         "{e}"
     );

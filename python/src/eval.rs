@@ -187,7 +187,8 @@ pub fn _evaluate(
 
 /// Reads one LIDC-IDRI reader XML with the DICOM series in its folder, as `lungcad lidc`
 /// does: a dict of `series_uid`, `nodules` (each with `centre_world`, `diameter_mm`,
-/// `readers` and the readers' `annotations` with their ratings), and `annotations` and
+/// `readers` and the readers' `annotations` with their ratings), `other_nodules` (those
+/// not kept, likewise), and `annotations` and
 /// `excluded` as LUNA16 rows `(seriesuid, coordX, coordY, coordZ, diameter_mm)` (`None`
 /// for no diameter), the rows `evaluate` takes.
 #[pyfunction]
@@ -216,10 +217,15 @@ pub fn read_lidc_file<'py>(
             })
             .collect()
     };
-    let nodules = serde_json::to_string(&found.nodules).map_err(|e| invalid(e.to_string()))?;
+    let json = |v: &[lungcad::eval::lidc::LidcNodule]| {
+        serde_json::to_string(v)
+            .map_err(|e| invalid(e.to_string()))
+            .and_then(|text| json_to_py(py, &text))
+    };
     let dict = PyDict::new(py);
     dict.set_item("series_uid", &found.series_uid)?;
-    dict.set_item("nodules", json_to_py(py, &nodules)?)?;
+    dict.set_item("nodules", json(&found.nodules)?)?;
+    dict.set_item("other_nodules", json(&found.other_nodules)?)?;
     dict.set_item("annotations", rows(&found.nodule_findings()))?;
     dict.set_item("excluded", rows(&found.excluded))?;
     Ok(dict.into_any())

@@ -110,7 +110,8 @@ def test_lidc_reads_give_rows_evaluate_takes(lidc_0001: Path, tmp_path: Path) ->
         read["annotations"], read["excluded"], [read["series_uid"]], [hit, ignored]
     )
     assert result.cpm == 1.0
-    assert lungcad.read_lidc_file(xml, min_readers=5)["nodules"] == []
+    five = lungcad.read_lidc_file(xml, min_readers=5)
+    assert five["nodules"] == [] and five["other_nodules"] == read["nodules"]
     bad = tmp_path / "bad.xml"
     bad.write_text("<LidcReadMessage><a></b></LidcReadMessage>")
     with pytest.raises(lungcad.EvaluationError, match="LIDC XML"):

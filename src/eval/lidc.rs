@@ -80,7 +80,8 @@ pub struct ReaderNodule {
 
 /// A reader's ratings of a nodule (LIDC's `characteristics`, each on its own scale: 1 to
 /// 5, `internal_structure` 1 to 4, `calcification` 1 to 6; `malignancy` 1, highly
-/// unlikely, to 5, highly suspicious). A rating the file leaves empty is none.
+/// unlikely, to 5, highly suspicious). A rating the file leaves empty, or gives off its
+/// scale (with a warning), is none.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Characteristics {
     pub subtlety: Option<u8>,
@@ -95,18 +96,18 @@ pub struct Characteristics {
 }
 
 impl Characteristics {
-    /// The rating named by its LIDC element.
-    fn rating(&mut self, element: &str) -> Option<&mut Option<u8>> {
+    /// The rating named by its LIDC element, and the top of its scale.
+    fn rating(&mut self, element: &str) -> Option<(&mut Option<u8>, u8)> {
         Some(match element {
-            "subtlety" => &mut self.subtlety,
-            "internalStructure" => &mut self.internal_structure,
-            "calcification" => &mut self.calcification,
-            "sphericity" => &mut self.sphericity,
-            "margin" => &mut self.margin,
-            "lobulation" => &mut self.lobulation,
-            "spiculation" => &mut self.spiculation,
-            "texture" => &mut self.texture,
-            "malignancy" => &mut self.malignancy,
+            "subtlety" => (&mut self.subtlety, 5),
+            "internalStructure" => (&mut self.internal_structure, 4),
+            "calcification" => (&mut self.calcification, 6),
+            "sphericity" => (&mut self.sphericity, 5),
+            "margin" => (&mut self.margin, 5),
+            "lobulation" => (&mut self.lobulation, 5),
+            "spiculation" => (&mut self.spiculation, 5),
+            "texture" => (&mut self.texture, 5),
+            "malignancy" => (&mut self.malignancy, 5),
             _ => return None,
         })
     }
@@ -165,6 +166,9 @@ pub struct LidcNodule {
 pub struct LidcFindings {
     pub series_uid: String,
     pub nodules: Vec<LidcNodule>,
+    /// The merged readers' nodules not kept (too few readers, or too small), with their
+    /// readers' ratings; their readers' marks are among `excluded`.
+    pub other_nodules: Vec<LidcNodule>,
     pub excluded: Vec<Finding>,
 }
 
@@ -292,18 +296,17 @@ pub fn parse_lidc_xml(text: &str, path: &Path) -> Result<LidcRead> {
                             .as_mut()
                             .and_then(|n| n.characteristics.as_mut())
                             .and_then(|c| c.rating(rating));
-                        if let Some(slot) = slot {
-                            *slot = Some(
-                                value
-                                    .parse::<u8>()
-                                    .ok()
-                                    .filter(|v| (1..=6).contains(v))
-                                    .ok_or_else(|| {
-                                        err(format!(
-                                            "{rating} {value:?} is not a rating from 1 to 6"
-                                        ))
-                                    })?,
-                            );
+                        if let Some((slot, max)) = slot {
+                            // A rating off its scale is left out, not the read: ratings
+                            // are labels beside the marks.
+                            *slot = value.parse::<u8>().ok().filter(|v| (1..=max).contains(v));
+                            if slot.is_none() {
+                                tracing::warn!(
+                                    "{}: {rating} {value:?} is not a rating from 1 to {max}: \
+                                     left out",
+                                    path.display()
+                                );
+                            }
                         }
                     }
                     ("imageSOP_UID", Some("roi")) => {
@@ -390,15 +393,18 @@ pub fn parse_lidc_xml(text: &str, path: &Path) -> Result<LidcRead> {
             Event::GeneralRef(r) => {
                 // LIDC writes its numbers and UIDs plainly; one spelled with an entity
                 // reference would be read without it.
+                let parent = stack.len().checked_sub(2).map(|i| stack[i].as_str());
                 if let Some(top) = stack.last().filter(|t| {
                     [
                         "SeriesInstanceUid",
                         "imageZposition",
+                        "imageSOP_UID",
                         "inclusion",
                         "xCoord",
                         "yCoord",
                     ]
                     .contains(&t.as_str())
+                        || parent == Some("characteristics")
                 }) {
                     return Err(err(format!(
                         "an entity reference (&{};) in {top}",
@@ -510,11 +516,21 @@ impl SliceIndex {
             .or(thickness)
             .filter(|s| s.is_finite() && *s > 0.0)
             .unwrap_or(1.0);
+        // A SOPInstanceUID names a slice only when one slice has it (the frames of a
+        // multi-frame file, or copies of a file, share theirs; their marks are found by
+        // z). It names the first slice at that slice's z, as a search by z finds it, so
+        // that contours and holes on one slice meet whichever way they name it.
+        let mut uses: std::collections::HashMap<&str, usize> = Default::default();
+        for (_, _, sop) in &placed {
+            *uses.entry(sop).or_default() += 1;
+        }
         let by_sop = placed
             .iter()
-            .enumerate()
-            .filter(|(_, (_, _, sop))| !sop.is_empty())
-            .map(|(i, (_, _, sop))| (sop.to_string(), i))
+            .filter(|(_, _, sop)| !sop.is_empty() && uses.get(sop) == Some(&1))
+            .map(|(z, _, sop)| {
+                let first = placed.partition_point(|(other, _, _)| *other < z - SAME_Z_MM);
+                (sop.to_string(), first)
+            })
             .collect();
         Ok(SliceIndex {
             slices: placed.into_iter().map(|(z, p, _)| (z, p)).collect(),
@@ -523,9 +539,9 @@ impl SliceIndex {
         })
     }
 
-    /// The index of the slice a mark names: by its `imageSOP_UID` when the series has that
-    /// slice (it names the slice whatever the positions say), else by `imageZposition`
-    /// along the world z axis.
+    /// The index of the slice a mark names: by its `imageSOP_UID` when one slice of the
+    /// series has that UID (it names the slice whatever the positions say), else by
+    /// `imageZposition` along the world z axis (the first slice there).
     fn find(&self, sop_uid: &str, z_mm: f64, path: &Path) -> Result<usize> {
         if let Some(&i) = self.by_sop.get(sop_uid) {
             return Ok(i);
@@ -559,8 +575,8 @@ impl SliceIndex {
             return Err(Error::Lidc {
                 path: path.to_path_buf(),
                 message: format!(
-                    "pixel (x {}, y {}) at imageZposition {z_mm} mm lies outside the slice's \
-                     {} columns and {} rows",
+                    "pixel (x {}, y {}) marked on SOP instance {sop_uid:?} at imageZposition \
+                     {z_mm} mm lies outside the slice's {} columns and {} rows",
                     p[0], p[1], slice.columns, slice.rows
                 ),
             });
@@ -718,7 +734,11 @@ pub fn lidc_findings(
                 excluded.push(finding(uid, c, None));
                 continue;
             }
-            measured.push(measure(reader, nodule, &index, path)?);
+            let m = measure(reader, nodule, &index, path)?;
+            // Only exclusion contours: nothing marked.
+            if m.pixels > 0 {
+                measured.push(m);
+            }
         }
         for m in &session.non_nodules {
             let p = m.point;
@@ -756,7 +776,7 @@ pub fn lidc_findings(
         let r = root(&mut group, i);
         clusters.entry(r).or_default().push(m);
     }
-    let mut nodules = Vec::new();
+    let (mut nodules, mut other_nodules) = (Vec::new(), Vec::new());
     for annotations in clusters.into_values() {
         let k = annotations.len() as f64;
         let centre_world =
@@ -767,24 +787,28 @@ pub fn lidc_findings(
             .map(|m| m.reader)
             .collect::<BTreeSet<_>>()
             .len();
+        let nodule = LidcNodule {
+            centre_world,
+            diameter_mm,
+            readers,
+            annotations,
+        };
         if readers >= config.min_readers && diameter_mm >= config.min_diameter_mm {
-            nodules.push(LidcNodule {
-                centre_world,
-                diameter_mm,
-                readers,
-                annotations,
-            });
+            nodules.push(nodule);
         } else {
             excluded.extend(
-                annotations
+                nodule
+                    .annotations
                     .iter()
                     .map(|m| finding(uid, m.centre_world, Some(m.diameter_mm))),
             );
+            other_nodules.push(nodule);
         }
     }
     Ok(LidcFindings {
         series_uid: read.series_uid.clone(),
         nodules,
+        other_nodules,
         excluded,
     })
 }
@@ -942,7 +966,8 @@ pub fn lidc_fuzz(data: &[u8]) {
             frame: z,
             number_of_frames: 8,
             series_uid: read.series_uid.clone(),
-            sop_instance_uid: format!("1.2.{z}"),
+            // Slices 6 and 7 share one (as frames of one file do).
+            sop_instance_uid: format!("1.2.{}", z.min(6)),
             modality: "CT".into(),
             transfer_syntax: String::new(),
             position: Some([-100.0, -100.0, z as f64]),
@@ -1059,6 +1084,16 @@ mod tests {
             (c.subtlety, c.margin, c.malignancy),
             (Some(4), None, Some(2))
         );
+        // Off its scale (internal structure: 1 to 4): left out, the read kept.
+        let off = rated.replace(
+            "<margin></margin>",
+            "<internalStructure>5</internalStructure>",
+        );
+        let c = parse_lidc_xml(&off, p).unwrap().sessions[0].nodules[0]
+            .characteristics
+            .clone()
+            .unwrap();
+        assert_eq!((c.internal_structure, c.malignancy), (None, Some(2)));
         let ok = parse_lidc_xml(&roi("-1.5", "3"), p).unwrap();
         assert_eq!(ok.series_uid, "1.2");
         assert_eq!(ok.sessions[0].nodules[0].rois[0].points, [[3, 1]]);
@@ -1076,9 +1111,9 @@ mod tests {
             ("<LidcReadMessage></LidcReadMessage>".into(), "no SeriesInstanceUid"),
             ("<LidcReadMessage><a></b></LidcReadMessage>".into(), "at byte"),
             (
-                wrap("<unblindedReadNodule><characteristics><malignancy>7</malignancy>\
+                wrap("<unblindedReadNodule><characteristics><malignancy>&#53;</malignancy>\
                       </characteristics></unblindedReadNodule>"),
-                "malignancy \"7\" is not a rating from 1 to 6",
+                "an entity reference (&#53;) in malignancy",
             ),
             (roi("1", "&#51;"), "an entity reference (&#51;) in xCoord"),
         ] {
