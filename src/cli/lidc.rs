@@ -24,9 +24,9 @@ pub struct LidcArgs {
     /// non-nodules (diameter -1 for the last two).
     #[arg(long)]
     excluded_out: Option<PathBuf>,
-    /// Also write every read's findings as JSON: its nodules with each reader's centre,
-    /// diameter and ratings (`characteristics`: malignancy, subtlety, ...), and its
-    /// excluded findings.
+    /// Also write every read's findings as JSON: its nodules, and the merged nodules not
+    /// kept (`other_nodules`), with each reader's centre, diameter and ratings
+    /// (`characteristics`: malignancy, subtlety, ...), and its excluded findings.
     #[arg(long)]
     json: Option<PathBuf>,
     /// The fewest readers who marked a nodule for it to be one (LUNA16: 3 of 4).
