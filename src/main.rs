@@ -238,8 +238,8 @@ struct LoadArgs {
     /// series, two reconstructions of different fields of view), load stack N, numbered as
     /// the load warning and `lungcad series` name them: the largest first (default: the
     /// largest; refused when the two largest are of the same size). One CT only.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    stack: Option<u64>,
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    stack: Option<usize>,
     /// Refuse volumes with more voxels than this: as read and, where the command resamples
     /// (detect), as resampled and padded for the network.
     #[arg(long, default_value_t = Limits::default().max_voxels)]
@@ -259,7 +259,7 @@ impl LoadArgs {
             series_uid: self.series.clone(),
             allow_modality: self.allow_modality,
             gantry_tilt: self.gantry_tilt,
-            stack: self.stack.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
+            stack: self.stack,
             limits: self.limits(),
         };
         lungcad::load(ct, &config)

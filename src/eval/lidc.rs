@@ -17,6 +17,7 @@
 use super::Finding;
 use crate::error::{Error, Result};
 use crate::io::dicom::SliceHeader;
+use crate::volume::norm;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -471,9 +472,10 @@ impl SliceIndex {
                     read.series_uid
                 )));
             };
-            let unit = |v: &[f64]| (v.iter().map(|c| c * c).sum::<f64>().sqrt() - 1.0).abs() < 1e-3;
-            if !(unit(&orientation[..3])
-                && unit(&orientation[3..])
+            let o = orientation;
+            let unit = |v: [f64; 3]| (norm(v) - 1.0).abs() < 1e-3;
+            if !(unit([o[0], o[1], o[2]])
+                && unit([o[3], o[4], o[5]])
                 && pixel_spacing.iter().all(|v| v.is_finite() && *v > 0.0)
                 && position.iter().all(|v| v.is_finite()))
             {
