@@ -706,10 +706,7 @@ fn the_cache_gives_the_same_patches_and_is_rebuilt_when_stale() {
     }
     let corner = lungcad::train::augment::PatchTransform::identity([-10.0, 3.0, 140.0], [32; 3]);
     let from_disk = match &disk[0].data {
-        ScanData::Cached(c) => {
-            lungcad::train::augment::cut_patch_with(&corner, |s, l| c.windowed_region(s, l))
-                .unwrap()
-        }
+        ScanData::Cached(c) => c.cut_patch(&corner).unwrap(),
         ScanData::Memory(_) => unreachable!(),
     };
     match &memory[0].data {

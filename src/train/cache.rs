@@ -21,6 +21,7 @@
 //! rows: one read per slice and array); the windowing is the same as in memory, so a patch
 //! from the cache equals the patch cut from the [`Preprocessed`] scan bit for bit.
 
+use super::augment::{cut_patch_with, window_row, PatchTransform, PlaneSource};
 use super::dataset::ScanSource;
 use crate::error::{Error, Result};
 use crate::io::metaimage::AtomicFile;
@@ -126,6 +127,43 @@ fn cache_error(path: &Path, message: impl Into<String>) -> Error {
         path: path.to_path_buf(),
         message: message.into(),
     }
+}
+
+/// Reads `buf.len()` bytes at `offset` of `file` without moving a shared cursor, so
+/// threads can read one open file at once.
+#[cfg(unix)]
+fn read_exact_at(file: &File, _path: &Path, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(
+    file: &File,
+    _path: &Path,
+    mut offset: u64,
+    mut buf: &mut [u8],
+) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Elsewhere, a file of its own for each read.
+#[cfg(not(any(unix, windows)))]
+fn read_exact_at(_file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
 }
 
 impl ScanCache {
@@ -329,41 +367,14 @@ impl CachedScan {
         Ok(b[0] != 0)
     }
 
-    /// The windowed grid region `[start, start + len)` (voxels beyond the grid take the
-    /// padding value), as [`crate::train::augment::cut_patch_with`] asks for it.
-    pub fn windowed_region(&self, start: [i64; 3], len: [usize; 3]) -> Result<Array3<f32>> {
-        let config = &self.header.config;
-        let w = &config.window;
-        let pad = w.normalize(config.patch.pad_hu);
-        let shape = self.header.shape.map(|n| n as i64);
-        let mut out = Array3::from_elem(len, pad);
-        // The part of the region inside the grid.
-        let lo = [0, 1, 2].map(|a| start[a].clamp(0, shape[a]));
-        let hi = [0, 1, 2].map(|a| (start[a] + len[a] as i64).clamp(0, shape[a]));
-        if (0..3).any(|a| lo[a] >= hi[a]) {
-            return Ok(out);
-        }
-        let rows = (hi[1] - lo[1]) as usize;
-        let nx = shape[2] as usize;
-        let mut f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        let mut hu_bytes = vec![0u8; rows * nx * 2];
-        let mut mask = vec![0u8; rows * nx];
-        let mask_offset = self.data_offset + 2 * self.voxels();
-        for z in lo[0]..hi[0] {
-            let first = self.index([z as usize, lo[1] as usize, 0]);
-            self.read_at(&mut f, self.data_offset + 2 * first, &mut hu_bytes)?;
-            self.read_at(&mut f, mask_offset + first, &mut mask)?;
-            let mut plane = out.index_axis_mut(Axis(0), (z - start[0]) as usize);
-            for r in 0..rows {
-                let oy = (lo[1] + r as i64 - start[1]) as usize;
-                for x in lo[2]..hi[2] {
-                    let i = r * nx + x as usize;
-                    let hu = i16::from_le_bytes([hu_bytes[2 * i], hu_bytes[2 * i + 1]]);
-                    plane[[oy, (x - start[2]) as usize]] = w.value(hu, mask[i] != 0);
-                }
-            }
-        }
-        Ok(out)
+    /// The patch of this scan through `t`, as
+    /// [`cut_patch`](crate::train::augment::cut_patch) cuts it from the scan in memory (the
+    /// same values, bit for bit), reading only the rows it touches: per grid plane, one
+    /// read of the rows' HU and one of their mask (whole rows), at positions in one open
+    /// file shared by the threads.
+    pub fn cut_patch(&self, t: &PatchTransform) -> Result<Array3<f32>> {
+        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        cut_patch_with(t, &CachedPlanes { scan: self, file })
     }
 
     /// The whole scan back in memory (for validation, which runs the detector over every
@@ -408,6 +419,70 @@ impl CachedScan {
             config: h.config.clone(),
             timings: PreprocessTimings::default(),
         })
+    }
+}
+
+/// A cached scan's planes, read from `file` for [`cut_patch_with`].
+struct CachedPlanes<'a> {
+    scan: &'a CachedScan,
+    file: File,
+}
+
+impl PlaneSource for CachedPlanes<'_> {
+    /// The HU and mask bytes of the rows read.
+    type Scratch = (Vec<u8>, Vec<u8>);
+
+    fn plane(
+        &self,
+        (hu, mask): &mut (Vec<u8>, Vec<u8>),
+        z: i64,
+        start: [i64; 2],
+        len: [usize; 2],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let scan = self.scan;
+        let config = &scan.header.config;
+        let w = &config.window;
+        let pad = w.normalize(config.patch.pad_hu);
+        let [nz, ny, nx] = scan.header.shape;
+        if out.len() != len[0] * len[1] {
+            return Err(Error::InvalidArgument(format!(
+                "a plane of {len:?} voxels was asked for into {}",
+                out.len()
+            )));
+        }
+        // The rows of the region inside the grid.
+        let lo = start[0].clamp(0, ny as i64) as usize;
+        let hi = (start[0] + len[0] as i64).clamp(0, ny as i64) as usize;
+        if z < 0 || z >= nz as i64 || lo >= hi || len[1] == 0 {
+            out.fill(pad);
+            return Ok(());
+        }
+        let rows = hi - lo;
+        hu.resize(rows * nx * 2, 0);
+        mask.resize(rows * nx, 0);
+        let first = scan.index([z as usize, lo, 0]);
+        let read = |offset: u64, buf: &mut [u8]| {
+            read_exact_at(&self.file, &scan.path, offset, buf).map_err(|e| Error::io(&scan.path, e))
+        };
+        read(scan.data_offset + 2 * first, hu)?;
+        read(scan.data_offset + 2 * scan.voxels() + first, mask)?;
+        for (r, row) in out.chunks_exact_mut(len[1]).enumerate() {
+            let y = start[0] + r as i64;
+            if y < lo as i64 || y >= hi as i64 {
+                row.fill(pad);
+                continue;
+            }
+            let at = (y as usize - lo) * nx;
+            let (hu, mask) = (&hu[2 * at..2 * (at + nx)], &mask[at..at + nx]);
+            window_row(row, start[1], nx, pad, |out, x0| {
+                let hu = hu[2 * x0..]
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]));
+                w.values_into(out, hu, mask[x0..].iter().map(|&m| m != 0))
+            });
+        }
+        Ok(())
     }
 }
 

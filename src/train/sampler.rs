@@ -6,7 +6,7 @@
 //! own seed drawn from the run's seed and the epoch, so samples can be made on any number
 //! of threads, in any order, and still be the same.
 
-use super::augment::{cut_patch, cut_patch_with, AugmentConfig, PatchTransform};
+use super::augment::{cut_patch, AugmentConfig, PatchTransform};
 use super::cache::CachedScan;
 use crate::detect::{encode_targets, HeadLayout, TargetConfig, VoxelNodule};
 use crate::error::{Error, Result};
@@ -107,7 +107,7 @@ impl ScanData {
     fn cut(&self, t: &PatchTransform) -> Result<Array3<f32>> {
         match self {
             ScanData::Memory(p) => Ok(cut_patch(p, t)),
-            ScanData::Cached(c) => cut_patch_with(t, |start, len| c.windowed_region(start, len)),
+            ScanData::Cached(c) => c.cut_patch(t),
         }
     }
 }
