@@ -4,7 +4,12 @@
 
     cargo build --release
     LUNGCAD_DATA=../shared/data python3 benches/compare_sampler.py [--patches 64] \
-        [--lungcad target/release/lungcad]
+        [--lungcad target/release/lungcad] [--cargo-profile bench]
+
+`--cargo-profile dev` runs the bench in the tests' profile (with
+`CARGO_PROFILE_DEV_OPT_LEVEL=3` in the environment, lungcad's own code is optimised as
+its dependencies are), which reuses the tests' build instead of a release one; `--lungcad`
+may then be that build's binary (it only preprocesses the scan).
 
 Both start from the scan already preprocessed (as both train: lungcad from its cache,
 MONAI's LUNA16 tutorial from resampled files held by a CacheDataset) and time only the
@@ -105,10 +110,10 @@ def monai_rate(mha, patches, workers):
     return one, batched
 
 
-def lungcad_rates():
+def lungcad_rates(profile):
     env = dict(os.environ)
-    subprocess.run(["cargo", "bench", "--bench", "sampler"], cwd=ROOT, check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["cargo", "bench", "--profile", profile, "--bench", "sampler"], cwd=ROOT,
+                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     rates = {}
     for name in ["one_augmented_patch_from_cache", "batch_of_32_prefetched_from_cache"]:
@@ -122,6 +127,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--patches", type=int, default=64, help="patches MONAI makes in the batched timing")
     ap.add_argument("--lungcad", default=os.path.join(ROOT, "target", "release", "lungcad"))
+    ap.add_argument("--cargo-profile", default="bench", help="cargo profile of the bench run")
     a = ap.parse_args()
     workers = os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,9 +135,10 @@ def main():
         subprocess.run([a.lungcad, "preprocess", lidc_folder(), "--out", mha], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         m_one, m_rate = monai_rate(mha, a.patches, workers)
-    l_one, l_rate = lungcad_rates()
+    l_one, l_rate = lungcad_rates(a.cargo_profile)
     import monai
-    print(f"LIDC-IDRI-0001 at 1 mm, augmented 128³ patches; {workers} CPU cores; MONAI {monai.__version__}")
+    print(f"LIDC-IDRI-0001 at 1 mm, augmented 128³ patches; {workers} CPU cores; MONAI {monai.__version__}; "
+          f"cargo profile {a.cargo_profile}")
     print("pipeline | one patch (s) | batches of 32 (patches/s)")
     print("---|---|---")
     print(f"lungcad (from its cache) | {l_one:.4f} | {l_rate:.1f}")
