@@ -46,7 +46,7 @@ fn transforms_invert_and_identity_matches_the_tiler() {
     let t = PatchTransform::identity(centre, size);
     let offset = [0, 1, 2].map(|a| (centre[a] - 15.5) as i64);
     let expect = pre.patch(offset, size).unwrap().data;
-    assert_eq!(cut_patch(&pre, &t), expect);
+    assert_eq!(cut_patch(&pre, &t).unwrap(), expect);
 }
 
 /// The label follows the image: wherever the augmented nodule's centre lands in the patch,
@@ -69,7 +69,7 @@ fn labels_follow_the_image_under_every_augmentation() {
         ];
         let t = PatchTransform::draw(centre, size, [2.0; 3], &AugmentConfig::default(), &mut rng);
         seen_rotations.insert((t.perm, t.sign.map(|s| s > 0.0)));
-        let patch = cut_patch(&pre, &t);
+        let patch = cut_patch(&pre, &t).unwrap();
         let n = t.nodule_to_patch(&nodule);
         assert!((n.diameter_mm / 12.0 - t.scale).abs() < 1e-12);
         let at = |p: [f64; 3]| patch[p.map(|v| v.round() as usize)];
@@ -546,7 +546,7 @@ fn cut_patch_matches_a_plain_trilinear_loop() {
         };
         let centre = base.map(|v| v + rng.uniform() * 3.0 - 1.5);
         let t = PatchTransform::draw(centre, size, [2.0; 3], &AugmentConfig::default(), &mut rng);
-        let fast = cut_patch(&pre, &t);
+        let fast = cut_patch(&pre, &t).unwrap();
         let mut worst = 0.0f32;
         for ((oz, oy, ox), &v) in fast.indexed_iter() {
             let g = t.to_grid([oz as f64, oy as f64, ox as f64]);
@@ -711,7 +711,10 @@ fn the_cache_gives_the_same_patches_and_is_rebuilt_when_stale() {
     };
     match &memory[0].data {
         ScanData::Memory(p) => {
-            assert_eq!(lungcad::train::augment::cut_patch(p, &corner), from_disk)
+            assert_eq!(
+                lungcad::train::augment::cut_patch(p, &corner).unwrap(),
+                from_disk
+            )
         }
         ScanData::Cached(_) => unreachable!(),
     }

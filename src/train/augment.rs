@@ -153,8 +153,9 @@ impl PatchTransform {
 
 /// The windowed patch of `pre` through `t` (voxels beyond the grid take the padding value):
 /// trilinear interpolation of the windowed voxels, which is exact copying when the transform
-/// neither scales nor lands between voxels.
-pub fn cut_patch(pre: &Preprocessed, t: &PatchTransform) -> Array3<f32> {
+/// neither scales nor lands between voxels. Fails on a transform [`cut_patch_with`]
+/// refuses.
+pub fn cut_patch(pre: &Preprocessed, t: &PatchTransform) -> Result<Array3<f32>> {
     let shape = pre.shape();
     let w = &pre.config.window;
     let pad = w.normalize(pre.config.patch.pad_hu);
@@ -182,8 +183,7 @@ pub fn cut_patch(pre: &Preprocessed, t: &PatchTransform) -> Array3<f32> {
         }
         Ok(())
     };
-    // The closure above cannot fail.
-    cut_patch_with(t, &plane).unwrap_or_else(|_| Array3::from_elem(t.size_vox, pad))
+    cut_patch_with(t, &plane)
 }
 
 /// Fills `out`, the row of a region that starts at grid column `start_x`, with `pad` beyond
@@ -198,8 +198,8 @@ pub fn window_row(
     inside: impl FnOnce(&mut [f32], usize),
 ) {
     let n = out.len() as i64;
-    let i0 = (-start_x).clamp(0, n) as usize;
-    let i1 = (nx as i64 - start_x).clamp(0, n) as usize;
+    let i0 = start_x.saturating_neg().clamp(0, n) as usize;
+    let i1 = (nx as i64).saturating_sub(start_x).clamp(0, n) as usize;
     if i0 >= i1 {
         out.fill(pad);
         return;
@@ -212,7 +212,8 @@ pub fn window_row(
 /// Where [`cut_patch_with`] reads windowed voxels from, one axial plane of the grid at a
 /// time, from several threads.
 pub trait PlaneSource: Sync {
-    /// What a thread keeps from one plane to the next (read buffers).
+    /// What is kept from one plane to the next (read buffers): one per rayon job, and a
+    /// job reads a run of planes.
     type Scratch: Default + Send;
 
     /// Fills `out` (`len[0] * len[1]`, rows of `len[1]`) with the windowed voxels of grid
@@ -247,14 +248,22 @@ where
     }
 }
 
+/// Patches and the grid regions they read are at most this many voxels.
+pub const MAX_PATCH_VOXELS: usize = 1 << 31;
+
 /// [`cut_patch`] on any source of windowed voxels, read once for each grid plane the patch
 /// touches ([`PlaneSource::plane`]). The on-disk cache ([`super::cache`]) reads the planes
 /// from its file.
 ///
+/// Fails, before reading anything, on a transform that is not one
+/// [`PatchTransform::draw`] could make: `perm` other than `[0, 1, 2]` or `[0, 2, 1]`
+/// (turns about z only), signs other than ±1, a scale that is not positive and finite, a
+/// centre that is not finite, or a patch or grid region over [`MAX_PATCH_VOXELS`].
+///
 /// The transform is axis-aligned, so trilinear interpolation is separable: each plane is
 /// interpolated along the grid axis of output axis 2, then along that of output axis 1,
 /// and the patch's planes are lerps of two of those. The lerps are the ones a per-voxel
-/// trilinear loop makes, in the same order (x first, then y, then z, each
+/// trilinear loop makes, in the same order (along output axis 2, then 1, then 0, each
 /// `a + w * (b - a)`), so the values are the same, bit for bit; each is made once instead
 /// of once per output voxel that needs it.
 pub fn cut_patch_with<S: PlaneSource + ?Sized>(
@@ -262,6 +271,32 @@ pub fn cut_patch_with<S: PlaneSource + ?Sized>(
     source: &S,
 ) -> Result<Array3<f32>> {
     let n = t.size_vox;
+    let refuse = |why: &str| Error::InvalidArgument(format!("patch transform {t:?}: {why}"));
+    if t.perm != [0, 1, 2] && t.perm != [0, 2, 1] {
+        return Err(refuse("perm must be [0, 1, 2] or [0, 2, 1]"));
+    }
+    if t.sign.iter().any(|s| s.abs() != 1.0) {
+        return Err(refuse("signs must be 1 or -1"));
+    }
+    // Centres beyond 2^40 voxels, or scales below 2^-20, would put grid indices past i64.
+    let scale_ok = t.scale.is_finite() && t.scale >= 1.0 / (1 << 20) as f64;
+    if !scale_ok
+        || t.centre_vox
+            .iter()
+            .any(|c| !(c.abs() <= (1u64 << 40) as f64))
+    {
+        return Err(refuse(
+            "the scale must be at least 2^-20 and finite, the centre finite",
+        ));
+    }
+    let too_big = |dims: &[usize]| {
+        dims.iter()
+            .try_fold(1usize, |v, &d| v.checked_mul(d))
+            .is_none_or(|v| v > MAX_PATCH_VOXELS)
+    };
+    if too_big(&n) {
+        return Err(refuse("the patch is larger than MAX_PATCH_VOXELS"));
+    }
     if n.contains(&0) {
         return Ok(Array3::zeros(n));
     }
@@ -285,6 +320,11 @@ pub fn cut_patch_with<S: PlaneSource + ?Sized>(
         let hi = tables[a].iter().map(|v| v.0).max().unwrap_or(0) + 1;
         start[ga] = lo;
         len[ga] = (hi - lo + 1) as usize;
+    }
+    if too_big(&len) || too_big(&[len[0], n[1], n[2]]) {
+        return Err(refuse(
+            "the grid region it reads is larger than MAX_PATCH_VOXELS",
+        ));
     }
     // Output axis 0 runs along grid z; axes 1 and 2 along grid y and x, in either order.
     let (p1, p2) = (t.perm[1], t.perm[2]);
@@ -397,41 +437,75 @@ mod tests {
         })
     }
 
+    /// A source of `grid_value`s that counts the planes asked for.
+    struct Counted {
+        shape: [usize; 3],
+        pad: f32,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl PlaneSource for Counted {
+        type Scratch = ();
+
+        fn plane(
+            &self,
+            _: &mut (),
+            z: i64,
+            start: [i64; 2],
+            len: [usize; 2],
+            out: &mut [f32],
+        ) -> Result<()> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for (i, v) in out.iter_mut().enumerate() {
+                let (y, x) = (
+                    start[0] + (i / len[1]) as i64,
+                    start[1] + (i % len[1]) as i64,
+                );
+                *v = grid_value(self.shape, self.pad, z, y, x);
+            }
+            Ok(())
+        }
+    }
+
     #[test]
     fn separable_cut_equals_the_per_voxel_loop_bit_for_bit() {
         let shape = [30, 26, 34];
         let pad = 0.25;
         let mut rng = SplitMix64::new(11);
-        for k in 0..40 {
-            let size = if k % 3 == 0 {
-                [9, 12, 12]
-            } else {
-                [16, 10, 10]
-            };
+        let mut seen = std::collections::BTreeSet::new();
+        for k in 0..72 {
             let centre = [0, 1, 2].map(|a| rng.uniform() * (shape[a] as f64 + 8.0) - 4.0);
-            let config = AugmentConfig {
-                scale: [0.6, 1.6],
-                ..AugmentConfig::default()
-            };
-            let spacing = [1.5, 0.8, 0.8];
-            let t = PatchTransform::draw(centre, size, spacing, &config, &mut rng);
-            let calls = std::sync::atomic::AtomicUsize::new(0);
-            let fast = cut_patch_with(&t, &|z: i64,
-                                            start: [i64; 2],
-                                            len: [usize; 2],
-                                            out: &mut [f32]|
-             -> Result<()> {
-                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                for (i, v) in out.iter_mut().enumerate() {
-                    let (y, x) = (
-                        start[0] + (i / len[1]) as i64,
-                        start[1] + (i % len[1]) as i64,
-                    );
-                    *v = grid_value(shape, pad, z, y, x);
+            let t = if k < 40 {
+                // As training draws them (turns need a square y-x patch).
+                let size = if k % 3 == 0 {
+                    [9, 12, 12]
+                } else {
+                    [16, 10, 10]
+                };
+                let config = AugmentConfig {
+                    scale: [0.6, 1.6],
+                    ..AugmentConfig::default()
+                };
+                PatchTransform::draw(centre, size, [1.5, 0.8, 0.8], &config, &mut rng)
+            } else {
+                // Both orders of y and x and every sign, on a patch of three different sides.
+                let m = k - 40;
+                PatchTransform {
+                    centre_vox: centre,
+                    size_vox: [7, 9, 13],
+                    perm: if m & 1 == 0 { [0, 1, 2] } else { [0, 2, 1] },
+                    sign: [2, 4, 8].map(|b| if m & b == 0 { 1.0 } else { -1.0 }),
+                    scale: 0.7 + 0.6 * rng.uniform(),
                 }
-                Ok(())
-            })
-            .unwrap();
+            };
+            seen.insert((t.perm, t.sign.map(|s| s > 0.0)));
+            let source = Counted {
+                shape,
+                pad,
+                calls: Default::default(),
+            };
+            let fast = cut_patch_with(&t, &source).unwrap();
             let slow = per_voxel(&t, shape, pad);
             let same = fast
                 .iter()
@@ -439,11 +513,83 @@ mod tests {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "draw {k}: {t:?}");
             // Each plane the patch touches is asked for once.
-            let planes = calls.load(std::sync::atomic::Ordering::Relaxed);
+            let planes = source.calls.into_inner();
+            let most = (t.size_vox[0] as f64 / t.scale).ceil() as usize + 2;
             assert!(
-                planes <= (size[0] as f64 / t.scale).ceil() as usize + 2,
-                "{planes}"
+                planes <= most,
+                "{planes} planes read, at most {most} touched"
             );
+        }
+        assert_eq!(seen.len(), 16, "both orders of y and x, every sign");
+    }
+
+    #[test]
+    fn transforms_draw_cannot_make_are_refused_before_reading() {
+        let plane = |_: i64, _: [i64; 2], _: [usize; 2], _: &mut [f32]| -> Result<()> {
+            panic!("nothing may be read for a refused transform")
+        };
+        let ok = PatchTransform::identity([5.0; 3], [4; 3]);
+        let bad = [
+            PatchTransform {
+                perm: [1, 0, 2],
+                ..ok
+            },
+            PatchTransform {
+                perm: [0, 1, 1],
+                ..ok
+            },
+            PatchTransform {
+                sign: [1.0, 0.5, 1.0],
+                ..ok
+            },
+            PatchTransform {
+                sign: [1.0, f64::NAN, 1.0],
+                ..ok
+            },
+            PatchTransform { scale: 0.0, ..ok },
+            PatchTransform {
+                scale: f64::INFINITY,
+                ..ok
+            },
+            PatchTransform {
+                centre_vox: [5.0, 5.0, f64::NEG_INFINITY],
+                ..ok
+            },
+            PatchTransform {
+                centre_vox: [5.0, -1e19, 5.0],
+                ..ok
+            },
+            PatchTransform {
+                size_vox: [1 << 20, 1 << 20, 4],
+                ..ok
+            },
+            // A small patch magnified down onto a huge region.
+            PatchTransform {
+                size_vox: [64; 3],
+                scale: 1.0 / (1 << 14) as f64,
+                ..ok
+            },
+        ];
+        for t in bad {
+            assert!(cut_patch_with(&t, &plane).is_err(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn window_rows_pad_beyond_the_grid_at_any_start() {
+        let mut row = [0f32; 5];
+        for (start, expect) in [
+            (-2, [9.0, 9.0, 0.0, 1.0, 2.0]),
+            (1, [1.0, 2.0, 9.0, 9.0, 9.0]),
+            (i64::MIN, [9.0; 5]),
+            (i64::MAX, [9.0; 5]),
+        ] {
+            window_row(&mut row, start, 3, 9.0, |out, x0| {
+                for (i, v) in out.iter_mut().enumerate() {
+                    *v = (x0 + i) as f32;
+                }
+            });
+            assert_eq!(row, expect, "start {start}");
         }
     }
 

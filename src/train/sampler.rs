@@ -106,7 +106,7 @@ impl ScanData {
 
     fn cut(&self, t: &PatchTransform) -> Result<Array3<f32>> {
         match self {
-            ScanData::Memory(p) => Ok(cut_patch(p, t)),
+            ScanData::Memory(p) => cut_patch(p, t),
             ScanData::Cached(c) => c.cut_patch(t),
         }
     }
