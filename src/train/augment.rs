@@ -437,37 +437,6 @@ mod tests {
         })
     }
 
-    /// A source of `grid_value`s that counts the planes asked for.
-    struct Counted {
-        shape: [usize; 3],
-        pad: f32,
-        calls: std::sync::atomic::AtomicUsize,
-    }
-
-    impl PlaneSource for Counted {
-        type Scratch = ();
-
-        fn plane(
-            &self,
-            _: &mut (),
-            z: i64,
-            start: [i64; 2],
-            len: [usize; 2],
-            out: &mut [f32],
-        ) -> Result<()> {
-            self.calls
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            for (i, v) in out.iter_mut().enumerate() {
-                let (y, x) = (
-                    start[0] + (i / len[1]) as i64,
-                    start[1] + (i % len[1]) as i64,
-                );
-                *v = grid_value(self.shape, self.pad, z, y, x);
-            }
-            Ok(())
-        }
-    }
-
     #[test]
     fn separable_cut_equals_the_per_voxel_loop_bit_for_bit() {
         let shape = [30, 26, 34];
@@ -500,11 +469,19 @@ mod tests {
                 }
             };
             seen.insert((t.perm, t.sign.map(|s| s > 0.0)));
-            let source = Counted {
-                shape,
-                pad,
-                calls: Default::default(),
-            };
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            let source =
+                |z: i64, start: [i64; 2], len: [usize; 2], out: &mut [f32]| -> Result<()> {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    for (i, v) in out.iter_mut().enumerate() {
+                        let (y, x) = (
+                            start[0] + (i / len[1]) as i64,
+                            start[1] + (i % len[1]) as i64,
+                        );
+                        *v = grid_value(shape, pad, z, y, x);
+                    }
+                    Ok(())
+                };
             let fast = cut_patch_with(&t, &source).unwrap();
             let slow = per_voxel(&t, shape, pad);
             let same = fast
@@ -513,7 +490,7 @@ mod tests {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "draw {k}: {t:?}");
             // Each plane the patch touches is asked for once.
-            let planes = source.calls.into_inner();
+            let planes = calls.into_inner();
             let most = (t.size_vox[0] as f64 / t.scale).ceil() as usize + 2;
             assert!(
                 planes <= most,
