@@ -15,7 +15,8 @@ Both start from the scan already preprocessed (as both train: lungcad from its c
 MONAI's LUNA16 tutorial from resampled files held by a CacheDataset) and time only the
 per-patch, random part:
 
-- lungcad: `cargo bench --bench sampler` (criterion; patches from the on-disk cache,
+- lungcad: `cargo bench --profile <--cargo-profile> --bench sampler` (criterion; patches
+  from the on-disk cache,
   batches of 32 through the prefetching pipeline on all cores), read from its JSON
   estimates after running it.
 - MONAI (the transforms of its LUNA16 detection tutorial, `monai.apps.detection`):

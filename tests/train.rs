@@ -704,19 +704,36 @@ fn the_cache_gives_the_same_patches_and_is_rebuilt_when_stale() {
         assert_eq!(a.image, b.image, "{spec:?}");
         assert_eq!(a.targets, b.targets, "{spec:?}");
     }
-    let corner = lungcad::train::augment::PatchTransform::identity([-10.0, 3.0, 140.0], [32; 3]);
-    let from_disk = match &disk[0].data {
-        ScanData::Cached(c) => c.cut_patch(&corner).unwrap(),
-        ScanData::Memory(_) => unreachable!(),
-    };
-    match &memory[0].data {
-        ScanData::Memory(p) => {
-            assert_eq!(
-                lungcad::train::augment::cut_patch(p, &corner).unwrap(),
-                from_disk
-            )
-        }
+    // Patches reaching beyond every edge of the grid: low z, low y and high x, then high z,
+    // high y and low x (scaled and turned).
+    let shape = match &memory[0].data {
+        ScanData::Memory(p) => p.shape(),
         ScanData::Cached(_) => unreachable!(),
+    };
+    let corner = lungcad::train::augment::PatchTransform::identity(
+        [-10.0, 3.0, shape[2] as f64 - 6.0],
+        [32; 3],
+    );
+    let far_corner = lungcad::train::augment::PatchTransform {
+        perm: [0, 2, 1],
+        sign: [1.0, -1.0, 1.0],
+        scale: 0.9,
+        ..lungcad::train::augment::PatchTransform::identity(
+            [shape[0] as f64 + 5.5, shape[1] as f64 + 4.25, -6.0],
+            [32; 3],
+        )
+    };
+    for t in [corner, far_corner] {
+        let (ScanData::Cached(c), ScanData::Memory(p)) = (&disk[0].data, &memory[0].data) else {
+            unreachable!()
+        };
+        let from_disk = c.cut_patch(&t).unwrap();
+        let in_memory = lungcad::train::augment::cut_patch(p, &t).unwrap();
+        let same = from_disk
+            .iter()
+            .zip(in_memory.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{t:?}");
     }
 
     // A truncated cache file is made again; so is one whose source changed.

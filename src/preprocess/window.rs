@@ -61,8 +61,9 @@ impl WindowConfig {
         }
     }
 
-    /// [`Self::value`] of each voxel of a row, into `out` (as long as the shortest of the
-    /// three): the same values, in a loop the compiler can vectorise.
+    /// [`Self::value`] of each voxel of a row, into `out`: the same values, in a loop the
+    /// compiler can vectorise. Writes as many values as the shortest of `out`, `hu` and
+    /// `in_lung` has; callers pass three of one length.
     #[inline]
     pub fn values_into(
         &self,

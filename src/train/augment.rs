@@ -188,9 +188,9 @@ pub fn cut_patch(pre: &Preprocessed, t: &PatchTransform) -> Result<Array3<f32>> 
 
 /// Fills `out`, the row of a region that starts at grid column `start_x`, with `pad` beyond
 /// the grid's columns `0..nx`, and has `inside(part, x0)` fill the part on the grid, whose
-/// first column is `x0`.
+/// first column is `x0` (`x0 + part.len() <= nx`).
 #[inline]
-pub fn window_row(
+pub(crate) fn window_row(
     out: &mut [f32],
     start_x: i64,
     nx: usize,
@@ -218,7 +218,8 @@ pub trait PlaneSource: Sync {
 
     /// Fills `out` (`len[0] * len[1]`, rows of `len[1]`) with the windowed voxels of grid
     /// plane `z`, rows `start[0]..start[0] + len[0]` and columns `start[1]..start[1] +
-    /// len[1]`, padding beyond the grid.
+    /// len[1]`, padding beyond the grid. Every element must be written: `out` holds the
+    /// previous plane's values.
     fn plane(
         &self,
         scratch: &mut Self::Scratch,
@@ -229,7 +230,9 @@ pub trait PlaneSource: Sync {
     ) -> Result<()>;
 }
 
-/// A function `(z, start, len, out)` is a source that keeps nothing between planes.
+/// A function `(z, start, len, out)` is a source that keeps nothing between planes; a
+/// closure needs its parameter and return types written out to be one:
+/// `|z: i64, start: [i64; 2], len: [usize; 2], out: &mut [f32]| -> Result<()> { ... }`.
 impl<F> PlaneSource for F
 where
     F: Fn(i64, [i64; 2], [usize; 2], &mut [f32]) -> Result<()> + Sync,
@@ -248,17 +251,23 @@ where
     }
 }
 
-/// Patches and the grid regions they read are at most this many voxels.
-pub const MAX_PATCH_VOXELS: usize = 1 << 31;
+/// A patch is at most this many voxels (512 MiB of `f32`), and so are the plane of the
+/// grid region it reads and the stack of those planes interpolated in-plane (what
+/// [`cut_patch_with`] holds while it runs). Training patches are 128³, 2^21 voxels.
+pub const MAX_PATCH_VOXELS: usize = 1 << 27;
+
+/// A patch side, or a side of the grid region it reads, is at most this many voxels.
+pub const MAX_PATCH_SIDE: usize = 1 << 16;
 
 /// [`cut_patch`] on any source of windowed voxels, read once for each grid plane the patch
 /// touches ([`PlaneSource::plane`]). The on-disk cache ([`super::cache`]) reads the planes
 /// from its file.
 ///
-/// Fails, before reading anything, on a transform that is not one
+/// Fails, before reading or allocating anything, on a transform that is not one
 /// [`PatchTransform::draw`] could make: `perm` other than `[0, 1, 2]` or `[0, 2, 1]`
-/// (turns about z only), signs other than ±1, a scale that is not positive and finite, a
-/// centre that is not finite, or a patch or grid region over [`MAX_PATCH_VOXELS`].
+/// (turns about z only), signs other than ±1, a scale that is not finite or under 2^-20,
+/// a centre that is not finite or beyond 2^40 voxels, or a patch or grid region over
+/// [`MAX_PATCH_SIDE`] or [`MAX_PATCH_VOXELS`].
 ///
 /// The transform is axis-aligned, so trilinear interpolation is separable: each plane is
 /// interpolated along the grid axis of output axis 2, then along that of output axis 1,
@@ -280,52 +289,52 @@ pub fn cut_patch_with<S: PlaneSource + ?Sized>(
     }
     // Centres beyond 2^40 voxels, or scales below 2^-20, would put grid indices past i64.
     let scale_ok = t.scale.is_finite() && t.scale >= 1.0 / (1 << 20) as f64;
-    if !scale_ok
-        || t.centre_vox
-            .iter()
-            .any(|c| !(c.abs() <= (1u64 << 40) as f64))
-    {
+    let far = |c: &f64| !c.is_finite() || c.abs() > (1u64 << 40) as f64;
+    if !scale_ok || t.centre_vox.iter().any(far) {
         return Err(refuse(
-            "the scale must be at least 2^-20 and finite, the centre finite",
+            "the scale must be finite and at least 2^-20, the centre finite and within 2^40",
         ));
     }
+    // Sides and voxel counts (empty axes count as 1, as ndarray counts them).
     let too_big = |dims: &[usize]| {
-        dims.iter()
-            .try_fold(1usize, |v, &d| v.checked_mul(d))
-            .is_none_or(|v| v > MAX_PATCH_VOXELS)
+        dims.iter().any(|&d| d > MAX_PATCH_SIDE)
+            || dims
+                .iter()
+                .try_fold(1usize, |v, &d| v.checked_mul(d.max(1)))
+                .is_none_or(|v| v > MAX_PATCH_VOXELS)
     };
     if too_big(&n) {
-        return Err(refuse("the patch is larger than MAX_PATCH_VOXELS"));
+        return Err(refuse(
+            "the patch is larger than MAX_PATCH_SIDE or MAX_PATCH_VOXELS",
+        ));
     }
     if n.contains(&0) {
         return Ok(Array3::zeros(n));
     }
     let c_out = t.centre_out();
-    // Per output axis: the lower grid index and the weight of the upper one.
-    let tables: [Vec<(i64, f32)>; 3] = [0, 1, 2].map(|a| {
-        (0..n[a])
-            .map(|o| {
-                let g = t.centre_vox[t.perm[a]] + t.sign[a] * (o as f64 - c_out[a]) / t.scale;
-                let lo = g.floor();
-                (lo as i64, (g - lo) as f32)
-            })
-            .collect()
-    });
-    // The grid region touched, per grid axis: [start, start + len).
+    // Grid position of output voxel `o` along output axis `a`, and its lower grid index and
+    // the weight of the upper one. The position is monotonic in `o` (so is its rounding).
+    let grid = |a: usize, o: usize| {
+        let g = t.centre_vox[t.perm[a]] + t.sign[a] * (o as f64 - c_out[a]) / t.scale;
+        let lo = g.floor();
+        (lo as i64, (g - lo) as f32)
+    };
+    // The grid region touched, per grid axis: [start, start + len), from the end points.
     let mut start = [0i64; 3];
     let mut len = [0usize; 3];
     for a in 0..3 {
         let ga = t.perm[a];
-        let lo = tables[a].iter().map(|v| v.0).min().unwrap_or(0);
-        let hi = tables[a].iter().map(|v| v.0).max().unwrap_or(0) + 1;
+        let (first, last) = (grid(a, 0).0, grid(a, n[a] - 1).0);
+        let (lo, hi) = (first.min(last), first.max(last) + 1);
         start[ga] = lo;
-        len[ga] = (hi - lo + 1) as usize;
+        len[ga] = usize::try_from(hi - lo + 1).unwrap_or(usize::MAX);
     }
-    if too_big(&len) || too_big(&[len[0], n[1], n[2]]) {
+    if too_big(&len[1..]) || too_big(&[len[0], n[1], n[2]]) {
         return Err(refuse(
-            "the grid region it reads is larger than MAX_PATCH_VOXELS",
+            "the grid region it reads is larger than MAX_PATCH_SIDE or MAX_PATCH_VOXELS",
         ));
     }
+    let tables: [Vec<(i64, f32)>; 3] = [0, 1, 2].map(|a| (0..n[a]).map(|o| grid(a, o)).collect());
     // Output axis 0 runs along grid z; axes 1 and 2 along grid y and x, in either order.
     let (p1, p2) = (t.perm[1], t.perm[2]);
     // Strides of grid y and x in a plane of the region.
@@ -538,6 +547,14 @@ mod tests {
             },
             PatchTransform {
                 size_vox: [1 << 20, 1 << 20, 4],
+                ..ok
+            },
+            PatchTransform {
+                size_vox: [0, 1 << 40, 1 << 40],
+                ..ok
+            },
+            PatchTransform {
+                size_vox: [1 << 31, 1, 1],
                 ..ok
             },
             // A small patch magnified down onto a huge region.
