@@ -349,10 +349,9 @@ impl CachedScan {
         (zyx[0] as u64 * ny + zyx[1] as u64) * nx + zyx[2] as u64
     }
 
-    fn read_at(&self, f: &mut File, offset: u64, buf: &mut [u8]) -> Result<()> {
-        f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_exact(buf))
-            .map_err(|e| Error::io(&self.path, e))
+    /// Reads `buf.len()` bytes at `offset` of `f`, this scan's file (shared by threads).
+    fn read_at(&self, f: &File, offset: u64, buf: &mut [u8]) -> Result<()> {
+        read_exact_at(f, &self.path, offset, buf).map_err(|e| Error::io(&self.path, e))
     }
 
     /// Whether voxel `zyx` of the grid is in the lung mask (`false` beyond the grid).
@@ -360,10 +359,10 @@ impl CachedScan {
         if (0..3).any(|a| zyx[a] >= self.header.shape[a]) {
             return Ok(false);
         }
-        let mut f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         let mut b = [0u8];
         let at = self.data_offset + 2 * self.voxels() + self.index(zyx);
-        self.read_at(&mut f, at, &mut b)?;
+        self.read_at(&f, at, &mut b)?;
         Ok(b[0] != 0)
     }
 
@@ -462,11 +461,12 @@ impl PlaneSource for CachedPlanes<'_> {
         hu.resize(rows * nx * 2, 0);
         mask.resize(rows * nx, 0);
         let first = scan.index([z as usize, lo, 0]);
-        let read = |offset: u64, buf: &mut [u8]| {
-            read_exact_at(&self.file, &scan.path, offset, buf).map_err(|e| Error::io(&scan.path, e))
-        };
-        read(scan.data_offset + 2 * first, hu)?;
-        read(scan.data_offset + 2 * scan.voxels() + first, mask)?;
+        scan.read_at(&self.file, scan.data_offset + 2 * first, hu)?;
+        scan.read_at(
+            &self.file,
+            scan.data_offset + 2 * scan.voxels() + first,
+            mask,
+        )?;
         for (r, row) in out.chunks_exact_mut(len[1]).enumerate() {
             let y = start[0] + r as i64;
             if y < lo as i64 || y >= hi as i64 {
